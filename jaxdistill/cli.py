@@ -1,0 +1,95 @@
+"""Command-line interface: ``jaxdistill COMMAND``; each command a thin shell over the library."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from jaxdistill import __version__
+
+app = typer.Typer(
+    name="jaxdistill",
+    help="Distil machine-learned force fields into small, fast JAX students.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        console.print(f"jaxdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
+    ] = False,
+) -> None:
+    """Distil machine-learned force fields into small, fast JAX students."""
+
+
+@app.command()
+def demo(
+    architecture: Annotated[str, typer.Option(help="Student architecture.")] = "painn",
+    steps: Annotated[int, typer.Option(help="Velocity-Verlet steps.")] = 200,
+    temperature: Annotated[float, typer.Option(help="Initial temperature, K.")] = 300.0,
+    output: Annotated[Path | None, typer.Option(help="Save the student to this folder.")] = None,
+) -> None:
+    """Build an untrained student for silicon and run a short NVE MD through ASE.
+
+    Shows the moving parts (graph, student, calculator) working together; an untrained
+    student is not a physical model, but energy must still be conserved.
+    """
+    import ase.build
+    import numpy as np
+    from ase import units
+    from ase.md.velocitydistribution import thermalize_momenta
+    from ase.md.verlet import VelocityVerlet
+    from rich.progress import track
+
+    from jaxdistill import StudentCalculator, create_student
+
+    atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
+    student = create_student(architecture, ["Si"], cutoff=5.0)
+    console.print(
+        f"student [bold]{architecture}[/]: {student.num_parameters} parameters, "
+        f"cutoff {student.cutoff} Å, {len(atoms)} Si atoms"
+    )
+    atoms.calc = StudentCalculator(student)
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(0))
+    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    e0 = atoms.get_total_energy()
+    start = time.perf_counter()
+    for _ in track(range(steps), description="NVE MD", console=console):
+        dynamics.run(1)
+    elapsed = time.perf_counter() - start
+    drift = (atoms.get_total_energy() - e0) / len(atoms)
+    console.print(
+        f"{steps} steps in {elapsed:.2f} s ({1e3 * elapsed / steps:.2f} ms/step); "
+        f"T = {atoms.get_temperature():.0f} K; total-energy change {1e3 * drift:+.3f} meV/atom"
+    )
+    if output is not None:
+        student.save(output)
+        console.print(f"student saved to {output}")
+
+
+@app.command()
+def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) -> None:
+    """Describe a saved student."""
+    from jaxdistill import load_student
+
+    loaded = load_student(student)
+    for key, value in loaded.config().items():
+        console.print(f"[bold]{key}[/]: {value}")
+
+
+if __name__ == "__main__":
+    app()

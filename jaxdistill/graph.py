@@ -1,0 +1,270 @@
+"""Neighbour graphs of atomic structures, padded to static shapes.
+
+The host side (numpy) finds neighbour pairs with `vesin` and packs one or many
+structures into a single :class:`Graph` whose node, edge and graph counts are rounded
+up to a small set of capacity buckets. Shapes are therefore static: a jitted function
+compiles once per bucket, not once per structure.
+
+Edge convention (as jraph): edge ``e`` carries a message from ``senders[e]`` (the
+neighbour ``j``) to ``receivers[e]`` (the centre ``i``); its vector is
+
+    r_ij = positions[j] - positions[i] + shifts[e] @ cell[graph of i]
+
+with integer ``shifts`` counting cell vectors, so one pair may appear several times
+with different shifts when a cell is smaller than twice the cutoff.
+
+Padding: the last graph slot is a padding graph that owns every padding node; padding
+edges connect the last (padding) node to itself with zero shift. Masks mark real
+entries. Models must use the masks and a safe norm so that padding contributes
+exactly zero energy and zero gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import ase
+import numpy as np
+from ase.data import chemical_symbols
+
+
+class Graph(NamedTuple):
+    """A batch of atomic structures as one padded graph (a JAX pytree).
+
+    Attributes:
+        positions: Cartesian positions, Å, ``[n_node, 3]``.
+        numbers: atomic numbers, ``[n_node]`` (0 on padding nodes).
+        cell: cell vectors as rows, Å, ``[n_graph, 3, 3]`` (zeros for molecules).
+        pbc: periodicity per cell vector, ``[n_graph, 3]`` bool.
+        senders: neighbour index ``j`` of each edge, ``[n_edge]``.
+        receivers: centre index ``i`` of each edge, ``[n_edge]``.
+        shifts: integer cell shifts of each edge, ``[n_edge, 3]`` (stored as float
+            so the product with the cell is differentiable in the cell).
+        node_graph: graph index of each node, ``[n_node]``.
+        n_node: real node count of each graph, ``[n_graph]`` (0 for padding graphs).
+        node_mask: ``[n_node]`` bool, True for real atoms.
+        edge_mask: ``[n_edge]`` bool, True for real edges.
+        graph_mask: ``[n_graph]`` bool, True for real structures.
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    senders: np.ndarray
+    receivers: np.ndarray
+    shifts: np.ndarray
+    node_graph: np.ndarray
+    n_node: np.ndarray
+    node_mask: np.ndarray
+    edge_mask: np.ndarray
+    graph_mask: np.ndarray
+
+    @property
+    def n_graph_real(self) -> int:
+        """Number of real (non-padding) structures; host-side only."""
+        return int(np.sum(np.asarray(self.graph_mask)))
+
+
+class Neighbours(NamedTuple):
+    """Neighbour pairs of one structure (host-side numpy arrays)."""
+
+    senders: np.ndarray  # [n_pair] neighbour j
+    receivers: np.ndarray  # [n_pair] centre i
+    shifts: np.ndarray  # [n_pair, 3] int
+
+
+@functools.cache
+def _vesin_neighbor_list_class():
+    """Import vesin without letting it import torch.
+
+    vesin imports torch, when installed, only to accept torch tensors, which we never
+    pass; importing torch costs seconds and hundreds of MB in every MD process. While
+    vesin is imported, ``torch`` is made unimportable unless it is already loaded.
+    """
+    if "torch" in sys.modules:
+        import vesin
+    else:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError
+        try:
+            import vesin
+        finally:
+            del sys.modules["torch"]
+    return vesin.NeighborList
+
+
+def bucket_capacity(count: int, minimum: int = 8) -> int:
+    """Round ``count`` up to the next capacity of the form 2^k or 3·2^(k-1).
+
+    The set {8, 12, 16, 24, 32, 48, ...} wastes at most a third of a padded array
+    while keeping the number of distinct shapes (and so compilations) logarithmic.
+    """
+    count = max(int(count), minimum)
+    power = 2 ** math.ceil(math.log2(count))
+    three_quarters = 3 * power // 4
+    return three_quarters if three_quarters >= count else power
+
+
+def validate_atoms(atoms: ase.Atoms, known_numbers: Sequence[int] | None = None) -> None:
+    """Raise a clear ValueError for inputs that would give meaningless results.
+
+    Args:
+        atoms: the structure.
+        known_numbers: atomic numbers a student knows; None skips that check.
+    """
+    positions = atoms.get_positions()
+    if not np.all(np.isfinite(positions)):
+        bad = np.where(~np.all(np.isfinite(positions), axis=1))[0]
+        raise ValueError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
+    if np.any(atoms.pbc):
+        cell = atoms.cell.array
+        if not np.all(np.isfinite(cell)):
+            raise ValueError("the cell contains NaN or infinite entries")
+        periodic_vectors = cell[np.asarray(atoms.pbc)]
+        gram = periodic_vectors @ periodic_vectors.T
+        if np.linalg.det(gram) <= 1e-12 * max(1.0, float(np.trace(gram))) ** len(gram):
+            raise ValueError(
+                f"the cell is singular along its periodic directions (pbc={atoms.pbc.tolist()},"
+                f" cell={cell.tolist()})"
+            )
+    if known_numbers is not None:
+        unknown = sorted(set(atoms.numbers.tolist()) - set(int(z) for z in known_numbers))
+        if unknown:
+            names = ", ".join(chemical_symbols[z] for z in unknown)
+            known = ", ".join(chemical_symbols[int(z)] for z in known_numbers)
+            raise ValueError(f"element(s) {names} unknown to this student (it knows {known})")
+
+
+def neighbour_pairs(atoms: ase.Atoms, cutoff: float) -> Neighbours:
+    """All ordered pairs (i, j, shift) with |r_ij| < cutoff, every periodic image included.
+
+    Uses vesin (a compiled cell-list search, exact for triclinic cells, mixed
+    periodicity and cells smaller than twice the cutoff).
+
+    Args:
+        atoms: the structure; non-periodic directions may have a zero cell vector.
+        cutoff: radius in Å.
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    box = atoms.cell.array if np.any(pbc) else np.zeros((3, 3))
+    calculator = _vesin_neighbor_list_class()(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = calculator.compute(atoms.positions, box, pbc, quantities="ijS")
+    return Neighbours(
+        senders=np.asarray(j, dtype=np.int32),
+        receivers=np.asarray(i, dtype=np.int32),
+        shifts=np.asarray(shifts, dtype=np.int32),
+    )
+
+
+def batch_graphs(
+    structures: Sequence[ase.Atoms],
+    cutoff: float,
+    *,
+    neighbours: Sequence[Neighbours] | None = None,
+    node_capacity: int | None = None,
+    edge_capacity: int | None = None,
+    graph_capacity: int | None = None,
+    dtype: np.dtype | str = np.float32,
+) -> Graph:
+    """Pack structures into one padded :class:`Graph` with bucketed capacities.
+
+    Args:
+        structures: ase.Atoms to batch.
+        cutoff: neighbour cutoff in Å (ignored for structures given ``neighbours``).
+        neighbours: precomputed pairs per structure (e.g. with a skin), optional.
+        node_capacity, edge_capacity, graph_capacity: force capacities (each must
+            exceed the real count: one padding node and one padding graph are always
+            kept); by default the next bucket is used.
+        dtype: float dtype of positions, cell and shifts.
+
+    Returns:
+        A Graph of numpy arrays (convert with ``jax.numpy.asarray`` or pass directly to
+        a jitted function).
+    """
+    if isinstance(structures, ase.Atoms):
+        structures = [structures]
+    if len(structures) == 0:
+        raise ValueError("cannot batch an empty list of structures")
+    if neighbours is None:
+        neighbours = [neighbour_pairs(atoms, cutoff) for atoms in structures]
+
+    counts = np.array([len(atoms) for atoms in structures])
+    edge_counts = np.array([len(nb.senders) for nb in neighbours])
+    n_real_nodes, n_real_edges, n_real_graphs = (
+        int(counts.sum()),
+        int(edge_counts.sum()),
+        len(structures),
+    )
+    node_capacity = node_capacity or bucket_capacity(n_real_nodes + 1)
+    edge_capacity = edge_capacity or bucket_capacity(n_real_edges + 1)
+    graph_capacity = graph_capacity or bucket_capacity(n_real_graphs + 1, minimum=2)
+    if node_capacity <= n_real_nodes or edge_capacity < max(n_real_edges, 1):
+        raise ValueError(
+            f"capacities (nodes {node_capacity}, edges {edge_capacity}) too small for "
+            f"{n_real_nodes} nodes and {n_real_edges} edges (one padding node is required)"
+        )
+    if graph_capacity <= n_real_graphs:
+        raise ValueError(f"graph capacity {graph_capacity} must exceed {n_real_graphs}")
+
+    padding_node = node_capacity - 1
+    positions = np.zeros((node_capacity, 3), dtype=dtype)
+    numbers = np.zeros(node_capacity, dtype=np.int32)
+    node_graph = np.full(node_capacity, graph_capacity - 1, dtype=np.int32)
+    cell = np.zeros((graph_capacity, 3, 3), dtype=dtype)
+    pbc = np.zeros((graph_capacity, 3), dtype=bool)
+    n_node = np.zeros(graph_capacity, dtype=np.int32)
+    senders = np.full(edge_capacity, padding_node, dtype=np.int32)
+    receivers = np.full(edge_capacity, padding_node, dtype=np.int32)
+    shifts = np.zeros((edge_capacity, 3), dtype=dtype)
+
+    node_offsets = np.concatenate([[0], np.cumsum(counts)])
+    edge_offsets = np.concatenate([[0], np.cumsum(edge_counts)])
+    for g, (atoms, nb) in enumerate(zip(structures, neighbours, strict=True)):
+        a, b = node_offsets[g], node_offsets[g + 1]
+        positions[a:b] = atoms.positions
+        numbers[a:b] = atoms.numbers
+        node_graph[a:b] = g
+        n_node[g] = b - a
+        if np.any(atoms.pbc):
+            cell[g] = atoms.cell.array
+        pbc[g] = atoms.pbc
+        c, d = edge_offsets[g], edge_offsets[g + 1]
+        senders[c:d] = nb.senders + a
+        receivers[c:d] = nb.receivers + a
+        shifts[c:d] = nb.shifts
+
+    node_mask = np.arange(node_capacity) < n_real_nodes
+    edge_mask = np.arange(edge_capacity) < n_real_edges
+    graph_mask = np.arange(graph_capacity) < n_real_graphs
+    return Graph(
+        positions=positions,
+        numbers=numbers,
+        cell=cell,
+        pbc=pbc,
+        senders=senders,
+        receivers=receivers,
+        shifts=shifts,
+        node_graph=node_graph,
+        n_node=n_node,
+        node_mask=node_mask,
+        edge_mask=edge_mask,
+        graph_mask=graph_mask,
+    )
+
+
+def graph_from_atoms(atoms: ase.Atoms | Sequence[ase.Atoms], cutoff: float, **kwargs) -> Graph:
+    """Convenience wrapper: neighbour search and padding of one or many structures."""
+    structures = [atoms] if isinstance(atoms, ase.Atoms) else list(atoms)
+    return batch_graphs(structures, cutoff, **kwargs)
+
+
+def unbatch_nodes(graph: Graph, values: np.ndarray) -> list[np.ndarray]:
+    """Split a per-node array of a batch back into one array per real structure."""
+    values = np.asarray(values)
+    counts = np.asarray(graph.n_node)[np.asarray(graph.graph_mask)]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    return [values[offsets[g] : offsets[g + 1]] for g in range(len(counts))]

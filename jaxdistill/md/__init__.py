@@ -1,0 +1,1 @@
+"""Molecular dynamics with students: ASE calculator and jax-md adapter."""

@@ -1,0 +1,136 @@
+"""Energy, forces and stress of a batched graph: the one place they are computed.
+
+Forces are ``-dE/dR`` and stress ``(1/V) dE/dε`` at zero strain, both by automatic
+differentiation of the same scalar, so every student conserves energy by
+construction and its stress is consistent with its forces.
+
+The strain acts on positions and cell together, ``r -> r (1 + ε)`` and
+``cell -> cell (1 + ε)`` (row vectors, as ASE stores them), with ε symmetrised so the
+stress tensor is symmetric. This is ASE's sign convention: a compressed crystal has
+negative stress, positive pressure ``-trace(σ)/3``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdistill.graph import Graph
+
+# (params, numbers, edge_vectors, senders, receivers, node_mask, edge_mask) -> [n_node]
+AtomicEnergyFn = Callable[..., jax.Array]
+
+
+class Prediction(NamedTuple):
+    """Outputs for a batch; padding entries are zero.
+
+    Attributes:
+        energy: total energy per graph, eV, ``[n_graph]``.
+        forces: eV/Å, ``[n_node, 3]``.
+        stress: eV/Å³, ``[n_graph, 3, 3]``; zero for graphs not periodic in all
+            three directions.
+    """
+
+    energy: jax.Array
+    forces: jax.Array
+    stress: jax.Array
+
+
+class Potential(NamedTuple):
+    """Functions of ``(params, graph)``; jit them (or use the pre-jitted ``predict``)."""
+
+    energy: Callable[[Any, Graph], jax.Array]
+    predict: Callable[[Any, Graph], Prediction]
+
+
+def edge_vectors(
+    positions: jax.Array, graph: Graph, strain: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Edge vectors ``r_ij = R_j - R_i + shift · cell`` of a graph, optionally strained.
+
+    Args:
+        positions: ``[n_node, 3]`` Å (separate from ``graph`` so it can be
+            differentiated).
+        graph: the batch.
+        strain: ``[n_graph, 3, 3]`` or None.
+
+    Returns:
+        ``(vectors [n_edge, 3], cell [n_graph, 3, 3])`` with the strain applied.
+    """
+    cell = graph.cell
+    if strain is not None:
+        deformation = jnp.eye(3, dtype=positions.dtype) + 0.5 * (
+            strain + jnp.swapaxes(strain, -1, -2)
+        )
+        positions = jnp.einsum("ni,nij->nj", positions, deformation[graph.node_graph])
+        cell = jnp.einsum("gij,gjk->gik", cell, deformation)
+    edge_cell = cell[graph.node_graph[graph.receivers]]
+    offsets = jnp.einsum("ei,eij->ej", graph.shifts.astype(positions.dtype), edge_cell)
+    vectors = positions[graph.senders] - positions[graph.receivers] + offsets
+    return vectors, cell
+
+
+def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
+    """Build energy/force/stress functions from a per-atom energy function.
+
+    Args:
+        atomic_energy_fn: ``(params, numbers, edge_vectors, senders, receivers,
+            node_mask, edge_mask) -> [n_node]`` energies in eV (a student's
+            ``module.apply``).
+
+    Returns:
+        A :class:`Potential`.
+    """
+
+    def graph_energies(params, graph: Graph, positions, strain) -> jax.Array:
+        vectors, _ = edge_vectors(positions, graph, strain)
+        atomic = atomic_energy_fn(
+            params,
+            graph.numbers,
+            vectors,
+            graph.senders,
+            graph.receivers,
+            graph.node_mask,
+            graph.edge_mask,
+        )
+        atomic = jnp.where(graph.node_mask, atomic, 0.0)
+        return jax.ops.segment_sum(atomic, graph.node_graph, num_segments=graph.cell.shape[0])
+
+    def energy(params, graph: Graph) -> jax.Array:
+        positions = jnp.asarray(graph.positions)
+        return graph_energies(params, graph, positions, None)
+
+    def predict(params, graph: Graph) -> Prediction:
+        positions = jnp.asarray(graph.positions)
+        strain = jnp.zeros(graph.cell.shape, dtype=positions.dtype)
+
+        def total(positions, strain):
+            energies = graph_energies(params, graph, positions, strain)
+            # Graphs are independent, so the gradient of the sum gives each graph's own
+            # derivatives; padding graphs are masked out of the sum.
+            return jnp.sum(jnp.where(graph.graph_mask, energies, 0.0)), energies
+
+        (_, energies), (d_positions, d_strain) = jax.value_and_grad(
+            total, argnums=(0, 1), has_aux=True
+        )(positions, strain)
+        periodic = jnp.all(graph.pbc, axis=-1) & graph.graph_mask
+        volume = jnp.abs(jnp.linalg.det(jnp.where(periodic[:, None, None], graph.cell, jnp.eye(3))))
+        stress = jnp.where(periodic[:, None, None], d_strain / volume[:, None, None], 0.0)
+        forces = jnp.where(graph.node_mask[:, None], -d_positions, 0.0)
+        return Prediction(
+            energy=jnp.where(graph.graph_mask, energies, 0.0), forces=forces, stress=stress
+        )
+
+    return Potential(energy=energy, predict=predict)
+
+
+def voigt_stress(stress: jax.Array) -> jax.Array:
+    """3×3 stress tensor(s) to ASE's Voigt order (xx, yy, zz, yz, xz, xy)."""
+    s = stress
+    return jnp.stack(
+        [s[..., 0, 0], s[..., 1, 1], s[..., 2, 2], s[..., 1, 2], s[..., 0, 2], s[..., 0, 1]],
+        axis=-1,
+    )
