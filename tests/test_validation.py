@@ -1,0 +1,80 @@
+"""MD validation: RDFs, temperatures, drift, side-by-side runs."""
+
+from __future__ import annotations
+
+import ase
+import ase.build
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from jaxdistill.validation import (
+    MDValidationConfig,
+    pair_distribution,
+    rdf_difference,
+    validate_md,
+    validation_temperatures,
+)
+
+
+def test_unseen_temperature_is_added():
+    assert validation_temperatures([300, 900, 1500], ()) == [300.0, 600.0, 900.0, 1500.0]
+    assert validation_temperatures([300], ()) == [300.0, 450.0]
+    assert validation_temperatures([300, 900], (500, 100)) == [100.0, 500.0]
+    with pytest.raises(ValueError, match="no training temperatures"):
+        validation_temperatures([], ())
+
+
+def test_config_refuses_unknown_keys():
+    assert MDValidationConfig.from_dict({"temperatures_kelvin": 450}).temperatures_kelvin == (
+        450.0,
+    )
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['nve_step'\]"):
+        MDValidationConfig.from_dict({"nve_step": 10})
+
+
+def test_rdf_of_ideal_gas_is_one_and_crystal_peaks_at_neighbours():
+    rng = np.random.default_rng(0)
+    gas = [
+        ase.Atoms("Ar2000", positions=rng.uniform(0, 30, (2000, 3)), cell=[30] * 3, pbc=True)
+        for _ in range(3)
+    ]
+    r, g = pair_distribution(gas, 8.0, 16)
+    assert np.all(np.abs(g[4:] - 1) < 0.1)
+    crystal = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True) * (3, 3, 3)
+    r, g = pair_distribution([crystal], 4.0, 80)
+    assert r[np.argmax(g)] == pytest.approx(3.6 / np.sqrt(2), abs=0.05)
+    assert g[r < 2.4].sum() == 0
+
+
+def test_molecule_distance_distribution_is_normalised():
+    r, g = pair_distribution([ase.build.molecule("CH3CH2OH")], 5.0, 50)
+    assert np.sum(g) * (r[1] - r[0]) == pytest.approx(1.0)
+    assert rdf_difference(g, g, r) == 0.0
+
+
+def test_identical_models_agree_exactly(tmp_path):
+    """The same calculator as student and teacher: same seeds give identical runs."""
+    copper = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    config = MDValidationConfig(
+        student_steps=60,
+        teacher_steps=60,
+        equilibration_steps=100,
+        nve_steps=200,
+        stride=5,
+        friction_per_fs=0.05,
+    )
+    result = validate_md(copper, EMT, EMT, [300.0, 600.0], config, tmp_path)
+    for entry in result["temperatures"]:
+        assert entry["rdf_relative_difference"] == 0.0
+        assert entry["student"]["mean_temperature_kelvin"] == pytest.approx(
+            entry["teacher"]["mean_temperature_kelvin"]
+        )
+        assert entry["student_on_teacher_frames"]["force_mae_mev_per_angstrom"] < 1e-6
+        assert entry["student_on_teacher_frames"]["mean_abs_teacher_force_mev_per_angstrom"] > 10
+        assert (tmp_path / f"teacher_nvt_{entry['temperature_kelvin']:g}K.extxyz").is_file()
+    hot, cold = result["temperatures"][1], result["temperatures"][0]
+    assert hot["teacher"]["mean_temperature_kelvin"] > cold["teacher"]["mean_temperature_kelvin"]
+    nve = result["nve"]
+    assert abs(nve["drift_mev_per_atom_per_ps"]) < 1.0
+    assert nve["mean_temperature_kelvin"] > 50
