@@ -105,7 +105,9 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
 
     def predict(params, graph: Graph) -> Prediction:
         positions = jnp.asarray(graph.positions)
-        strain = jnp.zeros(graph.cell.shape, dtype=positions.dtype)
+        # Derived from the cell (not a fresh constant) so that under shard_map the
+        # strain is per-device data and its gradient stays with its own structures.
+        strain = jnp.zeros_like(graph.cell, dtype=positions.dtype)
 
         def total(positions, strain):
             energies = graph_energies(params, graph, positions, strain)

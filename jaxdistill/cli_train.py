@@ -1,0 +1,101 @@
+"""``jaxdistill train`` and ``jaxdistill evaluate``: thin shells over the library.
+
+Plain functions with typer annotations, registered in ``jaxdistill.cli``::
+
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def train_command(
+    data: Annotated[
+        Path,
+        typer.Option("--data", help="Label store (HDF5) written by `jaxdistill label`."),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="Student directory to write (training files go to OUTPUT/training)."
+        ),
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Training config (YAML; keys of TrainConfig)."),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", help="Override the config's number of steps.", min=1),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Ignore and delete checkpoints in OUTPUT; start afresh."),
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a student on a label store (resumes from OUTPUT's last checkpoint)."""
+    from jaxdistill.train import TrainConfig, train
+
+    if not data.is_file():
+        raise typer.BadParameter(f"label store not found: {data}", param_hint="--data")
+    try:
+        train_config = TrainConfig.from_yaml(config) if config else TrainConfig()
+    except (ValueError, FileNotFoundError) as error:
+        raise typer.BadParameter(str(error), param_hint="--config") from None
+    student = train(
+        data,
+        output,
+        train_config,
+        max_steps=max_steps,
+        resume=not restart,
+        progress=progress,
+        console=console,
+    )
+    summary = student.metadata["training"]
+    best = summary.get("best_validation_force_mae_meV_per_A")
+    console.print(
+        f"student [bold]{student.architecture}[/] ({student.num_parameters} parameters) written to "
+        f"{output}; {summary['steps_completed']} steps"
+        + (f", best validation force MAE {best:.2f} meV/Å" if best is not None else "")
+        + (" (stopped early)" if summary["early_stopped"] else "")
+    )
+
+
+def evaluate_command(
+    student: Annotated[Path, typer.Option("--student", help="Student directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Label store (HDF5).")],
+    split: Annotated[
+        str,
+        typer.Option("--split", help="test, validation or train (of the training split), or all."),
+    ] = "test",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Folder for evaluation.json and plots [default: STUDENT/evaluation-SPLIT].",
+        ),
+    ] = None,
+) -> None:
+    """Compare a student with the teacher labels of a store (JSON + parity plots)."""
+    from jaxdistill.evaluate import evaluate, summary_lines
+
+    if not data.is_file():
+        raise typer.BadParameter(f"label store not found: {data}", param_hint="--data")
+    output = output or student / f"evaluation-{split}"
+    try:
+        result = evaluate(student, data, split=split, output_dir=output)
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=1) from None
+    for line in summary_lines(result):
+        console.print(line)
+    console.print(f"results and plots written to {output}")

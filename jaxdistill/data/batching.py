@@ -1,0 +1,359 @@
+"""Padded, fixed-shape batches of labelled frames for training and evaluation.
+
+Neighbour pairs are searched once per frame (:func:`precompute_neighbours`); a batch is
+then only index arithmetic on flat numpy arrays. Every batch holds a fixed number of
+structure slots per device shard, and its node and edge counts are padded to a
+capacity chosen by a :class:`CapacityPlan`:
+
+- "single": one capacity for the whole run, large enough for the largest possible
+  batch (the sum of the largest frames), so the training step compiles once;
+- "bucket": each batch is padded to the next capacity bucket of
+  :func:`jaxdistill.graph.bucket_capacity`, so a few shapes compile, with less padding
+  when frame sizes differ a lot;
+- "auto": "single" unless it would leave batches less than half full on average.
+
+A batch for ``n`` device shards is a :class:`Batch` whose every leaf has a leading axis
+of length ``n``: shard ``k`` is an ordinary padded :class:`~jaxdistill.graph.Graph` (as
+:func:`~jaxdistill.graph.batch_graphs` makes) with its labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import ase
+import numpy as np
+
+from jaxdistill.data.store import LabelArrays
+from jaxdistill.graph import Graph, bucket_capacity, neighbour_pairs
+
+__all__ = [
+    "Batch",
+    "Capacity",
+    "CapacityPlan",
+    "FrameGraphs",
+    "frame_atoms",
+    "make_batch",
+    "plan_capacity",
+    "precompute_neighbours",
+    "shard_indices",
+    "voigt_to_matrix",
+]
+
+
+class Batch(NamedTuple):
+    """Padded graphs and their labels (a JAX pytree; zeros on padding).
+
+    Attributes:
+        graph: the padded graph(s).
+        energy: ``[n_graph]`` teacher energy, eV.
+        forces: ``[n_node, 3]`` teacher forces, eV/Å.
+        stress: ``[n_graph, 3, 3]`` teacher stress, eV/Å³ (ASE sign), zero where absent.
+        stress_mask: ``[n_graph]`` bool, True where the frame has a stress label.
+        frame_index: ``[n_graph]`` int, index of the frame in the arrays it came from
+            (-1 on padding).
+    """
+
+    graph: Graph
+    energy: np.ndarray
+    forces: np.ndarray
+    stress: np.ndarray
+    stress_mask: np.ndarray
+    frame_index: np.ndarray
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Static sizes of one shard's padded graph (one padding node and graph included)."""
+
+    nodes: int
+    edges: int
+    graphs: int
+
+
+@dataclass(frozen=True)
+class FrameGraphs:
+    """Labelled frames with their neighbour pairs, found once (host numpy arrays).
+
+    Attributes:
+        labels: the frames and labels.
+        cutoff: neighbour cutoff, Å.
+        senders, receivers: ``[n_pairs_total]`` local atom indices (within the frame)
+            of every pair; frame ``i`` owns rows ``edge_offsets[i]:edge_offsets[i+1]``.
+        shifts: ``[n_pairs_total, 3]`` integer cell shifts.
+        edge_offsets: ``[n_frames + 1]``.
+    """
+
+    labels: LabelArrays
+    cutoff: float
+    senders: np.ndarray
+    receivers: np.ndarray
+    shifts: np.ndarray
+    edge_offsets: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames."""
+        return self.labels.n_frames
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """``[n_frames]`` atoms per frame."""
+        return self.labels.n_atoms
+
+    @property
+    def n_edges(self) -> np.ndarray:
+        """``[n_frames]`` neighbour pairs per frame."""
+        return np.diff(self.edge_offsets)
+
+    def atoms(self, i: int) -> ase.Atoms:
+        """Frame ``i`` as ase.Atoms (no labels)."""
+        return frame_atoms(self.labels, i)
+
+
+def frame_atoms(labels: LabelArrays, i: int) -> ase.Atoms:
+    """Frame ``i`` of label arrays as ase.Atoms, without labels (cell zero if not periodic)."""
+    lo, hi = int(labels.offsets[i]), int(labels.offsets[i + 1])
+    pbc = np.asarray(labels.pbc[i], dtype=bool)
+    cell = labels.cell[i] if np.any(pbc) else np.zeros((3, 3))
+    return ase.Atoms(
+        numbers=labels.numbers[lo:hi], positions=labels.positions[lo:hi], cell=cell, pbc=pbc
+    )
+
+
+def precompute_neighbours(labels: LabelArrays, cutoff: float) -> FrameGraphs:
+    """Search the neighbour pairs of every frame once (vesin), for batching later.
+
+    Args:
+        labels: frames (e.g. ``LabelStore(path).arrays(indices)``).
+        cutoff: radius in Å.
+
+    Returns:
+        A :class:`FrameGraphs`; indices are int16 when every frame has fewer than
+        32767 atoms and shifts int8 when they fit, to keep large data sets small.
+    """
+    n_atoms = labels.n_atoms
+    if labels.n_frames and n_atoms.max() < np.iinfo(np.int16).max:
+        index_dtype = np.int16
+    else:
+        index_dtype = np.int32
+    senders, receivers, shifts, counts = [], [], [], []
+    for i in range(labels.n_frames):
+        pairs = neighbour_pairs(frame_atoms(labels, i), cutoff)
+        senders.append(pairs.senders.astype(index_dtype))
+        receivers.append(pairs.receivers.astype(index_dtype))
+        shifts.append(pairs.shifts)
+        counts.append(len(pairs.senders))
+    if counts:
+        all_shifts = np.concatenate(shifts)
+        small = all_shifts.size == 0 or np.abs(all_shifts).max() < 127
+        all_shifts = all_shifts.astype(np.int8 if small else np.int32)
+        all_senders, all_receivers = np.concatenate(senders), np.concatenate(receivers)
+    else:
+        all_shifts = np.zeros((0, 3), np.int8)
+        all_senders = all_receivers = np.zeros(0, index_dtype)
+    offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+    return FrameGraphs(labels, float(cutoff), all_senders, all_receivers, all_shifts, offsets)
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + c)`` for each (s, c), without a Python loop."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    return np.repeat(np.asarray(starts, dtype=np.int64) - first, counts) + np.arange(total)
+
+
+def voigt_to_matrix(voigt: np.ndarray) -> np.ndarray:
+    """Voigt stress ``[..., 6]`` (xx yy zz yz xz xy) to symmetric ``[..., 3, 3]``."""
+    v = np.asarray(voigt)
+    xx, yy, zz, yz, xz, xy = (v[..., k] for k in range(6))
+    return np.stack(
+        [np.stack([xx, xy, xz], -1), np.stack([xy, yy, yz], -1), np.stack([xz, yz, zz], -1)], -2
+    )
+
+
+def shard_indices(indices: Sequence[int] | np.ndarray, n_shards: int) -> list[np.ndarray]:
+    """Split a batch's frame indices into ``n_shards`` consecutive, near-equal parts."""
+    indices = np.asarray(indices, dtype=np.int64)
+    per_shard = -(-len(indices) // n_shards)
+    return [indices[k * per_shard : (k + 1) * per_shard] for k in range(n_shards)]
+
+
+@dataclass(frozen=True)
+class CapacityPlan:
+    """How batches are padded.
+
+    Attributes:
+        mode: "single" (``fixed`` for every batch) or "bucket".
+        graphs: structure slots per shard, padding graph included.
+        fixed: the one capacity of "single" mode.
+        fill: expected fraction of real nodes in a "single" batch (for reports).
+    """
+
+    mode: str
+    graphs: int
+    fixed: Capacity | None = None
+    fill: float = 1.0
+
+    def capacity(self, frames: FrameGraphs, shards: Sequence[np.ndarray]) -> Capacity:
+        """The capacity of a batch made of ``shards`` (lists of frame indices)."""
+        if self.fixed is not None:
+            return self.fixed
+        nodes = max(int(frames.n_atoms[s].sum()) for s in shards)
+        edges = max(int(frames.n_edges[s].sum()) for s in shards)
+        return Capacity(bucket_capacity(nodes + 1), bucket_capacity(edges + 1), self.graphs)
+
+
+def _round_up(value: int, multiple: int = 8) -> int:
+    return -(-int(value) // multiple) * multiple
+
+
+def plan_capacity(
+    frames: Sequence[FrameGraphs], graphs_per_shard: int, mode: str = "auto"
+) -> CapacityPlan:
+    """Choose the padding of batches of ``graphs_per_shard`` structures per shard.
+
+    Args:
+        frames: every set of frames that will be batched with this plan (training and
+            validation), so that one capacity fits them all.
+        graphs_per_shard: real structures per shard.
+        mode: "single", "bucket" or "auto" (single unless the average batch would fill
+            less than half of the single capacity).
+    """
+    if mode not in ("auto", "single", "bucket"):
+        raise ValueError(f"capacity mode must be auto, single or bucket, got {mode!r}")
+    k = int(graphs_per_shard)
+    atoms = np.concatenate([f.n_atoms for f in frames])
+    edges = np.concatenate([f.n_edges for f in frames])
+    if len(atoms) == 0:
+        raise ValueError("no frames to batch")
+    top_atoms = int(np.sort(atoms)[-k:].sum())
+    top_edges = int(np.sort(edges)[-k:].sum())
+    fixed = Capacity(_round_up(top_atoms + 1), _round_up(top_edges + 1), k + 1)
+    fill = min(
+        min(k, len(atoms)) * atoms.mean() / fixed.nodes,
+        min(k, len(edges)) * edges.mean() / fixed.edges,
+    )
+    if mode == "single" or (mode == "auto" and fill >= 0.5):
+        return CapacityPlan("single", k + 1, fixed, float(fill))
+    return CapacityPlan("bucket", k + 1, None, float(fill))
+
+
+def _shard_arrays(
+    frames: FrameGraphs, idx: np.ndarray, capacity: Capacity, dtype: np.dtype
+) -> dict[str, np.ndarray]:
+    lab = frames.labels
+    k = len(idx)
+    n_cap, e_cap, g_cap = capacity.nodes, capacity.edges, capacity.graphs
+    if k >= g_cap:
+        raise ValueError(f"{k} structures do not fit {g_cap} graph slots (one is padding)")
+    counts = lab.n_atoms[idx]
+    edge_counts = frames.n_edges[idx]
+    n_real, e_real = int(counts.sum()), int(edge_counts.sum())
+    if n_real >= n_cap or e_real > e_cap:
+        raise ValueError(
+            f"batch of {n_real} atoms and {e_real} edges exceeds capacity "
+            f"({n_cap} nodes incl. one padding node, {e_cap} edges)"
+        )
+    atom_rows = _ranges(lab.offsets[idx], counts)
+    edge_rows = _ranges(frames.edge_offsets[idx], edge_counts)
+    node_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+
+    positions = np.zeros((n_cap, 3), dtype)
+    positions[:n_real] = lab.positions[atom_rows]
+    numbers = np.zeros(n_cap, np.int32)
+    numbers[:n_real] = lab.numbers[atom_rows]
+    node_graph = np.full(n_cap, g_cap - 1, np.int32)
+    node_graph[:n_real] = np.repeat(np.arange(k, dtype=np.int32), counts)
+    forces = np.zeros((n_cap, 3), dtype)
+    forces[:n_real] = lab.forces[atom_rows]
+
+    padding_node = n_cap - 1
+    senders = np.full(e_cap, padding_node, np.int32)
+    receivers = np.full(e_cap, padding_node, np.int32)
+    edge_base = np.repeat(node_start, edge_counts)
+    senders[:e_real] = frames.senders[edge_rows] + edge_base
+    receivers[:e_real] = frames.receivers[edge_rows] + edge_base
+    shifts = np.zeros((e_cap, 3), dtype)
+    shifts[:e_real] = frames.shifts[edge_rows]
+
+    pbc = np.zeros((g_cap, 3), bool)
+    pbc[:k] = lab.pbc[idx]
+    cell = np.zeros((g_cap, 3, 3), dtype)
+    periodic_any = np.any(pbc[:k], axis=1)
+    cell[:k] = np.where(periodic_any[:, None, None], np.nan_to_num(lab.cell[idx]), 0.0)
+    n_node = np.zeros(g_cap, np.int32)
+    n_node[:k] = counts
+    energy = np.zeros(g_cap, dtype)
+    energy[:k] = lab.energy[idx]
+    voigt = lab.stress[idx]
+    has_stress = np.all(np.isfinite(voigt), axis=1) & np.all(pbc[:k], axis=1)
+    stress = np.zeros((g_cap, 3, 3), dtype)
+    stress[:k] = np.where(has_stress[:, None, None], voigt_to_matrix(np.nan_to_num(voigt)), 0.0)
+    stress_mask = np.zeros(g_cap, bool)
+    stress_mask[:k] = has_stress
+    frame_index = np.full(g_cap, -1, np.int64)
+    frame_index[:k] = idx
+    return {
+        "positions": positions,
+        "numbers": numbers,
+        "cell": cell,
+        "pbc": pbc,
+        "senders": senders,
+        "receivers": receivers,
+        "shifts": shifts,
+        "node_graph": node_graph,
+        "n_node": n_node,
+        "node_mask": np.arange(n_cap) < n_real,
+        "edge_mask": np.arange(e_cap) < e_real,
+        "graph_mask": np.arange(g_cap) < k,
+        "energy": energy,
+        "forces": forces,
+        "stress": stress,
+        "stress_mask": stress_mask,
+        "frame_index": frame_index,
+    }
+
+
+def make_batch(
+    frames: FrameGraphs,
+    shards: Sequence[Sequence[int] | np.ndarray],
+    capacity: Capacity,
+    dtype: np.dtype | str = np.float32,
+    stacked: bool = True,
+) -> Batch:
+    """Pack frames into a padded batch.
+
+    Args:
+        frames: frames with precomputed neighbours.
+        shards: frame indices of each device shard (one list for a single device).
+        capacity: sizes of each shard's padded graph.
+        dtype: float dtype of positions, cells, shifts and labels.
+        stacked: give every leaf a leading shard axis (``[n_shards, ...]``); with
+            False, ``shards`` must hold one list and the plain batch is returned.
+
+    Returns:
+        A :class:`Batch` of numpy arrays.
+    """
+    dtype = np.dtype(dtype)
+    parts = [_shard_arrays(frames, np.asarray(s, dtype=np.int64), capacity, dtype) for s in shards]
+    if stacked:
+        arrays = {key: np.stack([p[key] for p in parts]) for key in parts[0]}
+    else:
+        if len(parts) != 1:
+            raise ValueError("stacked=False needs exactly one shard")
+        arrays = parts[0]
+    graph = Graph(**{name: arrays[name] for name in Graph._fields})
+    return Batch(
+        graph=graph,
+        energy=arrays["energy"],
+        forces=arrays["forces"],
+        stress=arrays["stress"],
+        stress_mask=arrays["stress_mask"],
+        frame_index=arrays["frame_index"],
+    )

@@ -1,0 +1,259 @@
+"""Training configuration: one frozen dataclass, loadable from YAML or a dict.
+
+Every key has a unit (in its name or its docstring) and a default chosen for accuracy
+per unit of compute on a distillation data set of a few hundred to a few thousand
+frames. Unknown keys raise, so a typo never silently falls back to a default. This
+dataclass is also the ``train`` section of the ``jaxdistill distill`` pipeline config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "constant")
+OPTIMIZERS = ("adam", "adamw", "amsgrad")
+CAPACITY_MODES = ("auto", "single", "bucket")
+DTYPES = ("float32", "float64")
+# Keys that do not change what a run computes; a resumed run may change them.
+RESUMABLE_KEYS = frozenset({"log_interval", "checkpoint_interval"})
+
+
+def _default_split() -> dict[str, float]:
+    return {"train": 0.8, "validation": 0.1, "test": 0.1}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run (all have defaults).
+
+    Attributes:
+        architecture: student architecture ("painn" or "schnet", or a registered name).
+        model: architecture options, e.g. ``{"features": 64, "num_layers": 3,
+            "num_radial": 16}``; empty means the architecture's defaults.
+        cutoff_angstrom: neighbour cutoff of the student, Å.
+        dtype: "float32" (default) or "float64" for parameters, positions and labels.
+        steps: optimiser steps of the whole run (the schedule spans them).
+        batch_size: structures per optimiser step (split across devices).
+        learning_rate: peak learning rate after warm-up.
+        final_learning_rate: learning rate at the last step (cosine/linear schedules).
+        schedule: "cosine" (warm-up then cosine decay), "linear" (warm-up then linear
+            decay) or "constant" (warm-up then constant).
+        warmup_fraction: fraction of ``steps`` spent warming up linearly from
+            ``final_learning_rate`` to ``learning_rate``.
+        optimizer: "adam", "adamw" (decoupled weight decay) or "amsgrad".
+        weight_decay: decoupled weight decay of "adamw" (per step, times the learning
+            rate); ignored by the others.
+        grad_clip_norm: clip the global gradient norm to this value (None: no clipping).
+        ema_decay: decay of the exponential moving average of the parameters used for
+            validation and export; the effective decay at step t is
+            ``min(ema_decay, (1 + t) / (10 + t))`` so early averages are not stale.
+        energy_weight: weight of the mean squared energy-per-atom error, (eV/atom)^-2.
+        forces_weight: weight of the mean squared force-component error, (eV/Å)^-2.
+        stress_weight: weight of the mean squared virial-per-atom error
+            (stress × volume / atoms, eV/atom), (eV/atom)^-2; only frames with a stress
+            label count.
+        fit_reference_energies: fit per-species reference energies by least squares on
+            the training frames before training (stored in the head's atomic_shift and
+            kept fixed), and set atomic_scale to the training force RMS.
+        validation_interval: steps between validations (with the EMA parameters).
+        checkpoint_interval: steps between checkpoints (one is also written at the end).
+        patience: stop after this many validations without a lower validation force
+            MAE (None: never stop early).
+        log_interval: steps between progress-bar updates (each one syncs the device).
+        seed: seed of parameter initialisation and of the batch order.
+        split: fractions of the store's frames for "train", "validation" and "test".
+        split_seed: seed of the split (kept apart from ``seed`` so that runs with
+            different seeds share one held-out test set).
+        capacity: "single" pads every batch to one capacity (one compilation),
+            "bucket" pads each batch to the next capacity bucket (a few compilations,
+            less padding), "auto" picks "single" unless it would waste more than half.
+    """
+
+    architecture: str = "painn"
+    model: dict[str, Any] = field(default_factory=dict)
+    cutoff_angstrom: float = 5.0
+    dtype: str = "float32"
+    steps: int = 20000
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    final_learning_rate: float = 1e-5
+    schedule: str = "cosine"
+    warmup_fraction: float = 0.02
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = 10.0
+    ema_decay: float = 0.999
+    energy_weight: float = 1.0
+    forces_weight: float = 10.0
+    stress_weight: float = 1.0
+    fit_reference_energies: bool = True
+    validation_interval: int = 250
+    checkpoint_interval: int = 1000
+    patience: int | None = 20
+    log_interval: int = 50
+    seed: int = 0
+    split: dict[str, float] = field(default_factory=_default_split)
+    split_seed: int = 0
+    capacity: str = "auto"
+
+    def __post_init__(self) -> None:
+        errors: list[str] = []
+
+        def check(condition: bool, message: str) -> None:
+            if not condition:
+                errors.append(message)
+
+        from jaxdistill.models import ARCHITECTURES
+
+        check(
+            self.architecture in ARCHITECTURES,
+            f"architecture must be one of {sorted(ARCHITECTURES)}, got {self.architecture!r}",
+        )
+        if not isinstance(self.model, Mapping):
+            errors.append(f"model must be a mapping of architecture options, got {self.model!r}")
+        else:
+            object.__setattr__(self, "model", dict(self.model))
+            if self.architecture in ARCHITECTURES:
+                fields = ARCHITECTURES[self.architecture].__dataclass_fields__
+                allowed = set(fields) - {"species", "cutoff", "parent", "name"}
+                unknown = sorted(set(self.model) - allowed)
+                check(
+                    not unknown,
+                    f"unknown model option(s) {unknown} for {self.architecture!r}; "
+                    f"allowed: {sorted(allowed)}",
+                )
+        check(self.cutoff_angstrom > 0, f"cutoff_angstrom must be > 0, got {self.cutoff_angstrom}")
+        check(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("steps", "batch_size", "validation_interval", "checkpoint_interval"):
+            value = getattr(self, name)
+            check(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 1,
+                f"{name} must be an integer >= 1, got {value!r}",
+            )
+        check(
+            isinstance(self.log_interval, int) and self.log_interval >= 1,
+            f"log_interval must be an integer >= 1, got {self.log_interval!r}",
+        )
+        check(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        check(
+            self.final_learning_rate >= 0,
+            f"final_learning_rate must be >= 0, got {self.final_learning_rate}",
+        )
+        check(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}")
+        check(
+            0 <= self.warmup_fraction < 1,
+            f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}",
+        )
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}")
+        check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        check(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            f"grad_clip_norm must be > 0 or null, got {self.grad_clip_norm}",
+        )
+        check(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        for name in ("energy_weight", "forces_weight", "stress_weight"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        check(
+            self.energy_weight + self.forces_weight + self.stress_weight > 0,
+            "at least one loss weight must be positive",
+        )
+        check(
+            self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
+            f"patience must be an integer >= 1 or null, got {self.patience!r}",
+        )
+        check(self.capacity in CAPACITY_MODES, f"capacity must be one of {CAPACITY_MODES}")
+        if not isinstance(self.split, Mapping):
+            errors.append(f"split must be a mapping of fractions, got {self.split!r}")
+        else:
+            split = {str(k): float(v) for k, v in self.split.items()}
+            object.__setattr__(self, "split", split)
+            unknown = sorted(set(split) - {"train", "validation", "test"})
+            check(not unknown, f"split has unknown part(s) {unknown}; use train/validation/test")
+            check(split.get("train", 0) > 0, "split must give a positive 'train' fraction")
+            check(
+                all(v >= 0 for v in split.values()) and math.isclose(sum(split.values()), 1.0),
+                f"split fractions must be >= 0 and add up to 1, got {split}",
+            )
+        if errors:
+            raise ValueError("invalid training config:\n  " + "\n  ".join(errors))
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> TrainConfig:
+        """Build a config from a mapping; unknown keys raise ValueError naming them."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            import difflib
+
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ValueError(
+                f"unknown training config key(s): {', '.join(hints)}; known keys: {sorted(known)}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        """Read a YAML file: either the keys at top level, or under a ``train:`` section."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, Mapping):
+            raise ValueError(f"{path} must hold a mapping of training config keys")
+        if set(values) == {"train"} and isinstance(values["train"], Mapping):
+            values = values["train"]
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/YAML-serialisable dict of every key (the resolved config)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the resolved config as YAML."""
+        import yaml
+
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some keys changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warm-up length in steps."""
+        return round(self.warmup_fraction * self.steps)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def resolve_config(config: TrainConfig | Mapping[str, Any] | str | Path | None) -> TrainConfig:
+    """A TrainConfig from a TrainConfig, a dict, a YAML path or None (defaults)."""
+    if config is None:
+        return TrainConfig()
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, (str, Path)):
+        return TrainConfig.from_yaml(config)
+    if isinstance(config, Mapping):
+        return TrainConfig.from_dict(config)
+    raise TypeError(f"config must be a TrainConfig, a dict or a YAML path, got {type(config)!r}")

@@ -1,0 +1,169 @@
+"""The jitted training and evaluation steps, data-parallel over local devices.
+
+A batch carries a leading shard axis (one shard per device, see
+:mod:`jaxdistill.data.batching`). Inside ``jax.shard_map`` each device predicts its
+own shard and differentiates its share of the loss (normalised by the counts of the
+whole batch); the gradients are summed over devices with ``psum``, so every device
+applies the same update to replicated parameters.
+
+``check_vma=False``: with shard_map's varying-axes typing, autodiff with respect to a
+device-invariant value inside the body sums its cotangent over the devices. That
+would be right for the parameters, but wrong for the zero strain that
+``potential.predict`` creates inside the body (``jnp.zeros``, device-invariant): each
+structure's stress would be summed with those of the same slot on the other devices.
+Without the typing every derivative stays per device and the gradients are summed
+explicitly. On one device the same code runs
+with a one-device mesh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxdistill.data.batching import Batch
+from jaxdistill.potential import Prediction
+from jaxdistill.train.loss import LossWeights, batch_counts, loss_and_sums
+
+AXIS = "data"
+PredictFn = Callable[[Any, Any], Prediction]
+
+
+class TrainState(NamedTuple):
+    """Everything the optimisation carries from step to step (a pytree).
+
+    Attributes:
+        step: optimiser steps taken (int32 scalar).
+        params: current parameters.
+        ema_params: exponential moving average of the parameters.
+        opt_state: Optax state.
+    """
+
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A one-axis ("data") mesh over ``devices`` (default: all local devices)."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    return Mesh(np.array(devices), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value copied on every device."""
+    return NamedSharding(mesh, P())
+
+
+def sharded(mesh: Mesh) -> NamedSharding:
+    """Sharding of a value split along its leading (shard) axis."""
+    return NamedSharding(mesh, P(AXIS))
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+    """The state before the first step (EMA starts at the initial parameters)."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params),
+        ema_params=jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), params),
+        opt_state=optimizer.init(params),
+    )
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+    """Effective EMA decay after ``step`` updates: ``min(decay, (1 + t) / (10 + t))``."""
+    t = step.astype(jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
+def _unstack(batch: Batch) -> Batch:
+    return jax.tree_util.tree_map(lambda x: x[0], batch)
+
+
+def make_train_step(
+    predict: PredictFn,
+    optimizer: optax.GradientTransformation,
+    weights: LossWeights,
+    ema_decay: float,
+    mesh: Mesh,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """A jitted ``step(state, batch) -> (state, sums)``; the state is donated.
+
+    Args:
+        predict: ``(params, graph) -> Prediction`` (the student's potential).
+        optimizer: the Optax transformation.
+        weights: loss weights.
+        ema_decay: EMA decay (see :func:`ema_decay_at`).
+        mesh: devices; ``batch`` must have one shard per device.
+
+    Returns:
+        The step; ``sums`` holds the batch's error sums (``loss_and_sums``) plus
+        ``loss``, ``grad_norm`` and ``learning_rate``-free scalars, all replicated.
+    """
+
+    def shard_grads(params, batch, totals):
+        batch = _unstack(batch)
+
+        def local_loss(p):
+            return loss_and_sums(predict(p, batch.graph), batch, totals, weights)
+
+        (loss, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params)
+        return jax.lax.psum((loss, sums, grads), AXIS)
+
+    sharded_grads = jax.shard_map(
+        shard_grads,
+        mesh=mesh,
+        in_specs=(P(), P(AXIS), P()),
+        out_specs=(P(), P(), P()),
+        check_vma=False,
+    )
+
+    def step(state: TrainState, batch: Batch):
+        totals = batch_counts(batch)
+        loss, sums, grads = sharded_grads(state.params, batch, totals)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay_at(state.step, ema_decay)
+        ema = jax.tree_util.tree_map(
+            lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema_params, params
+        )
+        sums = {**sums, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(state.step + 1, params, ema, opt_state), sums
+
+    state_sharding = replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_sharding, sharded(mesh)),
+        out_shardings=(state_sharding, state_sharding),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(
+    predict: PredictFn, weights: LossWeights, mesh: Mesh
+) -> Callable[[Any, Batch], dict[str, jax.Array]]:
+    """A jitted ``evaluate(params, batch) -> sums`` (error sums of the whole batch)."""
+
+    def shard_sums(params, batch, totals):
+        batch = _unstack(batch)
+        loss, sums = loss_and_sums(predict(params, batch.graph), batch, totals, weights)
+        return jax.lax.psum({**sums, "loss": loss}, AXIS)
+
+    sharded_sums = jax.shard_map(
+        shard_sums, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=P(), check_vma=False
+    )
+
+    def evaluate(params, batch: Batch):
+        return sharded_sums(params, batch, batch_counts(batch))
+
+    return jax.jit(
+        evaluate, in_shardings=(replicated(mesh), sharded(mesh)), out_shardings=replicated(mesh)
+    )
