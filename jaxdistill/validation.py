@@ -150,15 +150,26 @@ def rdf_difference(g_a: np.ndarray, g_b: np.ndarray, r: np.ndarray) -> float:
     return float(np.sum(np.abs(g_a - g_b)) * dr / max(np.sum(np.abs(g_b)) * dr, 1e-300))
 
 
+class MDBlowUp(RuntimeError):
+    """A run whose temperature became non-finite or far above its target."""
+
+    def __init__(self, step: int, temperature: float, target: float) -> None:
+        super().__init__(
+            f"MD blew up at step {step}: temperature {temperature:.0f} K (target {target:.0f} K)"
+        )
+        self.step = step
+
+
 @dataclass
 class NVTRun:
-    """What an NVT run produced."""
+    """What an NVT run produced (up to a blow-up, if one happened)."""
 
     temperature_kelvin: float
     steps: int
     seconds_per_step: float
     temperatures: np.ndarray  # instantaneous T of kept frames, K
     frames: list[ase.Atoms] = field(repr=False)  # kept frames with their labels
+    blew_up_at_step: int | None = None
 
     @property
     def mean_temperature(self) -> float:
@@ -211,25 +222,31 @@ def run_nvt(
             progress(1)
     frames, temperatures = [], []
     start = time.perf_counter()
-    for step in range(1, steps + 1):
-        dynamics.run(1)
-        if step % config.stride == 0:
-            frames.append(_snapshot(atoms))
-            temperatures.append(atoms.get_temperature())
-            _check_sane(atoms, temperature_kelvin)
+    blew_up, done = None, 0
+    try:
+        _check_sane(atoms, temperature_kelvin, 0)
+        for step in range(1, steps + 1):
+            dynamics.run(1)
+            done = step
+            if step % config.stride == 0:
+                _check_sane(atoms, temperature_kelvin, step)
+                frames.append(_snapshot(atoms))
+                temperatures.append(atoms.get_temperature())
+            if progress:
+                progress(1)
+    except MDBlowUp as error:
+        blew_up = error.step
         if progress:
-            progress(1)
-    seconds = (time.perf_counter() - start) / max(steps, 1)
-    run = NVTRun(temperature_kelvin, steps, seconds, np.array(temperatures), frames)
+            progress(steps - done)
+    seconds = (time.perf_counter() - start) / max(done, 1)
+    run = NVTRun(temperature_kelvin, steps, seconds, np.array(temperatures), frames, blew_up)
     return run, atoms
 
 
-def _check_sane(atoms: ase.Atoms, target_kelvin: float) -> None:
+def _check_sane(atoms: ase.Atoms, target_kelvin: float, step: int) -> None:
     temperature = atoms.get_temperature()
     if not math.isfinite(temperature) or temperature > 5 * target_kelvin + 500:
-        raise RuntimeError(
-            f"MD blew up: temperature {temperature:.0f} K (target {target_kelvin:.0f} K)"
-        )
+        raise MDBlowUp(step, temperature, target_kelvin)
 
 
 def run_nve(
@@ -248,8 +265,12 @@ def run_nve(
     dynamics = VelocityVerlet(atoms, timestep=config.timestep_fs * units.fs)
     times, energies, temperatures = [], [], []
     start = time.perf_counter()
+    blew_up = None
     for step in range(1, config.nve_steps + 1):
         dynamics.run(1)
+        if not math.isfinite(atoms.get_temperature()) or atoms.get_temperature() > 1e5:
+            blew_up = step
+            break
         if step % config.stride == 0 or step == 1:
             times.append(step * config.timestep_fs / 1000.0)  # ps
             energies.append(atoms.get_total_energy() / len(atoms))
@@ -261,6 +282,7 @@ def run_nve(
     slope = float(np.polyfit(times, energies, 1)[0]) if len(times) > 2 else math.nan
     return {
         "steps": config.nve_steps,
+        "blew_up_at_step": blew_up,
         "duration_ps": config.nve_steps * config.timestep_fs / 1000.0,
         "drift_mev_per_atom_per_ps": 1e3 * slope,
         "energy_std_mev_per_atom": 1e3 * float(np.std(energies)),
@@ -351,13 +373,17 @@ def validate_md(
             config.teacher_steps,
             progress,
         )
-        if equilibrated is None:
+        if equilibrated is None and student_run.blew_up_at_step is None:
             equilibrated = student_state
         tag = f"{temperature:g}K"
         ase.io.write(output_dir / f"teacher_nvt_{tag}.extxyz", teacher_run.frames)
         ase.io.write(output_dir / f"student_nvt_{tag}.extxyz", student_run.frames)
-        r, g_student = pair_distribution(student_run.frames, r_max, config.rdf_bins)
-        _, g_teacher = pair_distribution(teacher_run.frames, r_max, config.rdf_bins)
+        r, g_teacher = pair_distribution(teacher_run.frames or [structure], r_max, config.rdf_bins)
+        g_student = (
+            pair_distribution(student_run.frames, r_max, config.rdf_bins)[1]
+            if student_run.frames
+            else np.zeros_like(g_teacher)
+        )
         entry = {
             "temperature_kelvin": temperature,
             "student": {
@@ -365,19 +391,23 @@ def validate_md(
                 "mean_temperature_kelvin": student_run.mean_temperature,
                 "std_temperature_kelvin": student_run.std_temperature,
                 "seconds_per_step": student_run.seconds_per_step,
+                "blew_up_at_step": student_run.blew_up_at_step,
             },
             "teacher": {
                 "steps": teacher_run.steps,
                 "mean_temperature_kelvin": teacher_run.mean_temperature,
                 "std_temperature_kelvin": teacher_run.std_temperature,
                 "seconds_per_step": teacher_run.seconds_per_step,
+                "blew_up_at_step": teacher_run.blew_up_at_step,
             },
             "rdf_r_angstrom": r.tolist(),
             "rdf_student": g_student.tolist(),
             "rdf_teacher": g_teacher.tolist(),
             "rdf_relative_difference": rdf_difference(g_student, g_teacher, r),
-            "student_on_teacher_frames": force_errors(
-                student_calculator_factory, teacher_run.frames
+            "student_on_teacher_frames": (
+                force_errors(student_calculator_factory, teacher_run.frames)
+                if teacher_run.frames
+                else None
             ),
             "speedup_ase": teacher_run.seconds_per_step / max(student_run.seconds_per_step, 1e-12),
         }

@@ -78,3 +78,30 @@ def test_identical_models_agree_exactly(tmp_path):
     nve = result["nve"]
     assert abs(nve["drift_mev_per_atom_per_ps"]) < 1.0
     assert nve["mean_temperature_kelvin"] > 50
+
+
+def test_blow_up_is_recorded_not_raised(tmp_path):
+    """A far too long time step heats the run; the result says so and the rest goes on."""
+    copper = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    config = MDValidationConfig(
+        student_steps=200,
+        teacher_steps=10,
+        equilibration_steps=0,
+        nve_steps=0,
+        stride=2,
+        timestep_fs=1.0,
+    )
+    stable = validate_md(copper, EMT, EMT, [300.0], config, tmp_path)
+    assert stable["temperatures"][0]["student"]["blew_up_at_step"] is None
+    unstable_config = MDValidationConfig(
+        student_steps=200,
+        teacher_steps=10,
+        equilibration_steps=0,
+        nve_steps=0,
+        stride=2,
+        timestep_fs=60.0,
+    )
+    result = validate_md(copper, EMT, EMT, [300.0], unstable_config, tmp_path)
+    entry = result["temperatures"][0]
+    assert entry["student"]["blew_up_at_step"] is not None
+    assert entry["student"]["blew_up_at_step"] <= 200

@@ -1,0 +1,211 @@
+"""The stages of ``jaxdistill distill``; each returns a JSON-able summary of what it did."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import ase.io
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+if TYPE_CHECKING:
+    from jaxdistill.pipeline import DistillConfig, RunDirectory
+
+
+def hardware_description(device: str = "cpu") -> str:
+    """A line naming where something ran (CPU model and cores, or the GPU)."""
+    import os
+
+    import jax
+
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            return f"{torch.cuda.get_device_name()} (torch)"
+        except Exception:
+            pass
+    accelerator = jax.devices()[0]
+    if accelerator.platform != "cpu":
+        return f"{accelerator.device_kind} (jax)"
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
+
+
+@dataclass
+class StageContext:
+    """What every stage needs: the config, the run directory, a console, the device."""
+
+    config: DistillConfig
+    run: RunDirectory
+    console: Console
+    device: str = "cpu"
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    @cached_property
+    def teacher(self):
+        """The teacher, loaded on first use (loading costs seconds)."""
+        from jaxdistill.teachers import load_teacher
+
+        self.console.print(f"loading teacher [bold]{self.config.teacher}[/] on {self.device}")
+        return load_teacher(self.config.teacher, device=self.device, **self.config.teacher_options)
+
+    def progress(self) -> Progress:
+        return Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+
+
+def sample_stage(context: StageContext) -> dict[str, Any]:
+    """Generate configurations (teacher MD, rattles, strains) into frames.extxyz."""
+    from jaxdistill.sampling import element_counts, sample, sampler_counts
+
+    config = context.config.sampling
+    teacher = context.teacher if config.md is not None else None
+    start = time.perf_counter()
+    frames = sample(config, teacher=teacher, progress=True, console=context.console)
+    temporary = context.run.frames.with_suffix(".partial.extxyz")
+    ase.io.write(temporary, frames, format="extxyz")
+    temporary.replace(context.run.frames)
+    temperatures = sorted(
+        {
+            float(f.info["temperature_kelvin"])
+            for f in frames
+            if np.isfinite(f.info.get("temperature_kelvin", np.nan))
+        }
+    )
+    summary = {
+        "frames": len(frames),
+        "atoms": int(sum(len(f) for f in frames)),
+        "elements": element_counts(frames),
+        "samplers": sampler_counts(frames),
+        "temperatures_kelvin": temperatures,
+        "seconds": time.perf_counter() - start,
+        "hardware": hardware_description(context.device),
+    }
+    context.console.print(
+        f"{summary['frames']} frames, {summary['atoms']} atoms, elements {summary['elements']},"
+        f" samplers {summary['samplers']}"
+    )
+    return summary
+
+
+def label_stage(context: StageContext) -> dict[str, Any]:
+    """Label the frames with the teacher into labels.h5 (resumes a killed run)."""
+    from jaxdistill.data.store import label
+
+    result = label(
+        context.teacher,
+        context.run.frames,
+        context.run.labels,
+        batch_size=context.config.label_batch_size,
+        progress=True,
+        console=context.console,
+    )
+    return {
+        "frames": result.n_frames,
+        "labelled_now": result.n_labelled,
+        "resumed": result.n_resumed,
+        "atoms": result.n_atoms,
+        "elements": result.elements,
+        "seconds_per_frame": result.seconds_per_frame,
+        "teacher": context.teacher.provenance(),
+        "hardware": hardware_description(context.device),
+    }
+
+
+def train_stage(context: StageContext) -> dict[str, Any]:
+    """Train the student on the labels (resumes from its last checkpoint)."""
+    from jaxdistill.train import train
+
+    student = train(
+        context.run.labels, context.run.student, context.config.train, console=context.console
+    )
+    summary = dict(student.metadata.get("training", {}))
+    summary.update(
+        architecture=student.architecture,
+        parameters=student.num_parameters,
+        hardware=hardware_description("cpu"),
+    )
+    return summary
+
+
+def evaluate_stage(context: StageContext) -> dict[str, Any]:
+    """Accuracy against the teacher on held-out frames, with parity plots."""
+    from jaxdistill.evaluate import evaluate, summary_lines
+
+    result = evaluate(
+        context.run.student,
+        context.run.labels,
+        split=context.config.evaluate_split,
+        output_dir=context.run.evaluation,
+    )
+    for line in summary_lines(result):
+        context.console.print(line)
+    return {k: v for k, v in result.items() if k not in ("provenance",)}
+
+
+def md_stage(context: StageContext) -> dict[str, Any]:
+    """Student and teacher MD side by side; held-out frames at an unseen temperature."""
+    from jaxdistill import StudentCalculator, load_student
+    from jaxdistill.sampling import load_structures
+    from jaxdistill.validation import total_steps, validate_md, validation_temperatures
+
+    config = context.config.md_validation
+    structures = load_structures(context.config.sampling)
+    if not 0 <= config.structure_index < len(structures):
+        raise ValueError(
+            f"md_validation.structure_index {config.structure_index} out of range: "
+            f"{len(structures)} starting structures"
+        )
+    structure = structures[config.structure_index]
+    sampled = context.config.sampling.md.temperatures_kelvin if context.config.sampling.md else ()
+    temperatures = validation_temperatures(sampled, config.temperatures_kelvin)
+    student = load_student(context.run.student)
+    teacher = context.teacher
+    context.console.print(
+        f"MD validation on {structure.get_chemical_formula()} at {temperatures} K "
+        f"(training temperatures {list(sampled)})"
+    )
+    with context.progress() as bar:
+        task = bar.add_task("MD student + teacher", total=total_steps(config, len(temperatures)))
+        results = validate_md(
+            structure,
+            lambda: StudentCalculator(student),
+            teacher.as_calculator,
+            temperatures,
+            config,
+            context.run.md,
+            progress=lambda n: bar.advance(task, n),
+        )
+    results["training_temperatures_kelvin"] = [float(t) for t in sampled]
+    results["unseen_temperatures_kelvin"] = [t for t in temperatures if t not in sampled]
+    results["structure"] = structure.get_chemical_formula()
+    results["n_atoms"] = len(structure)
+    results["hardware"] = hardware_description(context.device)
+    (context.run.md / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return {
+        "temperatures_kelvin": temperatures,
+        "unseen_temperatures_kelvin": results["unseen_temperatures_kelvin"],
+        "nve_drift_mev_per_atom_per_ps": results.get("nve", {}).get("drift_mev_per_atom_per_ps"),
+        "results_file": str(context.run.md / "results.json"),
+    }
+
+
+STAGE_FUNCTIONS = {
+    "sample": sample_stage,
+    "label": label_stage,
+    "train": train_stage,
+    "evaluate": evaluate_stage,
+    "md": md_stage,
+}

@@ -1,0 +1,102 @@
+"""The whole pipeline on a tiny config (EMT copper teacher, seconds per stage)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from jaxdistill import load_student
+from jaxdistill.pipeline import DistillConfig, distill, stage_hashes
+
+TINY = {
+    "name": "tiny-cu",
+    "teacher": "ase:ase.calculators.emt:EMT",
+    "device": "cpu",
+    "sampling": {
+        "seed": 0,
+        "structures": [
+            {
+                "build": "bulk",
+                "args": {"name": "Cu", "crystalstructure": "fcc", "a": 3.61, "cubic": True},
+            }
+        ],
+        "md": {
+            "temperatures_kelvin": [300, 900],
+            "frames_per_temperature": 12,
+            "stride": 3,
+            "equilibration_steps": 10,
+            "timestep_fs": 2.0,
+        },
+        "rattle": {"count": 6, "sigma_angstrom": 0.05},
+    },
+    "train": {
+        "architecture": "schnet",
+        "model": {"features": 16, "num_layers": 2},
+        "cutoff_angstrom": 4.0,
+        "steps": 60,
+        "batch_size": 4,
+        "validation_interval": 30,
+        "checkpoint_interval": 30,
+        "log_interval": 10,
+        "patience": None,
+    },
+    "md_validation": {
+        "student_steps": 20,
+        "teacher_steps": 20,
+        "equilibration_steps": 10,
+        "nve_steps": 40,
+        "stride": 5,
+        "timestep_fs": 2.0,
+    },
+}
+
+
+def test_tiny_distillation_runs_resumes_and_reports(tmp_path):
+    run_dir = tmp_path / "run"
+    record = distill(TINY, run_dir)
+    assert list(record) == ["sample", "label", "train", "evaluate", "md", "report"]
+    assert record["sample"]["summary"]["frames"] == 2 * 12 + 6
+    assert record["sample"]["summary"]["temperatures_kelvin"] == [300.0, 900.0]
+    student = load_student(run_dir / "student")
+    assert student.architecture == "schnet"
+    evaluation = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["frames"] > 0 and evaluation["forces"]["mae_meV_per_A"] > 0
+    md = json.loads((run_dir / "md" / "results.json").read_text())
+    assert [t["temperature_kelvin"] for t in md["temperatures"]] == [300.0, 600.0, 900.0]
+    assert md["unseen_temperatures_kelvin"] == [600.0]
+    report = (run_dir / "report.md").read_text()
+    assert "force MAE" in report and "| 600 | no |" in report
+    assert (run_dir / "rdf.png").stat().st_size > 1000
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "tiny-cu"
+
+    # a re-run skips every stage: nothing is recomputed
+    mtime = (run_dir / "labels.h5").stat().st_mtime_ns
+    again = distill(TINY, run_dir)
+    assert again["train"]["seconds"] == record["train"]["seconds"]
+    assert (run_dir / "labels.h5").stat().st_mtime_ns == mtime
+
+    # changing the MD validation redoes that stage and the report only
+    changed = {**TINY, "md_validation": {**TINY["md_validation"], "temperatures_kelvin": [500]}}
+    third = distill(changed, run_dir)
+    assert third["train"]["seconds"] == record["train"]["seconds"]
+    md = json.loads((run_dir / "md" / "results.json").read_text())
+    assert [t["temperature_kelvin"] for t in md["temperatures"]] == [500.0]
+
+
+def test_stage_hashes_chain():
+    base = DistillConfig.from_dict(TINY)
+    other = DistillConfig.from_dict({**TINY, "train": {**TINY["train"], "steps": 61}})
+    a, b = stage_hashes(base), stage_hashes(other)
+    assert a["sample"] == b["sample"] and a["label"] == b["label"]
+    assert a["train"] != b["train"] and a["md"] != b["md"]
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['sampler'\]"):
+        DistillConfig.from_dict({**TINY, "sampler": {}})
+    with pytest.raises(ValueError, match="needs 'teacher'"):
+        DistillConfig.from_dict({k: v for k, v in TINY.items() if k != "teacher"})
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        DistillConfig.from_yaml("/nonexistent.yaml")
