@@ -1,0 +1,990 @@
+"""HDF5 label store: frames + teacher labels, append-only, crash-safe, resumable.
+
+Layout (readable with plain h5py; see docs/data.md for the full table). All datasets
+live at the root, are contiguous and are *preallocated* to a capacity when the file is
+created, so appending a frame only overwrites bytes inside existing datasets and never
+changes HDF5 metadata:
+
+- per atom, ``[capacity_atoms, ...]``: ``positions`` (Å), ``numbers``, ``forces`` (eV/Å);
+- per frame, ``[capacity_frames, ...]``: ``cell`` (Å), ``pbc``, ``energy`` (eV),
+  ``stress`` (eV/Å³, Voigt xx yy zz yz xz xy, ASE sign, NaN when not labelled),
+  ``force_disagreement`` (eV/Å), ``energy_disagreement`` (eV), ``sampler``,
+  ``temperature_kelvin``, ``seed``, ``input_index``, ``input_hash``;
+- ``offsets`` ``[capacity_frames + 1]``: atoms of frame ``i`` are rows
+  ``offsets[i]:offsets[i+1]`` of the per-atom arrays;
+- ``committed`` ``[2]`` int64: (frames, atoms) that are complete. Everything beyond it
+  is ignored.
+
+Crash safety: an append writes the frame data, flushes, then writes ``committed`` and
+flushes again (and fsyncs when ``durable``). A process killed at any instant leaves
+either the old or the new ``committed``, and the data it counts were flushed before it,
+so a kill loses at most the batch being written. Creating and growing the file happen
+in a temporary file that is renamed into place (``os.replace`` is atomic), so the
+store's path never holds a half-made file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import ase
+import ase.data
+import ase.io
+import h5py
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from jaxdistill.teachers.base import Teacher, TeacherLabels
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "UNITS",
+    "LabelArrays",
+    "LabelStore",
+    "LabelStoreError",
+    "LabelSummary",
+    "frame_hash",
+    "frames_fingerprint",
+    "label",
+]
+
+FORMAT_NAME = "jaxdistill-label-store"
+FORMAT_VERSION = 1
+
+#: Units of every stored quantity (also written into the file's ``units`` attribute).
+UNITS: dict[str, str] = {
+    "positions": "Å",
+    "cell": "Å",
+    "energy": "eV",
+    "forces": "eV/Å",
+    "stress": "eV/Å³ (Voigt xx yy zz yz xz xy, ASE sign: (1/V) dE/dstrain)",
+    "force_disagreement": "eV/Å",
+    "energy_disagreement": "eV",
+    "temperature_kelvin": "K",
+}
+
+SAMPLER_LEN = 32  # bytes of the fixed-length sampler-name field
+HASH_LEN = 32  # hex characters of a frame's content hash (128-bit BLAKE2b)
+
+# name -> (dtype, trailing shape, fill value); per-atom and per-frame datasets.
+_ATOM_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
+    "positions": (np.float64, (3,), np.nan),
+    "numbers": (np.int32, (), 0),
+    "forces": (np.float64, (3,), np.nan),
+}
+_FRAME_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
+    "cell": (np.float64, (3, 3), np.nan),
+    "pbc": (np.bool_, (3,), False),
+    "energy": (np.float64, (), np.nan),
+    "stress": (np.float64, (6,), np.nan),
+    "force_disagreement": (np.float64, (), np.nan),
+    "energy_disagreement": (np.float64, (), np.nan),
+    "sampler": (f"S{SAMPLER_LEN}", (), b""),
+    "temperature_kelvin": (np.float64, (), np.nan),
+    "seed": (np.int64, (), -1),
+    "input_index": (np.int64, (), -1),
+    "input_hash": (f"S{HASH_LEN}", (), b""),
+}
+
+
+class LabelStoreError(ValueError):
+    """A file is not a valid label store (foreign, truncated, inconsistent), or a resume
+    would mix incompatible inputs or teachers."""
+
+
+def frame_hash(atoms: ase.Atoms) -> str:
+    """Content hash of a structure: atomic numbers, positions, cell and pbc (exact bits).
+
+    Args:
+        atoms: The structure.
+
+    Returns:
+        A 32-character hex string (128-bit BLAKE2b). Equal structures, bit for bit,
+        give equal hashes; labels and ``info`` are not included.
+    """
+    digest = hashlib.blake2b(digest_size=HASH_LEN // 2)
+    digest.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(atoms.pbc, dtype=np.bool_).tobytes())
+    return digest.hexdigest()
+
+
+def frames_fingerprint(hashes: Sequence[str]) -> str:
+    """Fingerprint of an ordered list of frame hashes (identifies a whole input file)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(str(len(hashes)).encode())
+    for h in hashes:
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LabelArrays:
+    """All (or selected) frames of a store as numpy arrays, for training.
+
+    Per-atom arrays are flat; frame ``i`` owns rows ``offsets[i]:offsets[i+1]``.
+
+    Attributes:
+        positions: ``[n_atoms_total, 3]`` float64, Å.
+        numbers: ``[n_atoms_total]`` int32, atomic numbers.
+        forces: ``[n_atoms_total, 3]`` float64, eV/Å.
+        offsets: ``[n_frames + 1]`` int64, starting at 0.
+        cell: ``[n_frames, 3, 3]`` float64, Å (rows are cell vectors).
+        pbc: ``[n_frames, 3]`` bool.
+        energy: ``[n_frames]`` float64, eV.
+        stress: ``[n_frames, 6]`` float64, eV/Å³ (Voigt, ASE sign); NaN = not labelled.
+        force_disagreement: ``[n_frames]`` float64, eV/Å; NaN for a single teacher.
+        energy_disagreement: ``[n_frames]`` float64, eV; NaN for a single teacher.
+        sampler: ``[n_frames]`` str.
+        temperature_kelvin: ``[n_frames]`` float64, K; NaN when not from MD.
+        seed: ``[n_frames]`` int64; -1 when unknown.
+        input_index: ``[n_frames]`` int64, index of the frame in the labelled input.
+        frame_index: ``[n_frames]`` int64, index of the frame in the store.
+    """
+
+    positions: np.ndarray
+    numbers: np.ndarray
+    forces: np.ndarray
+    offsets: np.ndarray
+    cell: np.ndarray
+    pbc: np.ndarray
+    energy: np.ndarray
+    stress: np.ndarray
+    force_disagreement: np.ndarray
+    energy_disagreement: np.ndarray
+    sampler: np.ndarray
+    temperature_kelvin: np.ndarray
+    seed: np.ndarray
+    input_index: np.ndarray
+    frame_index: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames."""
+        return len(self.energy)
+
+    @property
+    def n_atoms(self) -> np.ndarray:
+        """``[n_frames]`` atoms per frame."""
+        return np.diff(self.offsets)
+
+    @property
+    def atom_frame(self) -> np.ndarray:
+        """``[n_atoms_total]`` the frame (0..n_frames-1) each atom row belongs to."""
+        return np.repeat(np.arange(self.n_frames), self.n_atoms)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> LabelArrays:
+        """The arrays of the frames ``indices`` (positions in this object), in that order."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        starts, stops = self.offsets[idx], self.offsets[idx + 1]
+        rows = (
+            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
+            if len(idx)
+            else np.zeros(0, dtype=np.int64)
+        )
+        offsets = np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64)
+        per_atom = {"positions", "numbers", "forces"}
+        values: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "offsets":
+                values[f.name] = offsets
+            elif f.name in per_atom:
+                values[f.name] = value[rows]
+            else:
+                values[f.name] = value[idx]
+        return LabelArrays(**values)
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """What :func:`label` did.
+
+    Attributes:
+        path: The store.
+        n_frames: Frames in the store after the run (= frames in the input).
+        n_labelled: Frames labelled by this run.
+        n_resumed: Frames found already labelled (skipped).
+        n_atoms: Atoms in the store.
+        elements: Atom counts per element symbol over the store.
+        seconds: Wall time of this run's labelling, s.
+        seconds_per_frame: ``seconds / n_labelled`` (NaN when nothing was labelled).
+    """
+
+    path: Path
+    n_frames: int
+    n_labelled: int
+    n_resumed: int
+    n_atoms: int
+    elements: dict[str, int]
+    seconds: float
+    seconds_per_frame: float
+
+
+def _new_dcpl() -> h5py.h5p.PropDCID:
+    # Early allocation: the dataset's bytes exist (filled) from creation on, so later
+    # writes into it never allocate space or touch metadata.
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
+def _json_attr(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes a rename durable (power loss); harmless where directories cannot be fsynced.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _partial_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete temporary files left by writers of ``path`` that were killed."""
+    for partial in path.parent.glob(f".{path.name}.*.partial"):
+        try:
+            pid = int(partial.name[len(path.name) + 2 :].split(".")[0])
+            os.kill(pid, 0)  # raises if no such process: the file is an orphan
+        except ProcessLookupError:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        except (ValueError, PermissionError):
+            continue
+
+
+def _create_file(
+    path: Path,
+    capacity_frames: int,
+    capacity_atoms: int,
+    attrs: Mapping[str, Any],
+) -> h5py.File:
+    file = h5py.File(path, "w", track_order=True)
+    file.attrs["format"] = FORMAT_NAME
+    file.attrs["format_version"] = FORMAT_VERSION
+    file.attrs["units"] = _json_attr(UNITS)
+    for key, value in attrs.items():
+        file.attrs[key] = value
+    for name, (dtype, shape, fill) in _ATOM_FIELDS.items():
+        file.create_dataset(
+            name, shape=(capacity_atoms, *shape), dtype=dtype, fillvalue=fill, dcpl=_new_dcpl()
+        )
+    for name, (dtype, shape, fill) in _FRAME_FIELDS.items():
+        file.create_dataset(
+            name, shape=(capacity_frames, *shape), dtype=dtype, fillvalue=fill, dcpl=_new_dcpl()
+        )
+    file.create_dataset(
+        "offsets", shape=(capacity_frames + 1,), dtype=np.int64, fillvalue=0, dcpl=_new_dcpl()
+    )
+    file.create_dataset("committed", shape=(2,), dtype=np.int64, fillvalue=0, dcpl=_new_dcpl())
+    file.flush()
+    return file
+
+
+def _labels_provenance_mismatch(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = ("name", "spec", "package", "version", "weights_sha256", "precision", "ensemble_size")
+    return [
+        f"{k}: store has {stored.get(k)!r}, teacher has {new.get(k)!r}"
+        for k in keys
+        if json.loads(_json_attr(stored.get(k))) != json.loads(_json_attr(new.get(k)))
+    ]
+
+
+class LabelStore:
+    """An HDF5 file of labelled frames (see the module docstring for the layout).
+
+    Open an existing store with ``LabelStore(path)`` (read-only) or
+    ``LabelStore(path, mode="a")`` (append); create one with :meth:`LabelStore.create`
+    or through :func:`label`.
+
+    Args:
+        path: The ``.h5`` file.
+        mode: ``"r"`` read-only (default; opened without HDF5 file locking, so a store
+            can be inspected while another process appends to it), or ``"a"`` to append.
+        durable: In ``"a"`` mode, fsync after every commit (survives power loss, not just
+            a killed process).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        LabelStoreError: The file is not HDF5, is truncated, is not a label store, or is
+            internally inconsistent.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r", durable: bool = True) -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(
+                f"mode must be 'r' or 'a', got {mode!r} (create with LabelStore.create)"
+            )
+        self.path = Path(path)
+        self.mode = mode
+        self.durable = durable
+        if not self.path.exists():
+            raise FileNotFoundError(f"label store not found: {self.path}")
+        try:
+            if mode == "r":
+                self._file = h5py.File(self.path, "r", locking=False)
+            else:
+                self._file = h5py.File(self.path, "r+")
+        except OSError as error:
+            text = str(error)
+            if "already open" in text:
+                raise LabelStoreError(
+                    f"{self.path} is already open in this process in another mode; close that "
+                    f"LabelStore first ({text})"
+                ) from None
+            if "lock" in text.lower():
+                raise LabelStoreError(
+                    f"{self.path} is open for writing by another process ({text})"
+                ) from None
+            raise LabelStoreError(
+                f"{self.path} cannot be read as HDF5 (truncated or not an HDF5 file?): {text}"
+            ) from None
+        try:
+            self._validate()
+        except Exception:
+            self._file.close()
+            raise
+
+    # ------------------------------------------------------------------ creation
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        teacher: Mapping[str, Any] | None = None,
+        capacity_frames: int = 1024,
+        capacity_atoms: int = 65536,
+        input_info: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        durable: bool = True,
+    ) -> LabelStore:
+        """Create an empty store, atomically, and open it for appending.
+
+        Args:
+            path: The ``.h5`` file to create.
+            teacher: Teacher provenance (``teacher.provenance()``), stored as JSON in the
+                ``teacher`` attribute.
+            capacity_frames: Frames preallocated (the store grows automatically).
+            capacity_atoms: Atoms preallocated (the store grows automatically).
+            input_info: Description of the labelled input (``n_frames``, ``fingerprint``,
+                ``source``), used by :func:`label` to resume safely.
+            metadata: Free-form JSON-serialisable metadata (``metadata`` attribute).
+            overwrite: Replace an existing file.
+            durable: fsync after every commit.
+
+        Returns:
+            The store, open in ``"a"`` mode.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from jaxdistill import __version__
+
+        attrs = {
+            "teacher": _json_attr(dict(teacher or {})),
+            "input": _json_attr(dict(input_info or {})),
+            "metadata": _json_attr(dict(metadata or {})),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "jaxdistill_version": __version__,
+        }
+        _remove_stale_partials(path)
+        partial = _partial_path(path)
+        try:
+            _create_file(partial, int(capacity_frames), int(capacity_atoms), attrs).close()
+            if durable:
+                _fsync_path(partial)
+            os.replace(partial, path)
+            if durable:
+                _fsync_dir(path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return cls(path, mode="a", durable=durable)
+
+    # ---------------------------------------------------------------- validation
+    def _validate(self) -> None:
+        f = self._file
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode()
+        if fmt != FORMAT_NAME:
+            found = ", ".join(sorted(f.keys())[:8]) or "nothing"
+            raise LabelStoreError(
+                f"{self.path} is an HDF5 file but not a jaxdistill label store "
+                f"(attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r}; it contains: {found})"
+            )
+        version = int(f.attrs.get("format_version", -1))
+        if version > FORMAT_VERSION or version < 1:
+            raise LabelStoreError(
+                f"{self.path} has label-store format version {version}; this jaxdistill reads "
+                f"version {FORMAT_VERSION}"
+            )
+        missing = [n for n in (*_ATOM_FIELDS, *_FRAME_FIELDS, "offsets", "committed") if n not in f]
+        if missing:
+            raise LabelStoreError(f"{self.path} is an incomplete label store: missing {missing}")
+        try:
+            frames, atoms = (int(x) for x in f["committed"][:])
+            cap_frames, cap_atoms = self.capacity
+            offsets = f["offsets"][: frames + 1] if frames <= cap_frames else None
+        except OSError as error:
+            raise LabelStoreError(f"{self.path} cannot be read (truncated?): {error}") from None
+        if not (0 <= frames <= cap_frames and 0 <= atoms <= cap_atoms) or offsets is None:
+            raise LabelStoreError(
+                f"{self.path} is inconsistent: committed ({frames} frames, {atoms} atoms) "
+                f"exceeds capacity ({cap_frames}, {cap_atoms})"
+            )
+        if offsets[0] != 0 or offsets[-1] != atoms or np.any(np.diff(offsets) < 1):
+            raise LabelStoreError(
+                f"{self.path} is inconsistent: frame offsets do not match the committed atoms"
+            )
+        for name in _ATOM_FIELDS:
+            if f[name].shape[0] != cap_atoms:
+                raise LabelStoreError(
+                    f"{self.path} is inconsistent: {name} has {f[name].shape[0]} rows, "
+                    f"expected {cap_atoms}"
+                )
+        for name in _FRAME_FIELDS:
+            if f[name].shape[0] != cap_frames:
+                raise LabelStoreError(
+                    f"{self.path} is inconsistent: {name} has {f[name].shape[0]} rows, "
+                    f"expected {cap_frames}"
+                )
+
+    # --------------------------------------------------------------- properties
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """Preallocated (frames, atoms)."""
+        return int(self._file["energy"].shape[0]), int(self._file["positions"].shape[0])
+
+    @property
+    def n_atoms_total(self) -> int:
+        """Committed atoms over all frames."""
+        return int(self._file["committed"][1])
+
+    def __len__(self) -> int:
+        return int(self._file["committed"][0])
+
+    def _attr_json(self, key: str) -> dict[str, Any]:
+        raw = self._file.attrs.get(key, "{}")
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        """Teacher provenance stored with the labels."""
+        return self._attr_json("teacher")
+
+    @property
+    def input_info(self) -> dict[str, Any]:
+        """Description of the labelled input (``n_frames``, ``fingerprint``, ``source``)."""
+        return self._attr_json("input")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Free-form metadata."""
+        return self._attr_json("metadata")
+
+    @property
+    def units(self) -> dict[str, str]:
+        """Units of the stored quantities."""
+        return self._attr_json("units")
+
+    def element_counts(self) -> dict[str, int]:
+        """Atom counts per element symbol over the committed frames."""
+        numbers = self._file["numbers"][: self.n_atoms_total]
+        values, counts = np.unique(numbers, return_counts=True)
+        return {
+            ase.data.chemical_symbols[int(z)]: int(c) for z, c in zip(values, counts, strict=True)
+        }
+
+    # ------------------------------------------------------------------ reading
+    def arrays(self, indices: Sequence[int] | np.ndarray | None = None) -> LabelArrays:
+        """Committed frames as numpy arrays (one read per dataset).
+
+        Args:
+            indices: Frames to return, in that order (default: all).
+
+        Returns:
+            A :class:`LabelArrays`.
+        """
+        f = self._file
+        n, a = len(self), self.n_atoms_total
+        sampler = f["sampler"][:n].astype(str) if n else np.zeros(0, dtype=str)
+        full = LabelArrays(
+            positions=f["positions"][:a],
+            numbers=f["numbers"][:a],
+            forces=f["forces"][:a],
+            offsets=f["offsets"][: n + 1],
+            cell=f["cell"][:n],
+            pbc=f["pbc"][:n],
+            energy=f["energy"][:n],
+            stress=f["stress"][:n],
+            force_disagreement=f["force_disagreement"][:n],
+            energy_disagreement=f["energy_disagreement"][:n],
+            sampler=sampler,
+            temperature_kelvin=f["temperature_kelvin"][:n],
+            seed=f["seed"][:n],
+            input_index=f["input_index"][:n],
+            frame_index=np.arange(n, dtype=np.int64),
+        )
+        if indices is None:
+            return full
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"frame index out of range for a store of {n} frames")
+        return full.subset(np.where(idx < 0, idx + n, idx))
+
+    def input_hashes(self) -> list[str]:
+        """Content hashes of the committed frames' inputs (see :func:`frame_hash`)."""
+        return [h.decode() for h in self._file["input_hash"][: len(self)]]
+
+    @staticmethod
+    def _atoms_from_arrays(arr: LabelArrays, i: int) -> ase.Atoms:
+        lo, hi = int(arr.offsets[i]), int(arr.offsets[i + 1])
+        atoms = ase.Atoms(
+            numbers=arr.numbers[lo:hi],
+            positions=arr.positions[lo:hi],
+            cell=arr.cell[i],
+            pbc=arr.pbc[i],
+        )
+        atoms.info["sampler"] = str(arr.sampler[i])
+        atoms.info["temperature_kelvin"] = float(arr.temperature_kelvin[i])
+        atoms.info["seed"] = int(arr.seed[i])
+        atoms.info["input_index"] = int(arr.input_index[i])
+        atoms.info["frame_index"] = int(arr.frame_index[i])
+        if math.isfinite(arr.force_disagreement[i]):
+            atoms.info["force_disagreement"] = float(arr.force_disagreement[i])
+            atoms.info["energy_disagreement"] = float(arr.energy_disagreement[i])
+        results: dict[str, Any] = {
+            "energy": float(arr.energy[i]),
+            "forces": arr.forces[lo:hi].copy(),
+        }
+        if np.all(np.isfinite(arr.stress[i])):
+            results["stress"] = arr.stress[i].copy()
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        return atoms
+
+    def to_atoms(self, indices: Sequence[int] | np.ndarray | None = None) -> list[ase.Atoms]:
+        """Frames as ase.Atoms with a SinglePointCalculator holding the labels.
+
+        ``atoms.get_potential_energy()`` (eV), ``get_forces()`` (eV/Å) and, when
+        labelled, ``get_stress()`` (eV/Å³) return the teacher's labels; ``atoms.info``
+        holds ``sampler``, ``temperature_kelvin``, ``seed``, ``input_index``,
+        ``frame_index`` and, for ensembles, the disagreements.
+        """
+        arr = self.arrays(indices)
+        return [self._atoms_from_arrays(arr, i) for i in range(arr.n_frames)]
+
+    def __getitem__(
+        self, index: int | slice | Sequence[int] | np.ndarray
+    ) -> ase.Atoms | list[ase.Atoms]:
+        n = len(self)
+        if isinstance(index, slice):
+            return self.to_atoms(range(*index.indices(n)))
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if not -n <= i < n:
+                raise IndexError(f"frame {i} out of range for a store of {n} frames")
+            return self.to_atoms([i % n])[0]
+        return self.to_atoms(index)
+
+    def __iter__(self) -> Iterator[ase.Atoms]:
+        # Read in blocks so that iterating a large store does not load it whole.
+        n, block = len(self), 256
+        for start in range(0, n, block):
+            yield from self.to_atoms(range(start, min(start + block, n)))
+
+    def split(
+        self,
+        fractions: Mapping[str, float] | Sequence[float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+    ) -> dict[str, np.ndarray]:
+        """Deterministic random split of the frames.
+
+        The frames are permuted with ``numpy.random.default_rng(seed)`` and cut into
+        consecutive pieces whose sizes follow ``fractions`` (largest-remainder rounding,
+        so the sizes add up to ``len(self)``). Same store length + same seed = same
+        split.
+
+        Args:
+            fractions: ``{"train": 0.8, "validation": 0.1, "test": 0.1}`` or a sequence
+                of three fractions for train/validation/test. Must add up to 1.
+            seed: Random seed.
+
+        Returns:
+            Split name -> sorted frame indices.
+        """
+        if not isinstance(fractions, Mapping):
+            values = list(fractions)
+            if len(values) != 3:
+                raise ValueError("give three fractions (train, validation, test) or a dict")
+            fractions = dict(zip(("train", "validation", "test"), values, strict=True))
+        names = list(fractions)
+        weights = np.array([float(fractions[k]) for k in names])
+        if np.any(weights < 0) or not math.isclose(weights.sum(), 1.0, abs_tol=1e-6):
+            raise ValueError(f"split fractions must be >= 0 and add up to 1, got {dict(fractions)}")
+        n = len(self)
+        exact = weights * n
+        sizes = np.floor(exact).astype(int)
+        remainder = n - sizes.sum()
+        # Largest remainders get the leftover frames; ties go to the earlier split.
+        order = np.argsort(-(exact - sizes), kind="stable")
+        sizes[order[:remainder]] += 1
+        perm = np.random.default_rng(seed).permutation(n)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        return {name: np.sort(perm[bounds[k] : bounds[k + 1]]) for k, name in enumerate(names)}
+
+    def export_extxyz(
+        self, path: str | Path, indices: Sequence[int] | np.ndarray | None = None
+    ) -> Path:
+        """Write frames and labels to an extended-XYZ file (energy, forces, stress, tags).
+
+        Returns:
+            The written path.
+        """
+        path = Path(path)
+        ase.io.write(path, self.to_atoms(indices), format="extxyz")
+        return path
+
+    # ------------------------------------------------------------------ writing
+    def _require_writable(self) -> None:
+        if self.mode != "a":
+            raise LabelStoreError(f"{self.path} is open read-only; open it with mode='a' to append")
+
+    def reserve(self, n_frames: int, n_atoms: int) -> None:
+        """Make room for ``n_frames`` more frames and ``n_atoms`` more atoms.
+
+        Growing rewrites the store into a temporary file with (at least) twice the
+        capacity and renames it into place: atomic, and rare.
+        """
+        self._require_writable()
+        cap_f, cap_a = self.capacity
+        need_f, need_a = len(self) + n_frames, self.n_atoms_total + n_atoms
+        if need_f <= cap_f and need_a <= cap_a:
+            return
+        new_f = max(need_f, 2 * cap_f, 16)
+        new_a = max(need_a, 2 * cap_a, 1024)
+        n, a = len(self), self.n_atoms_total
+        attrs = {
+            k: v
+            for k, v in self._file.attrs.items()
+            if k not in ("format", "format_version", "units")
+        }
+        partial = _partial_path(self.path)
+        try:
+            new = _create_file(partial, new_f, new_a, attrs)
+            try:
+                for name in _ATOM_FIELDS:
+                    if a:
+                        new[name][:a] = self._file[name][:a]
+                for name in _FRAME_FIELDS:
+                    if n:
+                        new[name][:n] = self._file[name][:n]
+                new["offsets"][: n + 1] = self._file["offsets"][: n + 1]
+                new.flush()
+                new["committed"][:] = [n, a]
+                new.flush()
+            finally:
+                new.close()
+            if self.durable:
+                _fsync_path(partial)
+            self._file.close()
+            os.replace(partial, self.path)
+            if self.durable:
+                _fsync_dir(self.path.parent)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        self._file = h5py.File(self.path, "r+")
+
+    def append(
+        self,
+        frames: Sequence[ase.Atoms],
+        labels: Sequence[TeacherLabels],
+        input_indices: Sequence[int] | None = None,
+        input_hashes: Sequence[str] | None = None,
+    ) -> None:
+        """Append labelled frames and commit them (all or nothing).
+
+        Args:
+            frames: Structures. Tags are read from ``atoms.info``: ``sampler`` (default
+                ``"input"``), ``temperature_kelvin`` (default NaN), ``seed`` (default -1).
+            labels: One :class:`~jaxdistill.teachers.TeacherLabels` per frame.
+            input_indices: Index of each frame in the labelled input (default: -1).
+            input_hashes: :func:`frame_hash` of each input frame (default: computed).
+        """
+        self._require_writable()
+        b = len(frames)
+        if len(labels) != b:
+            raise ValueError(f"{b} frames but {len(labels)} labels")
+        if b == 0:
+            return
+        counts = np.array([len(atoms) for atoms in frames], dtype=np.int64)
+        if np.any(counts < 1):
+            raise ValueError("cannot store a frame without atoms")
+        self.reserve(b, int(counts.sum()))
+        f = self._file
+        k, a = len(self), self.n_atoms_total
+        m = int(counts.sum())
+        for atoms, lab in zip(frames, labels, strict=True):
+            if lab.forces.shape != (len(atoms), 3):
+                raise ValueError(
+                    f"forces of shape {lab.forces.shape} for a frame of {len(atoms)} atoms"
+                )
+        samplers = []
+        for atoms in frames:
+            name = str(atoms.info.get("sampler", "input")).encode("ascii", "replace")
+            if len(name) > SAMPLER_LEN:
+                raise ValueError(f"sampler name longer than {SAMPLER_LEN} bytes: {name!r}")
+            samplers.append(name)
+        hashes = list(input_hashes) if input_hashes is not None else [frame_hash(x) for x in frames]
+        indices = list(input_indices) if input_indices is not None else [-1] * b
+
+        # 1. Data of the new frames, in space nobody counts yet.
+        f["positions"][a : a + m] = np.concatenate([x.positions for x in frames])
+        f["numbers"][a : a + m] = np.concatenate([x.numbers for x in frames])
+        f["forces"][a : a + m] = np.concatenate([lab.forces for lab in labels])
+        f["offsets"][k + 1 : k + b + 1] = a + np.cumsum(counts)
+        f["cell"][k : k + b] = np.stack([x.cell.array for x in frames])
+        f["pbc"][k : k + b] = np.stack([np.asarray(x.pbc, dtype=bool) for x in frames])
+        f["energy"][k : k + b] = [lab.energy for lab in labels]
+        f["stress"][k : k + b] = np.stack(
+            [np.asarray(lab.stress, dtype=np.float64).reshape(6) for lab in labels]
+        )
+        f["force_disagreement"][k : k + b] = [lab.force_disagreement for lab in labels]
+        f["energy_disagreement"][k : k + b] = [lab.energy_disagreement for lab in labels]
+        f["sampler"][k : k + b] = np.array(samplers, dtype=f"S{SAMPLER_LEN}")
+        f["temperature_kelvin"][k : k + b] = [
+            float(x.info.get("temperature_kelvin", np.nan)) for x in frames
+        ]
+        f["seed"][k : k + b] = [int(x.info.get("seed", -1)) for x in frames]
+        f["input_index"][k : k + b] = indices
+        f["input_hash"][k : k + b] = np.array([h.encode() for h in hashes], dtype=f"S{HASH_LEN}")
+        f.flush()
+        # 2. Only now count them: one 16-byte write, flushed last.
+        f["committed"][:] = [k + b, a + m]
+        f.flush()
+        if self.durable:
+            _fsync_path(self.path)
+
+    def set_attrs(self, **values: Any) -> None:
+        """Set JSON attributes (``teacher``, ``input``, ``metadata``) of an empty store.
+
+        Attributes are HDF5 metadata, so they are only changed while no frame is
+        committed (changing metadata later would break the crash-safety guarantee).
+        """
+        self._require_writable()
+        if len(self):
+            raise LabelStoreError("attributes can only be set on an empty store")
+        for key, value in values.items():
+            if key not in ("teacher", "input", "metadata"):
+                raise ValueError(f"unknown store attribute {key!r}")
+            self._file.attrs[key] = _json_attr(value)
+        self._file.flush()
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Close the file."""
+        if self._file.id.valid:
+            self._file.close()
+
+    def __enter__(self) -> LabelStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelStore({str(self.path)!r}, {len(self)} frames, {self.n_atoms_total} atoms, "
+            f"teacher={self.teacher.get('name')!r})"
+        )
+
+
+def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
+    if isinstance(frames, (str, Path)):
+        path = Path(frames)
+        if not path.is_file():
+            raise FileNotFoundError(f"input frames not found: {path}")
+        read = ase.io.read(path, index=":")
+        return (list(read) if isinstance(read, list) else [read]), str(path)
+    return list(frames), "<in-memory frames>"
+
+
+def label(
+    teacher: Teacher | str,
+    frames: Sequence[ase.Atoms] | str | Path,
+    store_path: str | Path,
+    batch_size: int | None = None,
+    progress: bool = True,
+    durable: bool = True,
+    console: Any | None = None,
+) -> LabelSummary:
+    """Label frames with a teacher into a store; resumable and crash-safe.
+
+    Frames are labelled in input order and committed in batches. If ``store_path``
+    exists, it must have been made from the same input (same frames, bit for bit, in
+    the same order: checked by content hash) and the same teacher (name, weights
+    SHA-256, precision, package version); labelling then resumes after the last
+    committed frame, so no frame is labelled twice and none is lost. A different input
+    or teacher is refused with :class:`LabelStoreError`.
+
+    Args:
+        teacher: A :class:`~jaxdistill.teachers.Teacher` or a spec for
+            :func:`~jaxdistill.teachers.load_teacher`.
+        frames: Structures, or a file ``ase.io.read`` can read (all frames).
+        store_path: The HDF5 store (created when absent).
+        batch_size: Frames per teacher call and per commit (default: the teacher's
+            ``batch_size``, at least 8). A kill loses at most one batch of work.
+        progress: Show a rich progress bar.
+        durable: fsync after each commit (protects against power loss too).
+        console: A ``rich.console.Console`` for the progress bar (default: stderr).
+
+    Returns:
+        A :class:`LabelSummary`.
+    """
+    from jaxdistill.teachers.base import load_teacher
+
+    if isinstance(teacher, str):
+        teacher = load_teacher(teacher)
+    items, source = _read_frames(frames)
+    if not items:
+        raise ValueError("no frames to label")
+    hashes = [frame_hash(x) for x in items]
+    fingerprint = frames_fingerprint(hashes)
+    input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": source}
+    provenance = teacher.provenance()
+    store_path = Path(store_path)
+
+    if store_path.exists():
+        store = LabelStore(store_path, mode="a", durable=durable)
+        try:
+            _check_resume(store, input_info, hashes, provenance)
+        except Exception:
+            store.close()
+            raise
+    else:
+        store = LabelStore.create(
+            store_path,
+            teacher=provenance,
+            capacity_frames=len(items),
+            capacity_atoms=sum(len(x) for x in items),
+            input_info=input_info,
+            durable=durable,
+        )
+
+    size = int(batch_size or max(int(getattr(teacher, "batch_size", 1)), 8))
+    done_before = len(store)
+    start = time.perf_counter()
+    try:
+        with _progress_bar(progress, console) as bar:
+            task = bar.add_task(
+                f"labelling ({teacher.name})", total=len(items), completed=done_before
+            )
+            for lo in range(done_before, len(items), size):
+                hi = min(lo + size, len(items))
+                chunk = items[lo:hi]
+                labels = teacher.label(chunk)
+                store.append(chunk, labels, input_indices=range(lo, hi), input_hashes=hashes[lo:hi])
+                bar.update(task, completed=hi)
+        seconds = time.perf_counter() - start
+        n_new = len(store) - done_before
+        return LabelSummary(
+            path=store_path,
+            n_frames=len(store),
+            n_labelled=n_new,
+            n_resumed=done_before,
+            n_atoms=store.n_atoms_total,
+            elements=store.element_counts(),
+            seconds=seconds,
+            seconds_per_frame=seconds / n_new if n_new else math.nan,
+        )
+    finally:
+        store.close()
+
+
+def _check_resume(
+    store: LabelStore,
+    input_info: Mapping[str, Any],
+    hashes: Sequence[str],
+    provenance: Mapping[str, Any],
+) -> None:
+    stored = store.input_info
+    if stored.get("fingerprint") != input_info["fingerprint"]:
+        raise LabelStoreError(
+            f"{store.path} was labelled from a different input "
+            f"({stored.get('n_frames')} frames from "
+            f"{stored.get('source')!r}, fingerprint {stored.get('fingerprint')}); this input has "
+            f"{input_info['n_frames']} frames (fingerprint {input_info['fingerprint']}). "
+            "Use a new output path, or the original input."
+        )
+    done = len(store)
+    if done > len(hashes):
+        raise LabelStoreError(
+            f"{store.path} holds {done} frames but the input has only {len(hashes)}"
+        )
+    indices = store._file["input_index"][:done]
+    if done and (
+        not np.array_equal(indices, np.arange(done)) or store.input_hashes() != list(hashes[:done])
+    ):
+        raise LabelStoreError(
+            f"{store.path}: stored frames do not match the input's first {done} frames"
+        )
+    mismatch = _labels_provenance_mismatch(store.teacher, provenance)
+    if mismatch:
+        raise LabelStoreError(
+            f"{store.path} was labelled by a different teacher; refusing to mix labels:\n  "
+            + "\n  ".join(mismatch)
+        )
+
+
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, console: Any | None) -> Iterator[Any]:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        disable=not enabled,
+    )
+    with progress:
+        yield progress

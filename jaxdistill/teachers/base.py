@@ -1,0 +1,439 @@
+"""The teacher protocol, shared helpers, ensembles and :func:`load_teacher`.
+
+A *teacher* labels structures with energy, forces and (for periodic cells) stress.
+Every teacher, whatever its package, answers through the same small interface:
+
+- ``teacher.label(frames) -> list[TeacherLabels]`` (one entry per frame, same order);
+- ``teacher.provenance() -> dict`` (name, package version, weights and their SHA-256,
+  precision, device), written into every label store;
+- ``teacher.as_calculator() -> ase.calculators.calculator.Calculator`` so that ASE
+  molecular dynamics (the sampler) can be driven by the teacher itself.
+
+Units are ASE's: energy eV, forces eV/Å, stress eV/Å³ in Voigt order
+``xx yy zz yz xz xy`` with ASE's sign (positive stress = the cell wants to shrink,
+i.e. ``stress = (1/V) dE/dε``).
+
+This module imports neither torch nor any teacher package: the adapters
+(:mod:`jaxdistill.teachers.orb`, ``.fennol``, ``.sevennet``) import their package inside
+the function that needs it, so ``import jaxdistill.teachers`` stays light.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib
+import importlib.metadata
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import ase
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+__all__ = [
+    "BaseTeacher",
+    "EnsembleTeacher",
+    "Teacher",
+    "TeacherCalculator",
+    "TeacherLabels",
+    "file_sha256",
+    "load_teacher",
+    "package_version",
+    "require_package",
+]
+
+#: The spec forms :func:`load_teacher` understands, shown in error messages.
+SPEC_FORMS = (
+    "orb:<model-name>  (e.g. orb:orb-v3-conservative-inf-omat)",
+    "orb:<model-name>@/path/to/weights.ckpt",
+    "fennol:/path/model.fnx  (several comma-separated paths or a glob = ensemble)",
+    "sevennet:<name-or-path>  (e.g. sevennet:7net-0)",
+    "ase:<module>:<factory>  (e.g. ase:ase.calculators.emt:EMT)",
+)
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """The labels of one structure.
+
+    Attributes:
+        energy: Total potential energy, eV.
+        forces: Forces, eV/Å, shape ``[n_atoms, 3]`` (float64).
+        stress: Stress, eV/Å³, shape ``[6]``, Voigt order ``xx yy zz yz xz xy``, ASE
+            sign. All NaN when not labelled (non-periodic or partly periodic cell, or a
+            teacher without stress).
+        force_disagreement: For an ensemble, the spread of the members' forces, eV/Å:
+            ``sqrt(mean_i mean_m |F_i^m - mean_m F_i^m|^2)``, i.e. the RMS over atoms
+            ``i`` of the standard deviation over members ``m`` of the force vector
+            (population std, summed over x, y, z). NaN for a single model.
+        energy_disagreement: For an ensemble, the population standard deviation of the
+            members' total energies, eV. NaN for a single model.
+    """
+
+    energy: float
+    forces: np.ndarray
+    stress: np.ndarray
+    force_disagreement: float = math.nan
+    energy_disagreement: float = math.nan
+
+    @property
+    def has_stress(self) -> bool:
+        """Whether the stress was labelled (all six components finite)."""
+        return bool(np.all(np.isfinite(self.stress)))
+
+
+NAN_STRESS = np.full(6, np.nan)
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """What every teacher provides (structural type: any object with these works)."""
+
+    @property
+    def name(self) -> str:
+        """A short human-readable name, e.g. ``orb-v3-direct-20-omat``."""
+        ...
+
+    def label(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        """Label structures; one :class:`TeacherLabels` per frame, in order."""
+        ...
+
+    def provenance(self) -> dict[str, Any]:
+        """JSON-serialisable description: name, package, version, weights, SHA-256..."""
+        ...
+
+    def as_calculator(self) -> Calculator:
+        """An ASE calculator whose results are this teacher's labels."""
+        ...
+
+
+def wants_stress(atoms: ase.Atoms) -> bool:
+    """Whether a structure should get a stress label: periodic in all three directions.
+
+    Stress of a partly periodic cell (a slab) is ill-defined in the usual Voigt form, and
+    most teachers refuse such cells, so only fully periodic cells with a non-zero volume
+    get one.
+    """
+    return bool(np.all(atoms.pbc)) and abs(atoms.cell.volume) > 1e-12
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks.
+
+    Args:
+        path: The file.
+
+    Returns:
+        The 64-character lowercase hex digest.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_version(distribution: str) -> str:
+    """Installed version of a distribution, or ``"unknown"``."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def require_package(module: str, extra: str, distribution: str | None = None) -> Any:
+    """Import a teacher's package, or raise an ImportError that says how to install it.
+
+    Args:
+        module: Module to import, e.g. ``"orb_models.forcefield.pretrained"``.
+        extra: The jaxdistill extra that installs it, e.g. ``"orb"``.
+        distribution: The pip name, for the message (defaults to the top-level module).
+
+    Returns:
+        The imported module.
+
+    Raises:
+        ImportError: With a ``pip install 'jaxdistill[extra]'`` hint; the original
+            import error is summarised in the message, not chained, so the user sees one
+            short error rather than a deep traceback.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        name = distribution or module.split(".")[0]
+        raise ImportError(
+            f"this teacher needs the '{name}' package, which could not be imported "
+            f"({error}). Install it with: pip install 'jaxdistill[{extra}]'"
+        ) from None
+
+
+def check_file(path: str | Path, what: str) -> Path:
+    """Return ``path`` as a Path, or raise FileNotFoundError naming the missing file."""
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{what} not found: {resolved}")
+    return resolved
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class BaseTeacher(abc.ABC):
+    """Shared machinery for teachers: batching, provenance, ASE-calculator view.
+
+    Subclasses implement :meth:`_label_batch` (and usually set ``batch_size`` > 1 only
+    when their package evaluates several structures in one call).
+
+    Attributes:
+        batch_size: Frames handed to one :meth:`_label_batch` call.
+    """
+
+    batch_size: int = 1
+
+    def __init__(self, name: str, provenance: dict[str, Any]) -> None:
+        self._name = name
+        self._provenance = dict(provenance)
+        self._provenance.setdefault("name", name)
+
+    @property
+    def name(self) -> str:
+        """Short human-readable name of the teacher."""
+        return self._name
+
+    def provenance(self) -> dict[str, Any]:
+        """A copy of the provenance dictionary (JSON-serialisable)."""
+        return dict(self._provenance)
+
+    def label(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        """Label frames with energy (eV), forces (eV/Å) and stress (eV/Å³).
+
+        Args:
+            frames: Structures; they are not modified.
+
+        Returns:
+            One :class:`TeacherLabels` per frame, in order.
+        """
+        frames = list(frames)
+        labels: list[TeacherLabels] = []
+        for chunk in _chunks(frames, max(1, int(self.batch_size))):
+            out = self._label_batch(chunk)
+            if len(out) != len(chunk):
+                raise RuntimeError(
+                    f"teacher {self.name} returned {len(out)} labels for {len(chunk)} frames"
+                )
+            labels.extend(out)
+        return labels
+
+    @abc.abstractmethod
+    def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        """Label at most ``batch_size`` frames."""
+
+    def as_calculator(self) -> TeacherCalculator:
+        """An ASE calculator driven by this teacher (used for teacher MD)."""
+        return TeacherCalculator(self)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class TeacherCalculator(Calculator):
+    """ASE calculator view of a teacher: results are exactly ``teacher.label([atoms])``.
+
+    ``results`` holds ``energy``/``free_energy`` (eV), ``forces`` (eV/Å), ``stress``
+    (eV/Å³, Voigt, only for fully periodic cells) and, for ensembles,
+    ``force_disagreement`` (eV/Å) and ``energy_disagreement`` (eV).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]  # noqa: RUF012
+
+    def __init__(self, teacher: Teacher, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.teacher = teacher
+
+    def calculate(
+        self,
+        atoms: ase.Atoms | None = None,
+        properties: Sequence[str] | None = None,
+        system_changes: Sequence[str] = tuple(all_changes),
+    ) -> None:
+        super().calculate(atoms, properties, system_changes)
+        labels = self.teacher.label([self.atoms])[0]
+        self.results = {
+            "energy": labels.energy,
+            "free_energy": labels.energy,
+            "forces": labels.forces.copy(),
+        }
+        if labels.has_stress:
+            self.results["stress"] = labels.stress.copy()
+        if math.isfinite(labels.force_disagreement):
+            self.results["force_disagreement"] = labels.force_disagreement
+            self.results["energy_disagreement"] = labels.energy_disagreement
+
+
+def combine_ensemble(member_labels: Sequence[TeacherLabels]) -> TeacherLabels:
+    """Mean labels of an ensemble and their disagreement.
+
+    Args:
+        member_labels: One structure's labels from each member (at least one).
+
+    Returns:
+        Labels whose energy, forces and stress are the member means, with
+        ``force_disagreement`` = RMS over atoms of the per-atom standard deviation
+        (over members) of the force vector, eV/Å, and ``energy_disagreement`` = the
+        standard deviation of the members' energies, eV (population std, ``ddof=0``).
+    """
+    forces = np.stack([m.forces for m in member_labels])  # [M, n, 3]
+    energies = np.array([m.energy for m in member_labels])
+    stresses = np.stack([m.stress for m in member_labels])
+    mean_forces = forces.mean(axis=0)
+    # Per-atom variance of the force vector: mean over members of |F^m - <F>|^2.
+    per_atom_var = ((forces - mean_forces) ** 2).sum(axis=-1).mean(axis=0)
+    force_disagreement = float(np.sqrt(per_atom_var.mean())) if per_atom_var.size else 0.0
+    return TeacherLabels(
+        energy=float(energies.mean()),
+        forces=mean_forces,
+        stress=stresses.mean(axis=0),
+        force_disagreement=force_disagreement,
+        energy_disagreement=float(energies.std()),
+    )
+
+
+class EnsembleTeacher(BaseTeacher):
+    """Several teachers labelling the same frames; labels are the members' mean.
+
+    The per-structure disagreement (see :func:`combine_ensemble`) estimates how far the
+    teacher itself can be trusted on a structure.
+
+    Args:
+        members: The member teachers (at least one).
+        name: Name of the ensemble (default: first member's name + ``-ensemble``).
+        provenance: Extra provenance keys; the members' provenances are recorded under
+            ``members``, and ``weights``/``weights_sha256`` concatenate theirs.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Teacher],
+        name: str | None = None,
+        provenance: dict[str, Any] | None = None,
+    ) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member teacher")
+        self.members = list(members)
+        member_prov = [m.provenance() for m in self.members]
+        prov: dict[str, Any] = {
+            "package": member_prov[0].get("package", "unknown"),
+            "version": member_prov[0].get("version", "unknown"),
+            "weights": [w for p in member_prov for w in p.get("weights", [])],
+            "weights_sha256": [w for p in member_prov for w in p.get("weights_sha256", [])],
+            "precision": member_prov[0].get("precision", "unknown"),
+            "device": member_prov[0].get("device", "unknown"),
+            "ensemble_size": len(self.members),
+            "members": member_prov,
+        }
+        prov.update(provenance or {})
+        super().__init__(name or f"{self.members[0].name}-ensemble", prov)
+        self.batch_size = max(getattr(m, "batch_size", 1) for m in self.members)
+
+    def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        per_member = [member.label(frames) for member in self.members]
+        return [combine_ensemble([labels[i] for labels in per_member]) for i in range(len(frames))]
+
+
+@dataclass
+class _ParsedSpec:
+    kind: str
+    body: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_spec(spec: str) -> _ParsedSpec:
+    kind, sep, body = spec.partition(":")
+    if not sep or not body:
+        raise ValueError(
+            f"cannot parse teacher spec {spec!r}; expected one of:\n  " + "\n  ".join(SPEC_FORMS)
+        )
+    return _ParsedSpec(kind.strip().lower(), body.strip())
+
+
+def load_teacher(
+    spec: str | Calculator | Teacher,
+    device: str = "cpu",
+    **kwargs: Any,
+) -> Teacher:
+    """Load a teacher from a spec string, an ASE calculator or a ready teacher.
+
+    Spec strings:
+
+    - ``orb:<model-name>`` — Orb-v3 (or v2) through orb-models' own pretrained loader,
+      which downloads the weights; ``orb:<model-name>@/path/weights.ckpt`` loads local
+      weights through the same loader. Keyword arguments: ``precision``
+      (``"float32-high"``, ``"float32-highest"``, ``"float64"``), ``compile`` (default
+      False), ``batch_size`` (frames per Orb call, default 8), ``max_batch_atoms``,
+      ``charge``/``spin`` (defaults for OMol models).
+    - ``fennol:/path/model.fnx`` — a FeNNol model; several comma-separated paths or a
+      glob make an ensemble (labels are the mean; disagreement is reported).
+    - ``sevennet:<name-or-path>`` — SevenNet (``7net-0`` ships inside the sevenn wheel);
+      keyword ``modal`` for multi-fidelity models.
+    - ``ase:<module>:<factory>`` — ``factory(**kwargs)`` must return an ASE calculator,
+      e.g. ``ase:ase.calculators.emt:EMT``.
+
+    Args:
+        spec: The spec string, an ``ase.calculators.calculator.Calculator`` instance
+            (wrapped as an :class:`~jaxdistill.teachers.ase.AseTeacher`), or an object
+            that already satisfies :class:`Teacher` (returned unchanged).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, for torch teachers; recorded in
+            the provenance of every teacher.
+        **kwargs: Passed to the adapter (see above).
+
+    Returns:
+        A :class:`Teacher`.
+
+    Raises:
+        ValueError: An unknown spec form.
+        ImportError: The teacher's package is not installed (the message names the
+            ``pip install 'jaxdistill[...]'`` to run).
+        FileNotFoundError: A weights file is missing (the message names it).
+    """
+    if isinstance(spec, Calculator):
+        from jaxdistill.teachers.ase import AseTeacher
+
+        return AseTeacher(spec, device=device, **kwargs)
+    if not isinstance(spec, str):
+        if isinstance(spec, Teacher):
+            return spec
+        raise TypeError(
+            "load_teacher expects a spec string, an ASE Calculator or a Teacher, "
+            f"got {type(spec)!r}"
+        )
+
+    parsed = _parse_spec(spec)
+    if parsed.kind == "orb":
+        from jaxdistill.teachers.orb import load_orb_teacher
+
+        name, _, weights = parsed.body.partition("@")
+        return load_orb_teacher(
+            name.strip(), weights_path=weights.strip() or None, device=device, **kwargs
+        )
+    if parsed.kind == "fennol":
+        from jaxdistill.teachers.fennol import load_fennol_teacher
+
+        return load_fennol_teacher(parsed.body, device=device, **kwargs)
+    if parsed.kind == "sevennet":
+        from jaxdistill.teachers.sevennet import load_sevennet_teacher
+
+        return load_sevennet_teacher(parsed.body, device=device, **kwargs)
+    if parsed.kind == "ase":
+        from jaxdistill.teachers.ase import load_ase_teacher
+
+        return load_ase_teacher(parsed.body, device=device, **kwargs)
+    raise ValueError(
+        f"unknown teacher kind {parsed.kind!r} in spec {spec!r}; expected one of:\n  "
+        + "\n  ".join(SPEC_FORMS)
+    )

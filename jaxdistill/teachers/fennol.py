@@ -1,0 +1,133 @@
+"""FeNNol / FeNNix teachers (``fennol:/path/model.fnx``), through ``fennol.ase.FENNIXCalculator``.
+
+Several comma-separated paths, or a glob, make an ensemble: labels are the members'
+mean and the per-structure disagreement is returned (see
+:func:`jaxdistill.teachers.base.combine_ensemble`). The calculator converts the
+model's energy unit (Hartree for ANI-1x) to eV.
+
+fennol is imported only inside :func:`load_fennol_teacher`.
+"""
+
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+from typing import Any
+
+import ase
+import numpy as np
+
+from jaxdistill.teachers.ase import AseTeacher
+from jaxdistill.teachers.base import (
+    EnsembleTeacher,
+    Teacher,
+    check_file,
+    file_sha256,
+    package_version,
+    require_package,
+)
+
+__all__ = ["FennolTeacher", "expand_fennol_paths", "load_fennol_teacher"]
+
+
+class FennolTeacher(AseTeacher):
+    """One FeNNol model behind ``FENNIXCalculator``.
+
+    FENNIXCalculator keeps neighbour-list capacities from the previous structure and
+    updates them incrementally, which is fast along an MD trajectory; but when a
+    structure with different atoms follows, the carried-over state can be too small
+    (upstream raises ``max_neigh*nat < nedge``). So the preprocessing state is reset
+    whenever the atomic numbers or periodicity change, and kept otherwise.
+    """
+
+    def __init__(self, calculator: Any, **kwargs: Any) -> None:
+        super().__init__(calculator, **kwargs)
+        self._signature: tuple[Any, ...] | None = None
+
+    def _before_call(self, atoms: ase.Atoms) -> None:
+        signature = (atoms.numbers.tobytes(), tuple(bool(p) for p in atoms.pbc))
+        if signature != self._signature:
+            calc = self.calculator
+            calc.reset()
+            # Fresh preprocessing state (neighbour-list capacities), and no cached inputs,
+            # so the next call preprocesses this structure from scratch on the host.
+            calc._raw_inputs = None
+            calc._fennol_inputs = None
+            calc.model.reinitialize_preprocessing()
+            self._signature = signature
+
+
+def expand_fennol_paths(body: str) -> list[Path]:
+    """Expand ``a.fnx,b.fnx`` or ``models/*.fnx`` into a sorted, existing list of files.
+
+    Raises:
+        FileNotFoundError: A path or a glob that matches nothing.
+    """
+    paths: list[Path] = []
+    for part in (p.strip() for p in body.split(",")):
+        if not part:
+            continue
+        expanded = str(Path(part).expanduser())
+        if any(ch in expanded for ch in "*?["):
+            matches = sorted(glob.glob(expanded))
+            if not matches:
+                raise FileNotFoundError(f"FeNNol model glob matched no file: {expanded}")
+            paths.extend(Path(m) for m in matches)
+        else:
+            paths.append(check_file(expanded, "FeNNol model file"))
+    if not paths:
+        raise ValueError(f"no FeNNol model path in spec fennol:{body!r}")
+    return paths
+
+
+def _load_one(path: Path, device: str, use_float64: bool, **kwargs: Any) -> FennolTeacher:
+    fennol_ase = require_package("fennol.ase", extra="fennol", distribution="fennol")
+    calculator = fennol_ase.FENNIXCalculator(str(path), use_float64=use_float64, **kwargs)
+    provenance = {
+        "spec": f"fennol:{path}",
+        "package": "fennol",
+        "version": package_version("fennol"),
+        "weights": [str(path)],
+        "weights_sha256": [file_sha256(path)],
+        "precision": "float64" if use_float64 else "float32",
+        "device": device,
+        "model_energy_unit": str(getattr(calculator.model, "energy_unit", "unknown")),
+        "cutoff_angstrom": float(getattr(calculator.model, "cutoff", np.nan)),
+    }
+    return FennolTeacher(calculator, name=path.stem, device=device, provenance=provenance)
+
+
+def load_fennol_teacher(
+    body: str,
+    device: str = "cpu",
+    use_float64: bool = False,
+    **kwargs: Any,
+) -> Teacher:
+    """Load one FeNNol model, or an ensemble of several.
+
+    Args:
+        body: The part after ``fennol:``: a ``.fnx`` path, comma-separated paths, or a
+            glob (``/models/ani1x_model*.fnx``). More than one file = an ensemble.
+        device: Recorded in the provenance; FeNNol runs on JAX's default device.
+        use_float64: Evaluate the model in float64 (note: FENNIXCalculator then turns on
+            ``jax_enable_x64`` process-wide).
+        **kwargs: Passed to ``FENNIXCalculator``.
+
+    Returns:
+        A :class:`FennolTeacher`, or an :class:`EnsembleTeacher` of them.
+    """
+    # Check the package before the files: installing it is the first thing to fix.
+    require_package("fennol.ase", extra="fennol", distribution="fennol")
+    paths = expand_fennol_paths(body)
+    members = [_load_one(p, device, use_float64, **kwargs) for p in paths]
+    if len(members) == 1:
+        return members[0]
+    return EnsembleTeacher(
+        members,
+        name=f"{members[0].name}-ensemble{len(members)}",
+        provenance={
+            "spec": f"fennol:{body}",
+            "package": "fennol",
+            "version": package_version("fennol"),
+        },
+    )
