@@ -1,14 +1,20 @@
 """Labels per second of each teacher through jaxdistill's Teacher.label, on this machine.
 
-Usage: python bench_teachers.py [--shared ../shared] [--out teachers.json]
+Usage: python benchmarks/teacher_throughput.py [--shared ../shared] [--out teachers.json]
 Frames: 64-atom Si (2x2x2 cubic diamond, rattled 0.05 Å) and ethanol (rattled 0.05 Å),
 distinct frames, after a warm-up call (JAX compilation / first-call costs excluded).
 Orb uses full-size Orb-v3 architectures with random weights (no internet here), loaded
 through orb-models' own loader; its batching gain = labels/s at batch 8 over batch 1.
 """
-import argparse, json, os, platform, time
-import numpy as np
+
+import argparse
+import json
+import os
+import platform
+import time
+
 import ase.build
+
 
 def frames(kind, n, seed0=0):
     out = []
@@ -20,6 +26,7 @@ def frames(kind, n, seed0=0):
         a.rattle(0.05, seed=seed0 + i)
         out.append(a)
     return out
+
 
 def rate(teacher, kind, n, batch_size=None, repeats=3):
     """Best of `repeats` timings of labelling n distinct frames (labels per second)."""
@@ -34,6 +41,7 @@ def rate(teacher, kind, n, batch_size=None, repeats=3):
         best = max(best, n / (time.perf_counter() - t))
     return best
 
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "shared"))
@@ -41,22 +49,40 @@ def main():
     p.add_argument("--n", type=int, default=8)
     args = p.parse_args()
     from jaxdistill.teachers import load_teacher
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
-               "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(), "labels_per_second": {}}
+
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+        "labels_per_second": {},
+    }
     r = results["labels_per_second"]
     sev = load_teacher("sevennet:7net-0")
-    r["sevennet-0"] = {"si64": rate(sev, "si64", args.n), "ethanol": rate(sev, "ethanol", 4 * args.n)}
+    r["sevennet-0"] = {
+        "si64": rate(sev, "si64", args.n),
+        "ethanol": rate(sev, "ethanol", 4 * args.n),
+    }
     ani = os.path.join(args.shared, "teachers", "fennol-ani1x")
     if os.path.isdir(ani):
         one = load_teacher(f"fennol:{ani}/ani1x_model0.fnx")
         r["fennol-ani1x (1 model)"] = {"ethanol": rate(one, "ethanol", 20 * args.n)}
         ens = load_teacher(f"fennol:{ani}/ani1x_model*.fnx")
         r["fennol-ani1x (8-model ensemble)"] = {"ethanol": rate(ens, "ethanol", 4 * args.n)}
-    import tempfile, torch
+    import tempfile
+
+    import torch
     from orb_models.forcefield import pretrained
+
     tmp = tempfile.mkdtemp()
-    for kind, name, arch in (("conservative", "orb-v3-conservative-inf-omat", pretrained.orb_v3_conservative_architecture),
-                             ("direct", "orb-v3-direct-20-omat", pretrained.orb_v3_direct_architecture)):
+    for kind, name, arch in (
+        (
+            "conservative",
+            "orb-v3-conservative-inf-omat",
+            pretrained.orb_v3_conservative_architecture,
+        ),
+        ("direct", "orb-v3-direct-20-omat", pretrained.orb_v3_direct_architecture),
+    ):
         torch.manual_seed(0)
         path = os.path.join(tmp, f"{kind}.ckpt")
         torch.save(arch(device="cpu").state_dict(), path)
@@ -71,6 +97,7 @@ def main():
     with open(args.out, "w") as f:
         json.dump(results, f, indent=1)
     print(json.dumps(results, indent=1))
+
 
 if __name__ == "__main__":
     main()
