@@ -10,6 +10,8 @@ from jaxdistill.data import LabelStore, label
 from jaxdistill.evaluate import evaluate
 from jaxdistill.graph import Graph, batch_graphs, graph_from_atoms
 from jaxdistill.md.ase_calculator import StudentCalculator
+from jaxdistill.md.jaxmd import jax_md_potential
+from jaxdistill.md.run import MDInstabilityError, MDSummary, run_md
 from jaxdistill.pipeline import DistillConfig, distill
 from jaxdistill.sampling import SamplingConfig, sample
 from jaxdistill.student import Student, create_student, load_student
@@ -20,6 +22,8 @@ __all__ = [
     "DistillConfig",
     "Graph",
     "LabelStore",
+    "MDInstabilityError",
+    "MDSummary",
     "SamplingConfig",
     "Student",
     "StudentCalculator",
@@ -30,9 +34,11 @@ __all__ = [
     "distill",
     "evaluate",
     "graph_from_atoms",
+    "jax_md_potential",
     "label",
     "load_student",
     "load_teacher",
+    "run_md",
     "sample",
     "train",
 ]

@@ -82,6 +82,28 @@ def demo(
 
 
 @app.command()
+def distill(
+    config: Annotated[Path, typer.Argument(help="Distillation config (YAML), e.g. configs/quickstart.yaml.")],
+    run_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default: runs/<name from the config>).")
+    ] = None,
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(help="Run only these stages (repeatable): sample, label, train, evaluate, md, report."),
+    ] = None,
+) -> None:
+    """Sample, label, train, evaluate, validate by MD and report; resumes when re-run."""
+    from jaxdistill.pipeline import STAGES
+    from jaxdistill.pipeline import distill as run_distill
+
+    try:
+        run_distill(config, run_dir, stages=tuple(stage) if stage else STAGES, console=console)
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=2) from error
+
+
+@app.command()
 def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) -> None:
     """Describe a saved student."""
     from jaxdistill import load_student
@@ -90,6 +112,21 @@ def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) ->
     for key, value in loaded.config().items():
         console.print(f"[bold]{key}[/]: {value}")
 
+
+def _register_stage_commands() -> None:
+    """Commands defined beside the library code they wrap."""
+    from jaxdistill.cli_data import label_command, sample_command
+    from jaxdistill.cli_md import md_command
+    from jaxdistill.cli_train import evaluate_command, train_command
+
+    app.command("sample")(sample_command)
+    app.command("label")(label_command)
+    app.command("train")(train_command)
+    app.command("evaluate")(evaluate_command)
+    app.command("md")(md_command)
+
+
+_register_stage_commands()
 
 if __name__ == "__main__":
     app()

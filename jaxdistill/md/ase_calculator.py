@@ -4,27 +4,85 @@ An existing ASE script changes one line::
 
     atoms.calc = jaxdistill.StudentCalculator("runs/si/student")
 
-Per call the calculator does one jitted evaluation and one device-to-host transfer.
-The neighbour list is built with a skin (cutoff + skin) and reused until some atom has
-moved more than half the skin since it was built, or the cell, the periodicity or the
-atoms change. Node and edge counts are padded to capacity buckets that only grow, so
-an MD run compiles once (more only if the neighbour count grows past a bucket).
+Everything else (VelocityVerlet, Langevin, NPT integrators, optimisers, cell filters)
+runs unchanged. Per call the calculator does one jitted evaluation and one
+device-to-host transfer of energy, forces and stress.
+
+Neighbour list: built for ``cutoff + skin`` and reused while it is provably complete.
+An atom pair missing from the list was at least ``cutoff + skin`` apart when the
+list was built; with the cell deformed by ``F`` (``cell = cell_ref @ F``) and every atom
+displaced by at most ``d`` from its affinely deformed reference position
+(``positions_ref @ F``), that pair is now at least ``σ_min(F) (cutoff + skin) - 2 d``
+apart. The list is therefore kept while
+
+    d + (cutoff + skin) (1 - σ_min(F)) / 2  <=  skin / 2
+
+which reduces to the usual "no atom moved more than half the skin" for a fixed cell
+and lets NPT dynamics and cell filters reuse the list across small strains. Any
+change of atom count, elements or periodicity rebuilds it; a change of atom count
+also re-pads to that system's buckets. Edge capacities only grow for a given system,
+so an MD run compiles once (again only if the neighbour count outgrows a bucket).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import ase
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from jaxdistill.graph import Graph, batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
 from jaxdistill.potential import voigt_stress
 from jaxdistill.student import Student, load_student, resolve_dtype
+
+
+class _Reference(NamedTuple):
+    """The configuration a neighbour list was built for (host copies)."""
+
+    positions: np.ndarray
+    cell: np.ndarray
+    inverse_cell: np.ndarray | None  # only for cells periodic in all directions
+    pbc: np.ndarray
+    numbers: np.ndarray
+
+
+def _evaluate(predict, params, graph: Graph, positions, cell):
+    """Energy, padded forces and Voigt stress of the first graph, in one jitted call."""
+    prediction = predict(params, graph._replace(positions=positions, cell=cell))
+    return prediction.energy[0], prediction.forces, voigt_stress(prediction.stress[0])
+
+
+# One jitted function for all calculators; ``predict`` (static, hashed by identity) is
+# cached per Student, so calculators sharing a student share compilations.
+_evaluate_jit = jax.jit(_evaluate, static_argnums=0)
+
+
+def strained_displacement(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    reference_positions: np.ndarray,
+    reference_inverse_cell: np.ndarray,
+) -> tuple[float, float]:
+    """Non-affine displacement and strain shrink factor since a reference configuration.
+
+    Args:
+        positions, cell: the current configuration (rows are cell vectors).
+        reference_positions, reference_inverse_cell: the configuration the neighbour
+            list was built for (inverse of its cell).
+
+    Returns:
+        ``(d, shrink)``: the largest distance of an atom from its affinely deformed
+        reference position, and ``max(0, 1 - σ_min(F))`` for the deformation
+        ``F = cell_ref^-1 cell``, the largest relative shortening of any vector.
+    """
+    deformation = reference_inverse_cell @ cell
+    affine = reference_positions @ deformation
+    d = float(np.sqrt(np.max(np.sum((positions - affine) ** 2, axis=1))))
+    sigma_min = float(np.linalg.svd(deformation, compute_uv=False)[-1])
+    return d, max(0.0, 1.0 - sigma_min)
 
 
 class StudentCalculator(Calculator):
@@ -39,6 +97,9 @@ class StudentCalculator(Calculator):
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions).
+
+    Attributes:
+        neighbour_list_builds: how many times the neighbour list was built.
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
@@ -50,35 +111,58 @@ class StudentCalculator(Calculator):
         dtype = resolve_dtype(dtype)
         if not isinstance(student, Student):
             student = load_student(student)
+        if skin < 0:
+            raise ValueError(f"skin must be >= 0, got {skin}")
         self.student = student.with_dtype(dtype) if student.dtype != dtype else student
         self.dtype = dtype
         self.skin = float(skin)
-        self._predict = jax.jit(self.student.potential.predict)
-        self._graph: Graph | None = None  # device-resident, positions replaced per call
-        self._reference: tuple | None = None  # what the neighbour list was built for
+        self._predict = self.student.potential.predict
+        self._graph: Graph | None = None  # device-resident; positions and cell replaced per call
+        self._reference: _Reference | None = None
         self._node_capacity = 0
         self._edge_capacity = 0
+        self._positions_buffer: np.ndarray | None = None
         self.neighbour_list_builds = 0
 
+    # -- neighbour list -------------------------------------------------------------
+
     def _needs_rebuild(self, atoms: ase.Atoms) -> bool:
-        if self._reference is None:
+        reference = self._reference
+        if reference is None:
             return True
-        positions, cell, pbc, numbers = self._reference
         if (
-            len(numbers) != len(atoms)
-            or not np.array_equal(numbers, atoms.numbers)
-            or not np.array_equal(pbc, atoms.pbc)
-            or not np.array_equal(cell, atoms.cell.array)
+            len(reference.numbers) != len(atoms)
+            or not np.array_equal(reference.numbers, atoms.numbers)
+            or not np.array_equal(reference.pbc, atoms.pbc)
         ):
             return True
-        displacement = np.max(np.sum((atoms.positions - positions) ** 2, axis=1))
-        return bool(displacement > (0.5 * self.skin) ** 2)
+        positions = atoms.positions
+        cell = atoms.cell.array
+        half_skin = 0.5 * self.skin
+        if np.array_equal(cell, reference.cell) or not np.any(atoms.pbc):
+            # Fixed cell (or a molecule, whose cell plays no role): plain displacement.
+            squared = np.max(np.sum((positions - reference.positions) ** 2, axis=1))
+            return bool(squared > half_skin**2)
+        if reference.inverse_cell is None:
+            return True  # partly periodic and the cell changed: rebuild, keep it simple
+        d, shrink = strained_displacement(
+            positions, cell, reference.positions, reference.inverse_cell
+        )
+        return d + 0.5 * (self.student.cutoff + self.skin) * shrink > half_skin
 
     def _rebuild(self, atoms: ase.Atoms) -> None:
+        validate_atoms(atoms, self.student.species)
         neighbours = neighbour_pairs(atoms, self.student.cutoff + self.skin)
-        # Capacities only grow: a shrinking neighbour count must not trigger a compile.
-        self._node_capacity = max(self._node_capacity, bucket_capacity(len(atoms) + 1))
-        self._edge_capacity = max(self._edge_capacity, bucket_capacity(len(neighbours.senders) + 1))
+        n_atoms = len(atoms)
+        n_edges = len(neighbours.senders)
+        if self._reference is None or len(self._reference.numbers) != n_atoms:
+            # A new system: size the buckets for it (shapes seen before hit jit's cache).
+            self._node_capacity = bucket_capacity(n_atoms + 1)
+            self._edge_capacity = bucket_capacity(n_edges + 1)
+        else:
+            # The same system moving: capacities only grow, so shrinking neighbour
+            # counts never trigger a compilation.
+            self._edge_capacity = max(self._edge_capacity, bucket_capacity(n_edges + 1))
         graph = batch_graphs(
             [atoms],
             self.student.cutoff,
@@ -88,36 +172,45 @@ class StudentCalculator(Calculator):
             graph_capacity=2,
             dtype=self.dtype,
         )
-        self._graph = jax.tree_util.tree_map(jnp.asarray, graph)
-        self._reference = (
-            atoms.positions.copy(),
-            atoms.cell.array.copy(),
-            atoms.pbc.copy(),
-            atoms.numbers.copy(),
+        self._graph = jax.device_put(graph)
+        self._positions_buffer = np.zeros((self._node_capacity, 3), dtype=self.dtype)
+        pbc = atoms.pbc.copy()
+        cell = atoms.cell.array.copy()
+        self._reference = _Reference(
+            positions=atoms.positions.copy(),
+            cell=cell,
+            inverse_cell=np.linalg.inv(cell) if np.all(pbc) else None,
+            pbc=pbc,
+            numbers=atoms.numbers.copy(),
         )
         self.neighbour_list_builds += 1
+
+    # -- ASE interface ----------------------------------------------------------------
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        if "stress" in properties and not np.all(atoms.pbc):
+        periodic = bool(np.all(atoms.pbc))
+        if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress needs a cell periodic in all directions")
-        validate_atoms(atoms, self.student.species)
+        if not np.isfinite(atoms.positions).all():
+            validate_atoms(atoms)  # raises a ValueError naming the bad atoms
         if self._needs_rebuild(atoms):
             self._rebuild(atoms)
         n_atoms = len(atoms)
-        positions = np.zeros((self._node_capacity, 3), dtype=self.dtype)
+        positions = self._positions_buffer
         positions[:n_atoms] = atoms.positions
-        graph = self._graph._replace(positions=jnp.asarray(positions))
-        prediction = self._predict(self.student.params, graph)
+        cell = np.zeros((2, 3, 3), dtype=self.dtype)
+        if np.any(atoms.pbc):
+            cell[0] = atoms.cell.array
         energy, forces, stress = jax.device_get(
-            (prediction.energy[0], prediction.forces[:n_atoms], voigt_stress(prediction.stress[0]))
+            _evaluate_jit(self._predict, self.student.params, self._graph, positions, cell)
         )
         energy = float(energy)
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": np.asarray(forces, dtype=np.float64),
+            "forces": np.asarray(forces[:n_atoms], dtype=np.float64),
         }
-        if np.all(atoms.pbc):
+        if periodic:
             self.results["stress"] = np.asarray(stress, dtype=np.float64)

@@ -10,23 +10,9 @@ from ase.md.velocitydistribution import Stationary, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from structures import ethanol, silicon
 
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.potential import voigt_stress
-
-
-@pytest.fixture(scope="module")
-def small_student():
-    return create_student(
-        "painn",
-        ["H", "C", "O", "Si"],
-        cutoff=4.0,
-        seed=2,
-        dtype="float64",
-        features=16,
-        num_layers=2,
-        num_radial=8,
-    )
 
 
 def test_calculator_equals_batched_potential(small_student):
@@ -125,3 +111,150 @@ def test_float32_calculator_runs(small_student):
     assert forces.dtype == np.float64 and np.all(np.isfinite(forces))
     reference = small_student.predict([atoms]).forces[: len(atoms)]
     np.testing.assert_allclose(forces, np.asarray(reference), atol=1e-4)
+
+
+# -- changing cells, drop-in use with ASE's integrators and optimisers -----------------
+
+
+def _fresh(atoms, student, skin=0.5):
+    """Reference numbers from a new calculator (a neighbour list built for these positions).
+
+    Same skin as the calculator under test, so the padded shapes usually match and
+    nothing new compiles.
+    """
+    copy = atoms.copy()
+    copy.calc = StudentCalculator(student, dtype="float64", skin=skin)
+    return copy.get_potential_energy(), copy.get_forces(), copy.get_stress()
+
+
+def test_list_survives_small_strain_and_stays_exact(small_student):
+    atoms = silicon(repeat=(2, 1, 1))
+    calc = StudentCalculator(small_student, dtype="float64", skin=0.6)
+    atoms.calc = calc
+    atoms.get_forces()
+    rng = np.random.default_rng(3)
+    reference_cell = atoms.cell.array.copy()
+    for _ in range(12):
+        # small random (also shear) strain plus small displacements, as NPT/cell filters do
+        strain = np.eye(3) + rng.normal(scale=0.002, size=(3, 3))
+        atoms.set_cell(reference_cell @ strain, scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.01, size=atoms.positions.shape)
+        energy, forces, stress = _fresh(atoms, small_student, skin=0.6)
+        assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+        np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
+    assert calc.neighbour_list_builds < 6  # reused across strained cells
+    # a large strain must rebuild, and numbers stay right
+    builds = calc.neighbour_list_builds
+    atoms.set_cell(reference_cell * 0.85, scale_atoms=True)
+    energy, forces, _ = _fresh(atoms, small_student, skin=0.6)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+    assert calc.neighbour_list_builds == builds + 1
+
+
+def test_compression_rebuild_catches_pairs_entering_the_cutoff(small_student):
+    """A strain that brings pairs inside the cutoff without moving any atom much."""
+    # third neighbour shell at 4.50 Å: outside cutoff + skin (4.2 Å) at first, inside
+    # the 4.0 Å cutoff after 12 % compression; no atom moves relative to the cell
+    atoms = silicon(rattle=0.0)
+    calc = StudentCalculator(small_student, dtype="float64", skin=0.2)
+    atoms.calc = calc
+    atoms.get_forces()
+    for scale in (0.99, 0.97, 0.95, 0.92, 0.9, 0.88):
+        atoms.set_cell(silicon(rattle=0.0).cell.array * scale, scale_atoms=True)
+        energy, forces, stress = _fresh(atoms, small_student, skin=0.2)
+        assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+        np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
+
+
+def test_change_of_atom_count_repads(small_student):
+    calc = StudentCalculator(small_student, dtype="float64")
+    for atoms in (silicon(repeat=(2, 2, 1)), silicon(), ethanol(), silicon(repeat=(2, 2, 1))):
+        atoms.calc = calc
+        reference = small_student.predict([atoms])
+        np.testing.assert_allclose(
+            atoms.get_forces(), np.asarray(reference.forces[: len(atoms)]), atol=1e-10
+        )
+
+
+def _thermalised(student, temperature=600):
+    atoms = silicon(repeat=(2, 1, 1), rattle=0.02)
+    atoms.calc = StudentCalculator(student, dtype="float64")
+    thermalize_momenta(atoms, temperature_K=temperature, rng=np.random.default_rng(4))
+    Stationary(atoms)
+    return atoms
+
+
+def test_langevin_runs_unchanged(small_student):
+    from ase.md.langevin import Langevin
+
+    atoms = _thermalised(small_student)
+    dynamics = Langevin(
+        atoms,
+        1.0 * units.fs,
+        temperature_K=500,
+        friction=0.05 / units.fs,
+        rng=np.random.default_rng(0),
+    )
+    dynamics.run(1)
+    with count_compilations() as compiled:
+        dynamics.run(40)
+    assert compiled.count == 0
+    assert np.all(np.isfinite(atoms.positions)) and 50 < atoms.get_temperature() < 3000
+
+
+def test_npt_integrators_run_unchanged(small_student):
+    from ase.md.nose_hoover_chain import MTKNPT
+    from ase.md.npt import NPT
+
+    atoms = _thermalised(small_student)
+    volume = atoms.get_volume()
+    dynamics = MTKNPT(
+        atoms,
+        1.0 * units.fs,
+        temperature_K=600,
+        pressure_au=10_000 * units.bar,
+        tdamp=50 * units.fs,
+        pdamp=200 * units.fs,
+    )
+    dynamics.run(30)
+    assert atoms.get_volume() != pytest.approx(volume, rel=1e-6)  # the cell moved
+    energy, forces, stress = _fresh(atoms, small_student)
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
+
+    atoms = _thermalised(small_student)
+    atoms.set_cell(np.triu(atoms.cell.array), scale_atoms=True)  # ase.md.npt wants upper triangular
+    dynamics = NPT(
+        atoms,
+        1.0 * units.fs,
+        temperature_K=600,
+        externalstress=0.0,
+        ttime=25 * units.fs,
+        pfactor=(75 * units.fs) ** 2 * 100 * units.GPa,
+    )
+    dynamics.run(20)
+    _, forces, stress = _fresh(atoms, small_student)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
+
+
+def test_bfgs_with_frechet_cell_filter(small_student):
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS
+
+    atoms = silicon(rattle=0.05, seed=5)
+    atoms.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
+    calc = StudentCalculator(small_student, dtype="float64")
+    atoms.calc = calc
+    start_energy = atoms.get_potential_energy()
+    optimiser = BFGS(FrechetCellFilter(atoms), logfile=None)
+    optimiser.run(fmax=0.05, steps=8)  # scipy expm/logm of the filter dominate on 2 cores
+    assert atoms.get_potential_energy() < start_energy
+    energy, forces, stress = _fresh(atoms, small_student)
+    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
+    np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
+    assert calc.neighbour_list_builds < optimiser.nsteps + 1

@@ -1,0 +1,123 @@
+"""``jaxdistill md``: molecular dynamics with a student from the command line.
+
+A plain function with typer annotations; ``cli.py`` registers it::
+
+    app.command("md")(md_command)
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+class Engine(enum.StrEnum):
+    jax_md = "jax-md"
+    ase = "ase"
+
+
+class Ensemble(enum.StrEnum):
+    nve = "nve"
+    nvt = "nvt"
+    npt = "npt"
+
+
+class Thermostat(enum.StrEnum):
+    langevin = "langevin"
+    nose_hoover = "nose-hoover"
+
+
+def md_command(
+    student: Annotated[
+        Path, typer.Option("--student", help="Student directory (from Student.save / train).")
+    ],
+    structure: Annotated[
+        Path,
+        typer.Option(
+            "--structure", help="Starting structure, any format ASE reads (last frame used)."
+        ),
+    ],
+    engine: Annotated[
+        Engine, typer.Option(help="jax-md: whole chunks on the device; ase: ASE integrators.")
+    ] = Engine.jax_md,
+    ensemble: Annotated[Ensemble, typer.Option(help="Statistical ensemble.")] = Ensemble.nvt,
+    temperature: Annotated[
+        float, typer.Option(help="Target (NVT/NPT) or initial (NVE) temperature, K.")
+    ] = 300.0,
+    timestep_fs: Annotated[float, typer.Option(help="Time step, fs.")] = 1.0,
+    steps: Annotated[int, typer.Option(help="Number of MD steps.")] = 1000,
+    output: Annotated[
+        Path | None, typer.Option(help="Trajectory file: .traj (ASE) or extxyz (other suffixes).")
+    ] = None,
+    thermostat: Annotated[Thermostat, typer.Option(help="NVT thermostat.")] = Thermostat.langevin,
+    friction_per_fs: Annotated[float, typer.Option(help="Langevin friction, 1/fs.")] = 0.01,
+    pressure_bar: Annotated[float, typer.Option(help="NPT target pressure, bar.")] = 1.0,
+    sample_every: Annotated[
+        int, typer.Option(help="Steps between logged samples and trajectory frames.")
+    ] = 100,
+    replicas: Annotated[
+        int, typer.Option(help="Independent copies run together (jax-md engine).")
+    ] = 1,
+    seed: Annotated[int, typer.Option(help="Random seed (velocities, Langevin noise).")] = 0,
+    dtype: Annotated[
+        str | None, typer.Option(help="float32 or float64 (default: the student's).")
+    ] = None,
+    log: Annotated[Path | None, typer.Option(help="Write the per-sample thermo log here.")] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Write the final summary as JSON here.")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Run molecular dynamics with a trained student (jax-md on the GPU, or ASE)."""
+    import ase.io
+
+    from jaxdistill.md.run import MDInstabilityError, run_md
+    from jaxdistill.student import load_student
+
+    try:
+        loaded = load_student(student, dtype=dtype)
+        atoms = ase.io.read(structure, index=-1)
+    except (FileNotFoundError, ValueError) as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    console.print(
+        f"student [bold]{loaded.architecture}[/] ({loaded.num_parameters} parameters, cutoff "
+        f"{loaded.cutoff} Å, {loaded.dtype}); {len(atoms)} atoms from {structure}; "
+        f"{ensemble.value.upper()} at {temperature:g} K via {engine.value}"
+    )
+    try:
+        summary = run_md(
+            loaded,
+            atoms,
+            engine=engine.value,
+            ensemble=ensemble.value,
+            temperature_kelvin=temperature,
+            timestep_fs=timestep_fs,
+            steps=steps,
+            thermostat=thermostat.value,
+            friction_per_fs=friction_per_fs,
+            pressure_bar=pressure_bar,
+            replicas=replicas if replicas > 1 else None,
+            seed=seed,
+            sample_every=sample_every,
+            trajectory=output,
+            log_file=log,
+            progress=progress,
+        )
+    except MDInstabilityError as error:
+        console.print(f"[red]MD stopped:[/] {error}")
+        raise typer.Exit(code=1) from None
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(code=2) from None
+    console.print(summary.describe())
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n")

@@ -1,0 +1,216 @@
+"""The ASE engine of ``run_md``: StudentCalculator with ASE's integrators."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ase
+import numpy as np
+from ase import units
+
+from jaxdistill.diagnostics import count_compilations
+from jaxdistill.md.run import (
+    MDProgress,
+    MDSummary,
+    _frame,
+    _initial_momenta,
+    _Progress,
+    _raise_blowup,
+    _summarise,
+    _temperature_limits,
+    _ThermoLog,
+    _TrajectoryWriter,
+)
+from jaxdistill.student import Student
+
+logger = logging.getLogger("jaxdistill.md")
+
+
+def run_ase(
+    student: Student,
+    atoms: ase.Atoms,
+    *,
+    ensemble,
+    temperatures,
+    timestep_fs,
+    steps,
+    thermostat,
+    friction_per_fs,
+    thermostat_time_fs,
+    pressure_bar,
+    barostat_time_fs,
+    seed,
+    initial_velocities,
+    sample_every,
+    chunk_steps,
+    trajectory,
+    log_file,
+    last_good_path,
+    progress,
+    callback,
+    skin,
+    max_temperature_factor,
+) -> MDSummary:
+    from ase.md.langevin import Langevin
+    from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
+    from ase.md.verlet import VelocityVerlet
+
+    from jaxdistill.md.ase_calculator import StudentCalculator
+
+    del chunk_steps  # one call per step: nothing to chunk
+    start_wall = time.perf_counter()
+    temperature = float(temperatures[0])
+    atoms = atoms.copy()
+    atoms.set_momenta(_initial_momenta(atoms, temperature, seed, initial_velocities))
+    calculator = StudentCalculator(student, dtype=student.dtype, skin=skin)
+    atoms.calc = calculator
+    dt = timestep_fs * units.fs
+    conserved = True
+    if ensemble == "nve":
+        dynamics = VelocityVerlet(atoms, timestep=dt)
+    elif ensemble == "nvt" and thermostat == "langevin":
+        dynamics = Langevin(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            friction=friction_per_fs / units.fs,
+            rng=np.random.default_rng(seed),
+        )
+        conserved = False
+    elif ensemble == "nvt":
+        dynamics = NoseHooverChainNVT(
+            atoms, timestep=dt, temperature_K=temperature, tdamp=thermostat_time_fs * units.fs
+        )
+    else:
+        dynamics = IsotropicMTKNPT(
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            pressure_au=pressure_bar * units.bar,
+            tdamp=thermostat_time_fs * units.fs,
+            pdamp=barostat_time_fs * units.fs,
+        )
+    periodic = bool(np.all(atoms.pbc))
+    limit = float(_temperature_limits(temperatures, max_temperature_factor)[0])
+    writer = _TrajectoryWriter(trajectory, 1)
+    thermo = _ThermoLog(log_file)
+    bar = _Progress(progress, steps, callback, f"{ensemble.upper()} (ase)")
+
+    def observe(step: int) -> tuple[dict, ase.Atoms]:
+        energy = atoms.get_potential_energy()
+        kinetic = atoms.get_kinetic_energy()
+        if hasattr(dynamics, "get_conserved_energy"):
+            total = dynamics.get_conserved_energy()
+        else:
+            total = energy + kinetic
+        values = {
+            "temperature_kelvin": atoms.get_temperature(),
+            "potential_energy": energy,
+            "kinetic_energy": kinetic,
+            "conserved_energy": total,
+            "pressure_bar": (
+                -np.trace(atoms.get_stress(voigt=False, include_ideal_gas=True)) / 3 / units.bar
+                if periodic
+                else np.nan
+            ),
+            "volume": atoms.get_volume() if periodic else np.nan,
+        }
+        frame = _frame(
+            atoms.numbers,
+            atoms.positions,
+            atoms.get_momenta(),
+            atoms.cell.array,
+            atoms.pbc,
+            energy,
+            atoms.get_forces(),
+            step,
+            step * timestep_fs,
+            values["temperature_kelvin"],
+        )
+        return values, frame
+
+    compilations = 0
+    timed_seconds, timed_steps, compile_seconds = 0.0, 0, 0.0
+    chunk_us: list[float] = []
+    try:
+        with count_compilations() as compiled:
+            t0 = time.perf_counter()
+            values, last_good = observe(0)
+            compile_seconds = time.perf_counter() - t0
+            thermo.add(0, 0.0, values)
+            writer.write(0, [last_good])
+            step = 0
+            while step < steps:
+                n = min(sample_every, steps - step)
+                before = compiled.count
+                t0 = time.perf_counter()
+                reason = None
+                try:
+                    dynamics.run(n)
+                except (ValueError, FloatingPointError) as error:
+                    reason = f"the calculator failed ({error})"
+                elapsed = time.perf_counter() - t0
+                step += n
+                if reason is None:
+                    values, frame = observe(step)
+                    if not np.all(np.isfinite(frame.positions)) or not np.isfinite(
+                        values["potential_energy"]
+                    ):
+                        reason = "non-finite positions or energy"
+                    elif values["temperature_kelvin"] > limit:
+                        reason = (
+                            f"temperature {values['temperature_kelvin']:.4g} K exceeds "
+                            f"{limit:.4g} K ({max_temperature_factor:g} x the target)"
+                        )
+                if reason is not None:
+                    _raise_blowup(reason, step, [last_good], [0], last_good_path)
+                if compiled.count == before:
+                    timed_seconds += elapsed
+                    timed_steps += n
+                    chunk_us.append(1e6 * elapsed / n)
+                else:
+                    compile_seconds += elapsed
+                thermo.add(step, step * timestep_fs, values)
+                writer.write(0, [frame])
+                last_good = frame
+                us = 1e6 * timed_seconds / timed_steps if timed_steps else None
+                bar.update(
+                    MDProgress(
+                        step, steps, values["temperature_kelvin"], values["potential_energy"], us
+                    )
+                )
+                logger.info(
+                    "step %d T=%.1f K E_pot=%.6f eV",
+                    step,
+                    values["temperature_kelvin"],
+                    values["potential_energy"],
+                )
+            compilations = compiled.count
+    finally:
+        writer.close()
+        thermo.close()
+        bar.close()
+    return _summarise(
+        engine="ase",
+        ensemble=ensemble,
+        thermostat=thermostat if ensemble == "nvt" else None,
+        conserved=conserved,
+        periodic=periodic,
+        n_atoms=len(atoms),
+        n_replicas=1,
+        steps=steps,
+        timestep_fs=timestep_fs,
+        wall=time.perf_counter() - start_wall,
+        compile_seconds=compile_seconds,
+        timed_seconds=timed_seconds,
+        timed_steps=timed_steps,
+        thermo=thermo,
+        rebuilds=calculator.neighbour_list_builds,
+        reallocations=0,
+        redone=0,
+        compilations=compilations,
+        trajectory=writer.paths,
+        atoms=last_good,
+        chunk_us=chunk_us,
+    )

@@ -1,0 +1,337 @@
+"""Students as jax-md potentials.
+
+:func:`jax_md_potential` follows jax-md's own convention (as
+``jax_md.energy.lennard_jones_neighbor_list``)::
+
+    displacement_fn, shift_fn = jax_md.space.periodic_general(box)
+    neighbor_fn, energy_fn = jaxdistill.jax_md_potential(student, displacement_fn, box, species)
+    nbrs = neighbor_fn.allocate(R)
+    init_fn, apply_fn = jax_md.simulate.nvt_nose_hoover(energy_fn, shift_fn, dt, kT)
+    state = init_fn(key, R, mass=masses, neighbor=nbrs)
+    # in a lax.scan / fori_loop: nbrs = nbrs.update(state.position);
+    #                            state = apply_fn(state, neighbor=nbrs)
+
+so a jax-md script runs unchanged with a student. Edge vectors come from the user's
+displacement function (so ``box=`` and ``perturbation=`` keyword arguments work, and
+``jax_md.quantity.stress`` / ``pressure`` and ``simulate.npt_nose_hoover`` work with
+``space.periodic_general``); the student's ``module.apply`` turns them into per-atom
+energies.
+
+Units are the student's: Å, eV, and with masses in amu the time unit is ASE's
+(``ase.units.fs`` = 0.0982 of it), so ``dt = timestep_fs * ase.units.fs`` and
+``kT = ase.units.kB * T``.
+
+Periodic boxes must be wider than twice the cutoff (jax-md uses the minimum image
+convention); for a non-orthogonal box, wider than twice ``cutoff + dr_threshold``.
+Smaller cells: repeat them (``atoms * (2, 2, 2)``) or use the ASE calculator, which
+handles any cell.
+
+jax_md is imported lazily (importing it takes seconds); ``import jaxdistill`` stays fast.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdistill.student import Student, as_atomic_numbers, load_student, resolve_dtype
+
+#: Neighbour-list format used when ``format="auto"`` (see docs/md.md for the measurement).
+DEFAULT_FORMAT = "sparse"
+#: Default skin (jax-md's ``dr_threshold``), Å.
+DEFAULT_DR_THRESHOLD = 0.5
+
+
+def _jax_version() -> tuple[int, ...]:
+    parts = []
+    for piece in jax.__version__.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def default_disable_cell_list() -> bool:
+    """Whether to skip jax-md's cell list by default.
+
+    jax-md 0.2.29 with jax >= 0.11 fails when a neighbour list that uses a cell list is
+    updated inside ``lax.scan`` (a pytree metadata check on its ``cell_size``); without
+    the cell list (an O(N²) candidate search at each rebuild) it works. On older jax
+    both paths work and the cell list is used for boxes large enough to hold one.
+    """
+    return _jax_version() >= (0, 11)
+
+
+def resolve_format(format: Any = "auto"):
+    """A jax-md ``NeighborListFormat`` from a name ("sparse", "dense", "ordered_sparse",
+    "auto") or the enum itself."""
+    from jax_md import partition
+
+    if isinstance(format, partition.NeighborListFormat):
+        return format
+    name = str(format).lower().replace("-", "_")
+    if name == "auto":
+        name = DEFAULT_FORMAT
+    formats = {
+        "sparse": partition.Sparse,
+        "dense": partition.Dense,
+        "ordered_sparse": partition.OrderedSparse,
+    }
+    if name not in formats:
+        raise ValueError(f"unknown neighbour-list format {format!r}; use one of {sorted(formats)}")
+    return formats[name]
+
+
+def box_matrix(box: Any, dimension: int = 3) -> np.ndarray:
+    """A jax-md box (scalar, side lengths or matrix with lattice vectors as columns) as
+    a ``[3, 3]`` matrix with lattice vectors as columns."""
+    b = np.asarray(box, dtype=np.float64)
+    if b.ndim == 0:
+        return np.eye(dimension) * float(b)
+    if b.ndim == 1:
+        return np.diag(b)
+    if b.shape != (dimension, dimension):
+        raise ValueError(f"box must be a scalar, a vector or a {dimension}x{dimension} matrix")
+    return b
+
+
+def box_widths(box: Any) -> np.ndarray:
+    """Distances between opposite faces of a box (jax-md convention, columns)."""
+    b = box_matrix(box)
+    volume = abs(np.linalg.det(b))
+    a = [b[:, k] for k in range(3)]
+    return np.array(
+        [volume / np.linalg.norm(np.cross(a[(k + 1) % 3], a[(k + 2) % 3])) for k in range(3)]
+    )
+
+
+def is_orthorhombic(box: Any) -> bool:
+    b = box_matrix(box)
+    return bool(np.all(b[~np.eye(3, dtype=bool)] == 0.0))
+
+
+def minimum_box_width(box: Any, cutoff: float, dr_threshold: float) -> float:
+    """Smallest face-to-face width a periodic box needs for jax-md's minimum image.
+
+    Orthorhombic boxes: wrapping each fractional coordinate gives the exact nearest
+    image, so ``2 * cutoff`` suffices. Non-orthogonal boxes: wrapping is exact only for
+    vectors shorter than half the width, and the neighbour list must see pairs out to
+    ``cutoff + dr_threshold``, so ``2 * (cutoff + dr_threshold)``.
+    """
+    return 2.0 * cutoff if is_orthorhombic(box) else 2.0 * (cutoff + dr_threshold)
+
+
+def check_box(box: Any, cutoff: float, dr_threshold: float) -> None:
+    """Raise a clear ValueError if a periodic box is too small for the minimum image."""
+    widths = box_widths(box)
+    needed = minimum_box_width(box, cutoff, dr_threshold)
+    if np.min(widths) <= needed:
+        raise ValueError(
+            f"the periodic box is too small for jax-md: its face-to-face widths are "
+            f"{np.round(widths, 3).tolist()} Å but the minimum-image convention needs more "
+            f"than {needed:.3f} Å (twice the cutoff {cutoff} Å"
+            + ("" if is_orthorhombic(box) else f" plus the skin {dr_threshold} Å")
+            + "). Repeat the cell (e.g. atoms * (2, 2, 2)) or use the ASE engine "
+            "(StudentCalculator), which handles cells of any size."
+        )
+
+
+def _is_periodic_displacement(
+    displacement_fn: Callable, box: Any, fractional_coordinates: bool
+) -> bool:
+    """Probe a displacement function: does it wrap across the box?"""
+    b = box_matrix(box)
+    u = np.array([0.75, 0.0, 0.0])
+    far = u if fractional_coordinates else b @ u
+    dr = np.asarray(displacement_fn(jnp.zeros(3), jnp.asarray(far)))
+    return bool(np.linalg.norm(dr) < 0.5 * np.linalg.norm(b[:, 0]))
+
+
+def _hashable_cell_size(neighbors):
+    """Store a neighbour list's static ``cell_size`` as a Python float.
+
+    jax-md keeps it as a jax scalar in a static (pytree metadata) field; newer jax wants
+    hashable metadata there. A float is equal in value and harmless on older jax.
+    """
+    cell_size = getattr(neighbors, "cell_size", None)
+    if cell_size is None or isinstance(cell_size, float):
+        return neighbors
+    try:
+        value = float(np.asarray(cell_size))
+    except (TypeError, ValueError):
+        return neighbors
+    return dataclasses.replace(neighbors, cell_size=value)
+
+
+def neighbor_edges(neighbor, n_atoms: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Senders, receivers and mask of a jax-md neighbour list, in the Graph convention.
+
+    Edge ``e`` goes from neighbour ``senders[e]`` (j) to centre ``receivers[e]`` (i);
+    padding edges join the padding node ``n_atoms`` to itself.
+    """
+    from jax_md import partition
+
+    idx = neighbor.idx
+    if neighbor.format is partition.Dense:
+        width = idx.shape[1]
+        senders = idx.reshape(-1)
+        receivers = jnp.repeat(jnp.arange(n_atoms, dtype=idx.dtype), width)
+    elif neighbor.format is partition.Sparse:
+        senders, receivers = idx[0], idx[1]
+    else:  # OrderedSparse holds each pair once: use both directions
+        senders = jnp.concatenate([idx[0], idx[1]])
+        receivers = jnp.concatenate([idx[1], idx[0]])
+    mask = (senders < n_atoms) & (receivers < n_atoms)
+    senders = jnp.where(mask, senders, n_atoms)
+    receivers = jnp.where(mask, receivers, n_atoms)
+    return senders, receivers, mask
+
+
+def make_energy_fn(
+    student: Student, displacement_fn: Callable, species: Sequence[int]
+) -> Callable[..., jax.Array]:
+    """``energy_fn(R, neighbor, **kwargs) -> scalar`` of a student on a jax-md neighbour list.
+
+    Keyword arguments other than ``params`` (override the student's parameters) and
+    ``species`` (override the atomic numbers) go to ``displacement_fn``, as in jax-md's
+    own potentials (``box=``, ``perturbation=``, ...).
+    """
+    numbers_np = np.asarray(species, dtype=np.int32)
+    n_atoms = len(numbers_np)
+    apply = student.model.apply
+    default_params = student.params
+    dtype = jnp.dtype(student.dtype)
+    node_mask = np.arange(n_atoms + 1) < n_atoms
+    padded_numbers = np.concatenate([numbers_np, [0]]).astype(np.int32)
+
+    def energy_fn(R: jax.Array, neighbor=None, **kwargs) -> jax.Array:
+        if neighbor is None:
+            raise ValueError("the student's energy_fn needs a neighbour list: energy_fn(R, nbrs)")
+        params = kwargs.pop("params", default_params)
+        numbers = kwargs.pop("species", None)
+        numbers = (
+            jnp.asarray(padded_numbers)
+            if numbers is None
+            else jnp.concatenate([jnp.asarray(numbers, jnp.int32), jnp.zeros(1, jnp.int32)])
+        )
+        if R.shape[0] != n_atoms:
+            raise ValueError(f"energy_fn was built for {n_atoms} atoms, got R of {R.shape}")
+        senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
+        padded = jnp.concatenate([R, jnp.zeros_like(R[:1])], axis=0)
+        displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
+        vectors = displacement(padded[senders], padded[receivers])
+        vectors = jnp.where(edge_mask[:, None], vectors, 0.0).astype(dtype)
+        atomic = apply(
+            params,
+            numbers,
+            vectors,
+            senders,
+            receivers,
+            jnp.asarray(node_mask),
+            edge_mask,
+        )
+        return jnp.sum(jnp.where(jnp.asarray(node_mask), atomic, 0.0))
+
+    return energy_fn
+
+
+def jax_md_potential(
+    student: Student | str | Path,
+    displacement_fn: Callable,
+    box: Any,
+    species: Sequence[int | str],
+    *,
+    dr_threshold: float = DEFAULT_DR_THRESHOLD,
+    format: Any = "auto",
+    disable_cell_list: bool | None = None,
+    fractional_coordinates: bool = False,
+    capacity_multiplier: float = 1.25,
+    dtype: str | None = None,
+    **neighbor_kwargs: Any,
+):
+    """A student as a jax-md ``(neighbor_fn, energy_fn)`` pair.
+
+    Args:
+        student: a Student or the path of a saved one.
+        displacement_fn: from ``jax_md.space`` (``periodic_general``, ``periodic`` or
+            ``free``).
+        box: the jax-md box (scalar, side lengths, or matrix with lattice vectors as
+            columns, upper triangular for ``periodic_general``); None for ``space.free()``
+            (then the cell list is disabled).
+        species: atomic number (or symbol) of every atom, in order.
+        dr_threshold: the skin, Å: the list holds pairs within ``cutoff + dr_threshold``
+            and is rebuilt once an atom moved more than half of it.
+        format: "sparse" (default via "auto"), "dense", "ordered_sparse" or a
+            ``jax_md.partition.NeighborListFormat``.
+        disable_cell_list: None picks by jax version (see
+            :func:`default_disable_cell_list`).
+        fractional_coordinates: positions in the unit cube (as for
+            ``space.periodic_general(box, fractional_coordinates=True)``, needed for
+            ``simulate.npt_nose_hoover``).
+        capacity_multiplier: head-room of the allocated list.
+        dtype: cast the student ("float32"/"float64"); default its own.
+        **neighbor_kwargs: passed to ``jax_md.partition.neighbor_list``.
+
+    Returns:
+        ``(neighbor_fn, energy_fn)``: ``neighbor_fn.allocate(R)`` and
+        ``nbrs.update(R)`` as in jax-md; ``energy_fn(R, neighbor, **kwargs) -> eV``.
+        Forces are ``-grad(energy_fn)`` (``jax_md.quantity.force``); stress by
+        ``jax_md.quantity.stress(energy_fn, R, box, neighbor=nbrs)``, which is minus
+        ASE's (jax-md's sign: a compressed crystal has positive stress).
+
+    Raises:
+        ValueError: unknown elements, or a periodic box too small for the minimum image.
+    """
+    from jax_md import partition
+
+    if not isinstance(student, Student):
+        student = load_student(student)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+        if dtype != student.dtype:
+            student = student.with_dtype(dtype)
+    numbers = [as_atomic_numbers([z])[0] for z in species]
+    unknown = sorted(set(numbers) - set(student.species))
+    if unknown:
+        raise ValueError(
+            f"atomic numbers {unknown} are unknown to this student (it knows {student.species})"
+        )
+    neighbor_format = resolve_format(format)
+    cutoff = float(student.cutoff)
+    if box is None:
+        if disable_cell_list is False:
+            raise ValueError("a cell list needs a box; pass box= or disable_cell_list=True")
+        disable_cell_list = True
+        box_for_list = 1.0
+    else:
+        box_for_list = box
+        if _is_periodic_displacement(displacement_fn, box, fractional_coordinates):
+            check_box(box, cutoff, dr_threshold)
+    if disable_cell_list is None:
+        disable_cell_list = default_disable_cell_list()
+    neighbor_fn = partition.neighbor_list(
+        displacement_fn,
+        box_for_list,
+        cutoff,
+        dr_threshold=dr_threshold,
+        capacity_multiplier=capacity_multiplier,
+        disable_cell_list=disable_cell_list,
+        fractional_coordinates=fractional_coordinates,
+        format=neighbor_format,
+        **neighbor_kwargs,
+    )
+    if not disable_cell_list:
+        allocate = neighbor_fn.allocate
+
+        def allocate_hashable(position, extra_capacity: int = 0, **kwargs):
+            return _hashable_cell_size(allocate(position, extra_capacity, **kwargs))
+
+        neighbor_fn = partition.NeighborListFns(allocate_hashable, neighbor_fn.update)
+    energy_fn = make_energy_fn(student, displacement_fn, numbers)
+    return neighbor_fn, energy_fn

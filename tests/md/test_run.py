@@ -1,0 +1,225 @@
+"""run_md: ensembles, overflow redo, blow-up stop, replicas, trajectories, both engines."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+from structures import ethanol, silicon
+
+from jaxdistill import StudentCalculator
+from jaxdistill.diagnostics import count_compilations
+from jaxdistill.md.run import MDInstabilityError, MDSummary, run_md
+
+pytest.importorskip("jax_md")
+
+# Shared settings, so runs of the same system reuse one compiled program.
+# (An untrained student heats a molecule far above its start: allow it.)
+MOLECULE = dict(timestep_fs=0.5, sample_every=50, chunk_steps=500, max_temperature_factor=100.0)
+SILICON_NVE = dict(ensemble="nve", timestep_fs=1.0, sample_every=50, chunk_steps=150, skin=0.3)
+
+
+def _fresh_energy(atoms, student):
+    atoms = atoms.copy()
+    atoms.calc = StudentCalculator(student, dtype="float64")
+    return atoms.get_potential_energy()
+
+
+def test_nve_conserves_energy_float64(tiny_student):
+    summary = run_md(
+        tiny_student,
+        silicon(repeat=(2, 2, 2), rattle=0.05, seed=4),
+        temperature_kelvin=600,
+        steps=2100,
+        seed=1,
+        capacity_multiplier=2.0,
+        **SILICON_NVE,
+    )
+    assert isinstance(summary, MDSummary)
+    assert summary.steps == 2100 and len(summary.thermo["step"]) == 2100 // 50 + 1
+    assert summary.mean_temperature_kelvin > 100  # atoms moved and exchanged energy
+    assert summary.max_energy_deviation_ev_per_atom < 5e-5
+    assert abs(summary.energy_drift_ev_per_atom) < 5e-5
+    assert summary.us_per_step > 0 and summary.ns_per_day > 0
+    assert summary.neighbor_list_rebuilds > 0
+    # the final frame's stored energy is the calculator's (complete neighbour list)
+    final = summary.atoms
+    assert final.get_potential_energy() == pytest.approx(
+        _fresh_energy(final, tiny_student), abs=1e-9
+    )
+
+
+def test_engines_agree_in_nve(tiny_student):
+    """Same start, same velocity Verlet: jax-md and ASE trajectories coincide (units,
+    masses and time step are converted consistently)."""
+    runs = {
+        engine: run_md(
+            tiny_student,
+            ethanol(),
+            engine=engine,
+            ensemble="nve",
+            temperature_kelvin=300,
+            steps=100,
+            seed=4,
+            **MOLECULE,
+        )
+        for engine in ("jax-md", "ase")
+    }
+    np.testing.assert_allclose(
+        runs["jax-md"].atoms.positions, runs["ase"].atoms.positions, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        runs["jax-md"].thermo["conserved_energy"], runs["ase"].thermo["conserved_energy"], atol=1e-8
+    )
+
+
+def test_replicas_equal_separate_runs(tiny_student, tmp_path):
+    temperatures = [300.0, 500.0, 800.0]
+    together = run_md(
+        tiny_student,
+        ethanol(),
+        ensemble="nvt",
+        temperature_kelvin=temperatures,
+        replicas=3,
+        steps=200,
+        seed=7,
+        trajectory=tmp_path / "replicas.extxyz",
+        **MOLECULE,
+    )
+    assert together.n_replicas == 3 and len(together.atoms) == 3
+    assert together.thermo["temperature_kelvin"].shape == (200 // 50 + 1, 3)
+    for k in range(3):
+        frames = ase.io.read(tmp_path / f"replicas.r{k:03d}.extxyz", index=":")
+        assert len(frames) == 200 // 50 + 1
+    for k, temperature in enumerate(temperatures):
+        with count_compilations() as compiled:
+            alone = run_md(
+                tiny_student,
+                ethanol(),
+                ensemble="nvt",
+                temperature_kelvin=temperature,
+                steps=200,
+                seed=7 + k,
+                trajectory=tmp_path / f"alone{k}.traj" if k == 0 else None,
+                **MOLECULE,
+            )
+        if k > 0:  # the same system again: nothing compiles
+            assert compiled.count == 0
+        np.testing.assert_allclose(alone.atoms.positions, together.atoms[k].positions, atol=1e-8)
+    frames = ase.io.read(tmp_path / "alone0.traj", index=":")
+    assert len(frames) == 5 and frames[-1].info.get("step", 200) == 200
+
+
+def test_overflow_is_detected_and_the_chunk_redone(tiny_student):
+    """A list allocated without head-room overflows as atoms move; the chunk is redone
+    from its start with a larger list, giving exactly the trajectory of a roomy list."""
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=3)
+    common = dict(temperature_kelvin=1500, steps=300, seed=2, **SILICON_NVE)
+    tight = run_md(tiny_student, atoms, capacity_multiplier=1.0, **common)
+    roomy = run_md(tiny_student, atoms, capacity_multiplier=2.0, **common)
+    assert tight.neighbor_reallocations >= 1 and tight.chunks_redone >= 1
+    assert roomy.neighbor_reallocations == 0
+    np.testing.assert_allclose(tight.atoms.positions, roomy.atoms.positions, atol=1e-8)
+    assert tight.atoms.get_potential_energy() == pytest.approx(
+        _fresh_energy(tight.atoms, tiny_student), abs=1e-9
+    )
+
+
+def _stiff(student, factor: float):
+    """The same student with every atomic energy scaled: a violently stiff potential."""
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * factor if "atomic_scale" in jax.tree_util.keystr(path) else x,
+        student.params,
+    )
+    return dataclasses.replace(student, params=params)
+
+
+def test_blow_up_stops_with_last_good_frame(tiny_student, tmp_path):
+    trajectory = tmp_path / "run.extxyz"
+    with pytest.raises(MDInstabilityError, match="unstable") as caught:
+        run_md(
+            _stiff(tiny_student, 3e4),  # same architecture: reuses the compiled program
+            silicon(repeat=(2, 2, 2), rattle=0.1, seed=3),
+            temperature_kelvin=600,
+            steps=2100,
+            capacity_multiplier=2.0,
+            trajectory=trajectory,
+            **SILICON_NVE,
+        )
+    error = caught.value
+    assert error.last_good_step < error.step
+    assert error.path is not None and error.path.exists()
+    saved = ase.io.read(error.path)
+    assert np.all(np.isfinite(saved.positions))
+    assert saved.info["step"] == error.last_good_step
+    np.testing.assert_allclose(saved.positions, error.atoms.positions, atol=1e-6)
+    # the trajectory holds the good frames only, ending with the last good one
+    frames = ase.io.read(trajectory, index=":")
+    assert frames[-1].info["step"] == error.last_good_step
+
+
+@pytest.mark.slow
+def test_npt_changes_volume_and_keeps_list_complete(tiny_student):
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.05, seed=1)
+    summary = run_md(
+        tiny_student,
+        atoms,
+        ensemble="npt",
+        temperature_kelvin=600,
+        pressure_bar=1.0,
+        barostat_time_fs=200,
+        thermostat_time_fs=50,
+        timestep_fs=1.0,
+        steps=400,
+        sample_every=50,
+        chunk_steps=200,
+    )
+    volumes = summary.thermo["volume"][:, 0]
+    assert np.ptp(volumes) > 1e-3 * volumes[0]  # the box moved
+    assert summary.mean_pressure_bar is not None
+    assert summary.max_energy_deviation_ev_per_atom < 5e-3
+    final = summary.atoms  # energy on the final (strained) cell equals a fresh calculation
+    assert final.get_potential_energy() == pytest.approx(
+        _fresh_energy(final, tiny_student), abs=1e-9
+    )
+
+
+def test_ase_engine_writes_trajectory_and_log(tiny_student, tmp_path):
+    summary = run_md(
+        tiny_student,
+        silicon(rattle=0.05),
+        engine="ase",
+        ensemble="nvt",
+        thermostat="nose-hoover",
+        temperature_kelvin=500,
+        timestep_fs=1.0,
+        steps=30,
+        sample_every=10,
+        trajectory=tmp_path / "ase.extxyz",
+        log_file=tmp_path / "md.log",
+    )
+    frames = ase.io.read(tmp_path / "ase.extxyz", index=":")
+    assert [f.info["step"] for f in frames] == [0, 10, 20, 30]
+    assert frames[-1].get_potential_energy() == pytest.approx(
+        _fresh_energy(frames[-1], tiny_student), abs=1e-9
+    )
+    lines = (tmp_path / "md.log").read_text().splitlines()
+    assert lines[0].startswith("#") and len(lines) == 5
+    assert summary.energy_drift_ev_per_atom is not None  # Nose-Hoover has an invariant
+    assert summary.mean_pressure_bar is not None
+
+
+def test_clear_errors_for_unsupported_inputs(tiny_student):
+    slab = silicon()
+    slab.pbc = (True, True, False)
+    with pytest.raises(ValueError, match="partly periodic"):
+        run_md(tiny_student, slab, steps=1)
+    with pytest.raises(ValueError, match="too small for jax-md"):
+        run_md(tiny_student, silicon(), steps=1)  # 5.43 Å < 2 x 4 Å
+    with pytest.raises(ValueError, match="NPT needs"):
+        run_md(tiny_student, ethanol(), ensemble="npt", steps=1)
+    with pytest.raises(ValueError, match="ensemble"):
+        run_md(tiny_student, ethanol(), ensemble="nph", steps=1)
