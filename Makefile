@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: setup
-	$(BIN)/jaxdistill demo
+	$(BIN)/jaxdistill distill configs/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" -q
