@@ -100,3 +100,17 @@ def test_config_errors_name_the_key():
         DistillConfig.from_dict({k: v for k, v in TINY.items() if k != "teacher"})
     with pytest.raises(FileNotFoundError, match="config file not found"):
         DistillConfig.from_yaml("/nonexistent.yaml")
+
+
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "si-sevennet.yaml", "molecules-fennol.yaml", "orb.yaml"]
+)
+def test_shipped_configs_parse(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    config = DistillConfig.from_yaml(path)
+    assert config.name and config.teacher
+    assert config.sampling.structures
+    # and they round-trip through the resolved form written into every run directory
+    assert DistillConfig.from_dict(config.to_dict()).to_dict() == config.to_dict()
