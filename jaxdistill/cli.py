@@ -83,13 +83,17 @@ def demo(
 
 @app.command()
 def distill(
-    config: Annotated[Path, typer.Argument(help="Distillation config (YAML), e.g. configs/quickstart.yaml.")],
+    config: Annotated[
+        Path, typer.Argument(help="Distillation config (YAML), e.g. configs/quickstart.yaml.")
+    ],
     run_dir: Annotated[
         Path | None, typer.Option(help="Run directory (default: runs/<name from the config>).")
     ] = None,
     stage: Annotated[
         list[str] | None,
-        typer.Option(help="Run only these stages (repeatable): sample, label, train, evaluate, md, report."),
+        typer.Option(
+            help="Run only these stages (repeatable): sample, label, train, evaluate, md, report."
+        ),
     ] = None,
 ) -> None:
     """Sample, label, train, evaluate, validate by MD and report; resumes when re-run."""
