@@ -22,6 +22,7 @@ run: setup
 	$(BIN)/jaxdistill distill configs/quickstart.yaml
 
 test: setup
+	$(BIN)/ruff check jaxdistill tests
 	$(BIN)/python -m pytest -m "not slow" -q
 
 lint: setup
