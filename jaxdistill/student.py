@@ -264,3 +264,18 @@ def load_student(path: str | Path, dtype: str | None = None) -> Student:
         dict(config.get("metadata", {})),
     )
     return student.with_dtype(dtype) if dtype and dtype != saved_dtype else student
+
+
+def as_student(student: Student | str | Path, dtype: str | None = None) -> Student:
+    """A Student from a Student or a saved student's path, cast to ``dtype`` if given.
+
+    The one place where the MD entry points (ASE calculator, jax-md adapter, run_md)
+    accept "a student or its folder, at this precision".
+    """
+    if not isinstance(student, Student):
+        student = load_student(student)
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+        if dtype != student.dtype:
+            student = student.with_dtype(dtype)
+    return student

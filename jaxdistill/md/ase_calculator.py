@@ -36,7 +36,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from jaxdistill.graph import Graph, batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
 from jaxdistill.potential import voigt_stress
-from jaxdistill.student import Student, load_student, resolve_dtype
+from jaxdistill.student import Student, as_student
 
 
 class _Reference(NamedTuple):
@@ -108,13 +108,10 @@ class StudentCalculator(Calculator):
         self, student: Student | str | Path, dtype: str = "float32", skin: float = 0.5, **kwargs
     ):
         super().__init__(**kwargs)
-        dtype = resolve_dtype(dtype)
-        if not isinstance(student, Student):
-            student = load_student(student)
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
-        self.student = student.with_dtype(dtype) if student.dtype != dtype else student
-        self.dtype = dtype
+        self.student = as_student(student, dtype)
+        self.dtype = self.student.dtype
         self.skin = float(skin)
         self._predict = self.student.potential.predict
         self._graph: Graph | None = None  # device-resident; positions and cell replaced per call

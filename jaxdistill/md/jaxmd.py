@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.student import Student, as_atomic_numbers, load_student, resolve_dtype
+from jaxdistill.student import Student, as_atomic_numbers, as_student
 
 #: Neighbour-list format used when ``format="auto"`` (see docs/md.md for the measurement).
 DEFAULT_FORMAT = "sparse"
@@ -290,12 +290,7 @@ def jax_md_potential(
     """
     from jax_md import partition
 
-    if not isinstance(student, Student):
-        student = load_student(student)
-    if dtype is not None:
-        dtype = resolve_dtype(dtype)
-        if dtype != student.dtype:
-            student = student.with_dtype(dtype)
+    student = as_student(student, dtype)
     numbers = [as_atomic_numbers([z])[0] for z in species]
     unknown = sorted(set(numbers) - set(student.species))
     if unknown:

@@ -39,7 +39,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from jaxdistill.graph import validate_atoms
-from jaxdistill.student import Student, load_student, resolve_dtype
+from jaxdistill.student import Student, as_student
 
 logger = logging.getLogger("jaxdistill.md")
 
@@ -586,12 +586,7 @@ def run_md(
     _validate_common(ensemble, thermostat, steps, timestep_fs)
     if sample_every < 1 or chunk_steps < 1:
         raise ValueError("sample_every and chunk_steps must be >= 1")
-    if not isinstance(student, Student):
-        student = load_student(student)
-    if dtype is not None:
-        dtype = resolve_dtype(dtype)
-        if dtype != student.dtype:
-            student = student.with_dtype(dtype)
+    student = as_student(student, dtype)
     structures = [atoms] if isinstance(atoms, ase.Atoms) else list(atoms)
     if not structures:
         raise ValueError("no structure given")
