@@ -117,7 +117,7 @@ class DistillConfig:
             "device": self.device,
             "sampling": self.sampling.to_dict(),
             "label_batch_size": self.label_batch_size,
-            "train": _plain(dataclasses.asdict(self.train)),
+            "train": self.train.to_dict(),
             "evaluate_split": self.evaluate_split,
             "md_validation": (
                 _plain(dataclasses.asdict(self.md_validation)) if self.md_validation else False
