@@ -131,8 +131,9 @@ def write_report(context: StageContext) -> dict[str, Any]:
             f"ASE Langevin for both, on {md.get('hardware')})",
             "",
             "| T target (K) | seen in training | T student (K) | T teacher (K) | RDF difference |"
-            " force MAE on teacher frames (meV/Å) | student ms/step | teacher ms/step | speed-up |",
-            "|---|---|---|---|---|---|---|---|---|",
+            " force MAE on teacher frames (meV/Å) | energy MAE on teacher frames (meV/atom) |"
+            " student ms/step | teacher ms/step | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for entry in md["temperatures"]:
             st, te = entry["student"], entry["teacher"]
@@ -150,6 +151,7 @@ def write_report(context: StageContext) -> dict[str, Any]:
                 f"{_fmt(te['std_temperature_kelvin'], 0)} | "
                 f"{_fmt(100 * entry['rdf_relative_difference'], 1)} % | "
                 f"{_fmt(errors.get('force_mae_mev_per_angstrom'))} | "
+                f"{_fmt(errors.get('energy_mae_mev_per_atom'), 3)} | "
                 f"{_fmt(1e3 * st['seconds_per_step'], 2)} | {_fmt(1e3 * te['seconds_per_step'], 1)}"
                 f" | {_fmt(entry['speedup_ase'], 1)}× |"
             )

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 
 from jaxdistill.models.painn import PaiNN
+from jaxdistill.models.repulsion import check_repulsion
 from jaxdistill.models.schnet import SchNet
 
 ARCHITECTURES: dict[str, type[nn.Module]] = {"painn": PaiNN, "schnet": SchNet}
@@ -44,6 +45,8 @@ def build_model(architecture: str, species: Sequence[int], cutoff: float, **hype
             f"unknown hyper-parameter(s) {sorted(unknown)} for {architecture!r}; "
             f"allowed: {sorted(allowed)}"
         )
+    if "repulsion" in hyper:
+        hyper["repulsion"] = check_repulsion(hyper["repulsion"])
     return cls(species=tuple(int(z) for z in species), cutoff=float(cutoff), **hyper)
 
 

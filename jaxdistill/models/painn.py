@@ -22,6 +22,7 @@ from jaxdistill.models.common import (
     safe_norm,
     species_index_table,
 )
+from jaxdistill.models.repulsion import zbl_atomic_energies
 
 
 class PaiNNMessage(nn.Module):
@@ -74,6 +75,8 @@ class PaiNN(nn.Module):
         features: channels of scalar and vector features.
         num_layers: message-passing layers.
         num_radial: Bessel functions in the radial basis.
+        repulsion: "zbl" adds the ZBL screened nuclear repulsion for compressed
+            pairs (see ``jaxdistill.models.repulsion``); None for none.
     """
 
     species: Sequence[int]
@@ -81,6 +84,7 @@ class PaiNN(nn.Module):
     features: int = 64
     num_layers: int = 3
     num_radial: int = 16
+    repulsion: str | None = None
 
     @nn.compact
     def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
@@ -101,4 +105,8 @@ class PaiNN(nn.Module):
         energies = AtomicEnergyHead(len(self.species), self.features // 2, name="head")(
             s, species_index
         )
+        if self.repulsion == "zbl":
+            energies = energies + zbl_atomic_energies(
+                numbers, edge_vectors, senders, receivers, edge_mask, self.species
+            )
         return energies * node_mask

@@ -20,6 +20,7 @@ from jaxdistill.models.common import (
     safe_norm,
     species_index_table,
 )
+from jaxdistill.models.repulsion import zbl_atomic_energies
 
 
 class SchNetInteraction(nn.Module):
@@ -45,6 +46,8 @@ class SchNet(nn.Module):
         features: feature channels.
         num_layers: interaction blocks.
         num_radial: Bessel functions in the radial basis.
+        repulsion: "zbl" adds the ZBL screened nuclear repulsion for compressed
+            pairs (see ``jaxdistill.models.repulsion``); None for none.
     """
 
     species: Sequence[int]
@@ -52,6 +55,7 @@ class SchNet(nn.Module):
     features: int = 64
     num_layers: int = 3
     num_radial: int = 16
+    repulsion: str | None = None
 
     @nn.compact
     def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
@@ -68,4 +72,8 @@ class SchNet(nn.Module):
         energies = AtomicEnergyHead(len(self.species), self.features // 2, name="head")(
             h, species_index
         )
+        if self.repulsion == "zbl":
+            energies = energies + zbl_atomic_energies(
+                numbers, edge_vectors, senders, receivers, edge_mask, self.species
+            )
         return energies * node_mask
