@@ -561,10 +561,10 @@ def sample(
         else 0
     )
 
-    from jaxdistill.data.store import _progress_bar
+    from jaxdistill.progress import progress_bar
 
     frames: list[ase.Atoms] = []
-    with _progress_bar(progress and md_steps_total > 0, console) as bar:
+    with progress_bar(console, enabled=progress and md_steps_total > 0) as bar:
         task = bar.add_task("teacher MD (steps)", total=md_steps_total)
         for atoms in structures:
             s_idx = int(atoms.info["structure_index"])

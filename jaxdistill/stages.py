@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 import ase.io
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from jaxdistill.progress import JaxdistillProgress, progress_bar
 
 if TYPE_CHECKING:
     from jaxdistill.pipeline import DistillConfig, RunDirectory
@@ -55,15 +56,8 @@ class StageContext:
         self.console.print(f"loading teacher [bold]{self.config.teacher}[/] on {self.device}")
         return load_teacher(self.config.teacher, device=self.device, **self.config.teacher_options)
 
-    def progress(self) -> Progress:
-        return Progress(
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-        )
+    def progress(self) -> JaxdistillProgress:
+        return progress_bar(self.console)
 
 
 def sample_stage(context: StageContext) -> dict[str, Any]:

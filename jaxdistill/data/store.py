@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from jaxdistill.progress import progress_bar
 from jaxdistill.teachers.base import Teacher, TeacherLabels
 
 __all__ = [
@@ -904,7 +905,7 @@ def label(
     done_before = len(store)
     start = time.perf_counter()
     try:
-        with _progress_bar(progress, console) as bar:
+        with progress_bar(console, enabled=progress) as bar:
             task = bar.add_task(
                 f"labelling ({teacher.name})", total=len(items), completed=done_before
             )
@@ -963,28 +964,3 @@ def _check_resume(
             f"{store.path} was labelled by a different teacher; refusing to mix labels:\n  "
             + "\n  ".join(mismatch)
         )
-
-
-@contextlib.contextmanager
-def _progress_bar(enabled: bool, console: Any | None) -> Iterator[Any]:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=not enabled,
-    )
-    with progress:
-        yield progress

@@ -338,21 +338,9 @@ class _Progress:
         self.callback = callback
         self.bar = None
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
+            from jaxdistill.progress import progress_bar
 
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-            )
+            self.bar = progress_bar(info=True)
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, info="")
 

@@ -21,6 +21,7 @@ from jaxdistill.teachers.ase import AseTeacher
 from jaxdistill.teachers.base import (
     EnsembleTeacher,
     Teacher,
+    TeacherLabels,
     check_file,
     file_sha256,
     package_version,
@@ -34,10 +35,11 @@ class FennolTeacher(AseTeacher):
     """One FeNNol model behind ``FENNIXCalculator``.
 
     FENNIXCalculator keeps neighbour-list capacities from the previous structure and
-    updates them incrementally, which is fast along an MD trajectory; but when a
-    structure with different atoms follows, the carried-over state can be too small
-    (upstream raises ``max_neigh*nat < nedge``). So the preprocessing state is reset
-    whenever the atomic numbers or periodicity change, and kept otherwise.
+    updates them incrementally, which is fast along an MD trajectory; but the
+    carried-over state can be too small (upstream raises ``max_neigh*nat < nedge``):
+    when a structure with different atoms follows, and sometimes along one hot
+    trajectory. So the preprocessing state is reset whenever the atomic numbers or
+    periodicity change, and a call that raises that error is redone from a fresh state.
     """
 
     def __init__(self, calculator: Any, **kwargs: Any) -> None:
@@ -47,14 +49,29 @@ class FennolTeacher(AseTeacher):
     def _before_call(self, atoms: ase.Atoms) -> None:
         signature = (atoms.numbers.tobytes(), tuple(bool(p) for p in atoms.pbc))
         if signature != self._signature:
-            calc = self.calculator
-            calc.reset()
-            # Fresh preprocessing state (neighbour-list capacities), and no cached inputs,
-            # so the next call preprocesses this structure from scratch on the host.
-            calc._raw_inputs = None
-            calc._fennol_inputs = None
-            calc.model.reinitialize_preprocessing()
+            self._reset_preprocessing()
             self._signature = signature
+
+    def _reset_preprocessing(self) -> None:
+        calc = self.calculator
+        calc.reset()
+        # Fresh preprocessing state (neighbour-list capacities), and no cached inputs,
+        # so the next call preprocesses the structure from scratch on the host.
+        calc._raw_inputs = None
+        calc._fennol_inputs = None
+        calc.model.reinitialize_preprocessing()
+
+    def _label_one(self, atoms: ase.Atoms) -> TeacherLabels:
+        try:
+            return super()._label_one(atoms)
+        except ValueError as error:
+            # The incremental update can also fall behind along one MD trajectory when
+            # a molecule's neighbour count grows (seen at 600 K after thousands of
+            # steps); a from-scratch preprocessing of the same structure is correct.
+            if "max_neigh" not in str(error):
+                raise
+            self._reset_preprocessing()
+            return super()._label_one(atoms)
 
 
 def expand_fennol_paths(body: str) -> list[Path]:

@@ -47,6 +47,7 @@ from jaxdistill.data.batching import (
 from jaxdistill.data.store import LabelArrays, LabelStore
 from jaxdistill.models import build_model
 from jaxdistill.potential import make_potential
+from jaxdistill.progress import progress_bar
 from jaxdistill.student import CONFIG_FILE, PARAMS_DIR, Student, create_student, load_student
 from jaxdistill.train.checkpoint import RunCheckpoints
 from jaxdistill.train.config import RESUMABLE_KEYS, TrainConfig, resolve_config
@@ -263,29 +264,6 @@ def export_student(student: Student, output_dir: Path) -> Path:
     (staging / CONFIG_FILE).rename(output_dir / CONFIG_FILE)
     shutil.rmtree(staging, ignore_errors=True)
     return output_dir
-
-
-def _progress(enabled: bool, console: Any | None):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 def _add_sums(total: dict[str, float], sums: Mapping[str, Any]) -> None:
@@ -561,7 +539,7 @@ def _train(
     step = start_step
     steps_run = 0
     info = ""
-    with _progress(progress, console) as bar:
+    with progress_bar(console, enabled=progress, info=True) as bar:
         task = bar.add_task("training", total=config.steps, completed=step, info="")
         if step == 0 and not finished:
             record_validation(0)
