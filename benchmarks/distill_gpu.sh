@@ -8,6 +8,8 @@
 #   benchmarks/distill_gpu.sh md      MD validation and report, one config after the other
 #                                     (quiet GPU: these timings are the speed results)
 #   benchmarks/distill_gpu.sh long    long jax-md runs: NVE 100 ps and NVT 1 ns
+#   benchmarks/distill_gpu.sh mol-gpu train + evaluate molecules sampled and labelled elsewhere
+#                                     (runs/mol carried), then GPU speed of student and teacher
 #   benchmarks/distill_gpu.sh pack    tar both run directories (no checkpoints) into $OUT
 #
 # The ANI-1x files are expected in .device/teachers/ (the GPU machine has no ../shared).
@@ -58,6 +60,26 @@ long-si | long-mol)
       --temperature 600 --timestep-fs 1.0 --steps 1000000 --friction-per-fs 0.02 \
       --output runs/mol-nvt.extxyz --sample-every 20000 --summary-json runs/mol/md/nvt_1ns_600K.json
   fi
+  ;;
+mol-gpu)
+  # Molecules when their sample and label stages ran elsewhere (runs/mol carried in):
+  # train + evaluate here, then the GPU speed of student (jax-md) and teacher (ASE).
+  # The config names ../shared/teachers/...: point that path at the carried files so
+  # the config (and so the stage hashes) stay exactly as committed.
+  mkdir -p ../shared/teachers && ln -sfn "$PWD/.device/teachers" ../shared/teachers/fennol-ani1x
+  timeout 240 python3 -m jaxdistill.cli distill configs/molecules-fennol.yaml --run-dir runs/mol \
+    --stage train --stage evaluate >runs/mol-train.log 2>&1
+  echo "exit $?" >>runs/mol-train.log
+  tail -n 12 runs/mol-train.log
+  mkdir -p runs/mol/md
+  python3 -c "import ase.io; ase.io.write('runs/mol-start.extxyz', ase.io.read('runs/mol/frames.extxyz', index=0))"
+  timeout 90 python3 -m jaxdistill.cli md --no-progress --student runs/mol/student \
+    --structure runs/mol-start.extxyz --ensemble nve --temperature 300 --timestep-fs 0.5 \
+    --steps 200000 --sample-every 2000 --summary-json runs/mol/md/nve_100ps.json
+  timeout 80 python3 benchmarks/teacher_md_step.py \
+    "fennol:../shared/teachers/fennol-ani1x/ani1x_model*.fnx" runs/mol-start.extxyz \
+    --timestep-fs 0.5 --steps 200 --output runs/mol/md/teacher_md_step_h200.json
+  tar czf "$OUT/mol.tgz" --exclude=checkpoints --exclude='*.extxyz' --exclude=labels.h5 runs/mol
   ;;
 pack)
   for run in si mol; do
