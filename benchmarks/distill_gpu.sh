@@ -17,7 +17,7 @@ set -uo pipefail
 phase=${1:?phase: data, md, long or pack}
 budget=${2:-540}
 mkdir -p runs
-sed 's#\.\./shared/teachers/fennol-ani1x#.device/teachers#' configs/molecules-fennol.yaml \
+sed "s#\.\./shared/teachers/fennol-ani1x#.device/teachers#g" configs/molecules-fennol.yaml \
   >runs/molecules-fennol.yaml
 distill() { timeout "$budget" python3 -m jaxdistill.cli distill "$@"; }
 

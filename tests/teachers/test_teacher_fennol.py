@@ -118,3 +118,40 @@ def test_missing_fennol_files_are_named(tmp_path):
         load_teacher(f"fennol:{tmp_path / 'absent.fnx'}")
     with pytest.raises(FileNotFoundError, match="matched no file"):
         load_teacher(f"fennol:{tmp_path}/none*.fnx")
+
+
+def test_upstream_neighbour_list_error_is_redone_from_a_fresh_state(model0, monkeypatch):
+    """FeNNol's incremental neighbour lists can raise ``max_neigh*nat < nedge`` along a
+    hot trajectory; the teacher redoes that call from scratch. The error is injected
+    here (it takes thousands of 600 K steps to meet it naturally)."""
+    teacher = load_teacher(f"fennol:{model0}")
+    atoms = molecules()[0]
+    energy, _ = reference_labels(model0, atoms)
+    calc = teacher.calculator
+    original = calc.calculate
+    fresh_state_at_call: list[bool] = []
+
+    def flaky(*args, **kwargs):
+        fresh_state_at_call.append(calc._raw_inputs is None)
+        if len(fresh_state_at_call) == 2:  # the first call warms up, the second fails
+            raise ValueError("Found max_neigh*nat < nedge. This should not happen.")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(calc, "calculate", flaky)
+    teacher.label([atoms])
+    moved = atoms.copy()
+    moved.positions[0] += 0.01
+    energy_moved, forces_moved = reference_labels(model0, moved)
+    (redone,) = teacher.label([moved])
+    assert fresh_state_at_call[1:] == [False, True]  # failed incrementally, redone fresh
+    assert redone.energy == pytest.approx(energy_moved, abs=2e-5)
+    np.testing.assert_allclose(redone.forces, forces_moved, atol=2e-5)
+    assert abs(energy_moved - energy) > 1e-4  # the structures differ: not a cached result
+
+    def broken(*args, **kwargs):
+        raise ValueError("some other FeNNol failure")
+
+    monkeypatch.setattr(calc, "calculate", broken)
+    moved.positions[0] += 0.01
+    with pytest.raises(ValueError, match="some other"):
+        teacher.label([moved])
