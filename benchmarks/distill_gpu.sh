@@ -67,16 +67,16 @@ mol-gpu)
   # The config names ../shared/teachers/...: point that path at the carried files so
   # the config (and so the stage hashes) stay exactly as committed.
   mkdir -p ../shared/teachers && ln -sfn "$PWD/.device/teachers" ../shared/teachers/fennol-ani1x
-  timeout 240 python3 -m jaxdistill.cli distill configs/molecules-fennol.yaml --run-dir runs/mol \
+  timeout 190 python3 -m jaxdistill.cli distill configs/molecules-fennol.yaml --run-dir runs/mol \
     --stage train --stage evaluate >runs/mol-train.log 2>&1
   echo "exit $?" >>runs/mol-train.log
   tail -n 12 runs/mol-train.log
   mkdir -p runs/mol/md
   python3 -c "import ase.io; ase.io.write('runs/mol-start.extxyz', ase.io.read('runs/mol/frames.extxyz', index=0))"
-  timeout 90 python3 -m jaxdistill.cli md --no-progress --student runs/mol/student \
+  timeout 50 python3 -m jaxdistill.cli md --no-progress --student runs/mol/student \
     --structure runs/mol-start.extxyz --ensemble nve --temperature 300 --timestep-fs 0.5 \
     --steps 200000 --sample-every 2000 --summary-json runs/mol/md/nve_100ps.json
-  timeout 80 python3 benchmarks/teacher_md_step.py \
+  timeout 60 python3 benchmarks/teacher_md_step.py \
     "fennol:../shared/teachers/fennol-ani1x/ani1x_model*.fnx" runs/mol-start.extxyz \
     --timestep-fs 0.5 --steps 200 --output runs/mol/md/teacher_md_step_h200.json
   tar czf "$OUT/mol.tgz" --exclude=checkpoints --exclude='*.extxyz' --exclude=labels.h5 runs/mol

@@ -12,6 +12,7 @@ from jaxdistill.validation import (
     MDValidationConfig,
     pair_distribution,
     rdf_difference,
+    run_nvt,
     validate_md,
     validation_temperatures,
 )
@@ -105,3 +106,19 @@ def test_blow_up_is_recorded_not_raised(tmp_path):
     entry = result["temperatures"][0]
     assert entry["student"]["blew_up_at_step"] is not None
     assert entry["student"]["blew_up_at_step"] <= 200
+
+
+def test_frames_of_a_molecule_hold_the_models_own_forces():
+    """Held-out frames carry the calculator's forces, unchanged by any constraint: with
+    unequal masses (ethanol) ASE's FixCom would alter them although they sum to zero."""
+    ethanol = ase.build.molecule("CH3CH2OH")
+    ethanol.center(vacuum=5.0)
+    config = MDValidationConfig(equilibration_steps=10, stride=5, timestep_fs=0.5)
+    run, _ = run_nvt(ethanol, EMT, 300.0, config, 20)
+    assert len(run.frames) == 4
+    for frame in run.frames:
+        reference = ase.Atoms(frame.numbers, frame.positions, cell=frame.cell)
+        reference.calc = EMT()
+        expected = reference.get_forces()
+        np.testing.assert_allclose(frame.calc.results["forces"], expected, atol=1e-10)
+        assert np.abs(expected).max() > 0.1  # a real check: the forces are not tiny
