@@ -99,6 +99,13 @@ def expand_fennol_paths(body: str) -> list[Path]:
 
 def _load_one(path: Path, device: str, use_float64: bool, **kwargs: Any) -> FennolTeacher:
     fennol_ase = require_package("fennol.ase", extra="fennol", distribution="fennol")
+    # fennol 2026.6.29's incremental ("GPU") preprocessing returns wrong labels at some
+    # steps of an MD trajectory (ANI-1x ethanol, 0.5 fs: forces off by up to 1.0 eV/Å,
+    # energy by 0.3 eV, against a from-scratch evaluation), and raises
+    # ``max_neigh*nat < nedge`` at others. Host preprocessing of every structure is
+    # always right and, for molecules, no slower; pass gpu_preprocessing=True (e.g. in
+    # teacher_options) to opt back in for large periodic systems.
+    kwargs.setdefault("gpu_preprocessing", False)
     calculator = fennol_ase.FENNIXCalculator(str(path), use_float64=use_float64, **kwargs)
     provenance = {
         "spec": f"fennol:{path}",
@@ -128,7 +135,8 @@ def load_fennol_teacher(
         device: Recorded in the provenance; FeNNol runs on JAX's default device.
         use_float64: Evaluate the model in float64 (note: FENNIXCalculator then turns on
             ``jax_enable_x64`` process-wide).
-        **kwargs: Passed to ``FENNIXCalculator``.
+        **kwargs: Passed to ``FENNIXCalculator`` (``gpu_preprocessing`` defaults to
+            False here: see ``_load_one``).
 
     Returns:
         A :class:`FennolTeacher`, or an :class:`EnsembleTeacher` of them.

@@ -155,3 +155,36 @@ def test_upstream_neighbour_list_error_is_redone_from_a_fresh_state(model0, monk
     moved.positions[0] += 0.01
     with pytest.raises(ValueError, match="some other"):
         teacher.label([moved])
+
+
+def test_labels_along_an_md_trajectory_equal_fresh_evaluations(model0):
+    """Teacher MD moves atoms a little each step; every label must equal a from-scratch
+    evaluation (fennol's incremental preprocessing, off by default, did not)."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from fennol.ase import FENNIXCalculator
+
+    teacher = load_teacher(f"fennol:{model0}")
+    fresh = FENNIXCalculator(str(model0), gpu_preprocessing=False)
+    atoms = ase.build.molecule("CH3CH2OH")
+    atoms.center(vacuum=6.0)
+    atoms.calc = teacher.as_calculator()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    dynamics = Langevin(
+        atoms,
+        0.5 * units.fs,
+        temperature_K=300,
+        friction=0.02 / units.fs,
+        rng=np.random.default_rng(1),
+    )
+    for _ in range(6):  # the incremental path went wrong within the first 50 steps
+        dynamics.run(25)
+        reference = atoms.copy()
+        reference.calc = fresh
+        fresh.reset()
+        fresh._raw_inputs = None  # preprocess from scratch
+        np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=1e-4)
+        assert atoms.get_potential_energy() == pytest.approx(
+            reference.get_potential_energy(), abs=1e-4
+        )
