@@ -34,12 +34,14 @@ __all__ = ["FennolTeacher", "expand_fennol_paths", "load_fennol_teacher"]
 class FennolTeacher(AseTeacher):
     """One FeNNol model behind ``FENNIXCalculator``.
 
-    FENNIXCalculator keeps neighbour-list capacities from the previous structure and
-    updates them incrementally, which is fast along an MD trajectory; but the
-    carried-over state can be too small (upstream raises ``max_neigh*nat < nedge``):
-    when a structure with different atoms follows, and sometimes along one hot
-    trajectory. So the preprocessing state is reset whenever the atomic numbers or
-    periodicity change, and a call that raises that error is redone from a fresh state.
+    By default the calculator preprocesses every structure from scratch on the host
+    (see ``_load_one`` for why). With ``gpu_preprocessing=True`` it keeps
+    neighbour-list capacities from the previous structure and updates them
+    incrementally; the carried-over state can then be too small (upstream raises
+    ``max_neigh*nat < nedge``) when a structure with different atoms follows, and
+    sometimes along one hot trajectory. So the preprocessing state is reset whenever
+    the atomic numbers or periodicity change, and a call that raises that error is
+    redone from a fresh state.
     """
 
     def __init__(self, calculator: Any, **kwargs: Any) -> None:
