@@ -74,11 +74,19 @@ def md_command(
         Path | None, typer.Option(help="Write the final summary as JSON here.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    fragment_check: Annotated[
+        bool,
+        typer.Option(
+            help="Stop when the structure breaks into more covalently bonded pieces than "
+            "it started with (off for dissociation studies)."
+        ),
+    ] = True,
 ) -> None:
     """Run molecular dynamics with a trained student (jax-md on the GPU, or ASE)."""
     import ase.io
 
     from jaxdistill.md.run import MDInstabilityError, run_md
+    from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
     from jaxdistill.student import load_student
 
     try:
@@ -110,6 +118,7 @@ def md_command(
             trajectory=output,
             log_file=log,
             progress=progress,
+            bond_factor=DEFAULT_BOND_FACTOR if fragment_check else None,
         )
     except MDInstabilityError as error:
         console.print(f"[red]MD stopped:[/] {error}")

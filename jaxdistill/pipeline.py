@@ -1,4 +1,5 @@
-"""``jaxdistill distill``: sample → label → train → evaluate → MD validation → report.
+"""``jaxdistill distill``: sample → label → train → (refine) → evaluate → MD validation →
+report.
 
 Every stage writes into one run directory and records its completion (with a hash of
 the configuration it ran with) in ``stages.json``. Re-running the same command skips
@@ -9,9 +10,11 @@ it.
     run_dir/
       config.yaml         the resolved configuration
       stages.json         finished stages: config hash, summary, seconds
-      frames.extxyz       sampled configurations (sample)
+      frames.extxyz       sampled configurations (sample; sample_cache/ while running)
       labels.h5           teacher labels (label)
       student/            the trained student (train; checkpoints in student/training)
+      refine/             active-learning rounds, when configured (refine; the last
+                          round's student is the one evaluated and validated)
       evaluation/         metrics on held-out frames, parity plots (evaluate)
       md/                 MD validation: trajectories, results.json (md)
       report.md, *.png    the report (report)
@@ -32,11 +35,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from jaxdistill.active import ActiveLearningConfig
 from jaxdistill.sampling import SamplingConfig
 from jaxdistill.train.config import TrainConfig, resolve_config
 from jaxdistill.validation import MDValidationConfig
 
-STAGES = ("sample", "label", "train", "evaluate", "md", "report")
+STAGES = ("sample", "label", "train", "refine", "evaluate", "md", "report")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,8 @@ class DistillConfig:
         evaluate_split: held-out frames to evaluate on ("test", "validation", "all").
         md_validation: the :class:`~jaxdistill.validation.MDValidationConfig` section,
             or None to skip MD validation.
+        active_learning: the :class:`~jaxdistill.active.ActiveLearningConfig` section
+            (the ``refine`` stage), or None (default) for none.
     """
 
     name: str
@@ -69,6 +75,7 @@ class DistillConfig:
     label_batch_size: int | None = None
     evaluate_split: str = "test"
     md_validation: MDValidationConfig | None = dataclasses.field(default_factory=MDValidationConfig)
+    active_learning: ActiveLearningConfig | None = None
 
     @classmethod
     def from_dict(
@@ -93,6 +100,10 @@ class DistillConfig:
         md = data.get("md_validation", {})
         values["md_validation"] = None if md is False else MDValidationConfig.from_dict(md)
         values["teacher_options"] = dict(data.get("teacher_options") or {})
+        active = data.get("active_learning")
+        values["active_learning"] = (
+            None if active is None or active is False else ActiveLearningConfig.from_dict(active)
+        )
         if values.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(
             values["device"]
         ).startswith("cuda:"):
@@ -122,6 +133,9 @@ class DistillConfig:
             "md_validation": (
                 _plain(dataclasses.asdict(self.md_validation)) if self.md_validation else False
             ),
+            "active_learning": (
+                _plain(self.active_learning.to_dict()) if self.active_learning else None
+            ),
         }
 
     def stage_sections(self) -> dict[str, Any]:
@@ -131,6 +145,12 @@ class DistillConfig:
             "sample": [config["sampling"], config["teacher"], config["teacher_options"]],
             "label": [config["teacher"], config["teacher_options"]],
             "train": config["train"],
+            # The sampling config too: exploration starts from its structures.
+            "refine": (
+                [config["active_learning"], config["sampling"], config["label_batch_size"]]
+                if config["active_learning"]
+                else None
+            ),
             "evaluate": config["evaluate_split"],
             "md": config["md_validation"],
             "report": None,
@@ -149,9 +169,14 @@ def stage_hashes(config: DistillConfig) -> dict[str, str]:
     """Hash of each stage's own section chained with the previous stage's hash.
 
     Chaining makes a change upstream (say, the sampling) invalidate everything after it.
+    A run without active learning leaves ``refine`` out of the chain, so runs made
+    before that stage existed keep their hashes.
     """
     hashes, previous = {}, ""
     for stage, section in config.stage_sections().items():
+        if stage == "refine" and section is None:
+            hashes[stage] = previous
+            continue
         text = previous + json.dumps(section, sort_keys=True, default=str)
         previous = hashlib.sha256(text.encode()).hexdigest()[:16]
         hashes[stage] = previous
@@ -164,8 +189,10 @@ class RunDirectory:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.frames = self.path / "frames.extxyz"
+        self.sample_cache = self.path / "sample_cache"
         self.labels = self.path / "labels.h5"
         self.student = self.path / "student"
+        self.refine = self.path / "refine"
         self.evaluation = self.path / "evaluation"
         self.md = self.path / "md"
         self.report = self.path / "report.md"
@@ -174,9 +201,10 @@ class RunDirectory:
     def outputs(self, stage: str) -> list[Path]:
         """What a stage writes (deleted when the stage is redone)."""
         return {
-            "sample": [self.frames],
+            "sample": [self.frames, self.sample_cache],
             "label": [self.labels],
             "train": [self.student],
+            "refine": [self.refine],
             "evaluate": [self.evaluation],
             "md": [self.md],
             "report": [self.report],
@@ -264,7 +292,9 @@ def distill(
     for stage in STAGES:
         if stage not in stages:
             continue
-        if stage == "md" and config.md_validation is None:
+        if (stage == "md" and config.md_validation is None) or (
+            stage == "refine" and config.active_learning is None
+        ):
             continue
         done = run.record().get(stage)
         if done and done["config_hash"] == hashes[stage]:

@@ -21,6 +21,34 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _active_learning_lines(refine: dict[str, Any]) -> list[str]:
+    """The report section of the refine stage: what each round found and fixed."""
+    lines = [
+        "## Active learning",
+        "",
+        "Each round runs student MD (NVT) from the starting structures, has the teacher "
+        "label frames from it (and every one of the last frames before a failure), and "
+        "fine-tunes on them. The evaluated student is the last round's.",
+        "",
+        "| round | runs failed | frames added | student force MAE on them before → after "
+        "(meV/Å) | failures |",
+        "|---|---|---|---|---|",
+    ]
+    for r in refine["rounds"]:
+        before = r["student_before_on_new_frames"]["force_mae_mev_per_angstrom"]
+        after = r["student_after_on_new_frames"]["force_mae_mev_per_angstrom"]
+        failures = "; ".join(
+            f"{run['structure']} {run['temperature_kelvin']:g} K at step {run['steps_done']}"
+            for run in r["runs"]
+            if run["failure"]
+        )
+        lines.append(
+            f"| round {r['round']} | {r['failed_runs']}/{len(r['runs'])} | {r['frames']} | "
+            f"{_fmt(before, 1)} → {_fmt(after, 1)} | {failures or 'none'} |"
+        )
+    return [*lines, ""]
+
+
 def plot_md(results: dict[str, Any], output_dir: Path) -> dict[str, str]:
     """RDF overlays per temperature and the NVE energy/temperature traces."""
     import matplotlib
@@ -96,6 +124,11 @@ def write_report(context: StageContext) -> dict[str, Any]:
     table = Table(title=f"jaxdistill: {context.config.name}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
+    refine = record.get("refine", {}).get("summary", {})
+    if refine:
+        lines += _active_learning_lines(refine)
+        added = sum(r["frames"] for r in refine["rounds"])
+        table.add_row("active learning", f"{len(refine['rounds'])} rounds, +{added} frames")
     if evaluation:
         e, f, s = evaluation["energy"], evaluation["forces"], evaluation.get("stress") or {}
         lines += [
@@ -141,6 +174,7 @@ def write_report(context: StageContext) -> dict[str, Any]:
             errors = entry["student_on_teacher_frames"] or {}
             student_t = (
                 f"blew up at step {st['blew_up_at_step']}"
+                + (f" ({st['failure']})" if st.get("failure") else "")
                 if st.get("blew_up_at_step") is not None
                 else f"{_fmt(st['mean_temperature_kelvin'], 0)} ± "
                 f"{_fmt(st['std_temperature_kelvin'], 0)}"
@@ -166,7 +200,8 @@ def write_report(context: StageContext) -> dict[str, Any]:
             lines += ["![RDF](rdf.png)", ""]
         nve = md.get("nve")
         if nve and nve.get("blew_up_at_step") is not None:
-            lines += [f"Student NVE blew up at step {nve['blew_up_at_step']}.", ""]
+            why = f" ({nve['failure']})" if nve.get("failure") else ""
+            lines += [f"Student NVE blew up at step {nve['blew_up_at_step']}{why}.", ""]
         elif nve:
             lines += [
                 f"Student NVE over {nve['duration_ps']:g} ps: drift "

@@ -59,6 +59,7 @@ from jaxdistill.teachers.base import Teacher
 __all__ = [
     "GENERATORS",
     "MDConfig",
+    "MeltConfig",
     "RattleConfig",
     "SamplingConfig",
     "StrainConfig",
@@ -70,12 +71,13 @@ __all__ = [
     "load_structures",
     "sample",
     "sampler_counts",
+    "tag_frame",
 ]
 
 #: Generator names, in the order they run; also the ``sampler`` tag of their frames.
 GENERATORS = ("md", "rattle", "strain")
 # Fixed stream ids, so adding a generator never changes another generator's frames.
-_STREAM = {"initial": 0, "md": 1, "rattle": 2, "strain": 3}
+_STREAM = {"initial": 0, "md": 1, "rattle": 2, "strain": 3, "md-melt": 4}
 
 
 def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
@@ -174,6 +176,34 @@ class StructureSpec:
 
 
 @dataclass(frozen=True)
+class MeltConfig:
+    """Extra teacher MD trajectories that start from a melt (liquid or amorphous frames).
+
+    A crystal heated for a few picoseconds stays crystalline well above its melting
+    point (superheating), so plain MD never shows the liquid the student may wander
+    into. Each trajectory here first runs ``steps`` at ``melt_kelvin`` (discarded), then
+    the usual equilibration and kept frames at its target temperature. Frames are
+    tagged with sampler ``md-melt``.
+
+    Attributes:
+        temperatures_kelvin: Targets of the melted trajectories, K (one per structure
+            and temperature, in addition to the plain ``md`` ones).
+        melt_kelvin: Temperature of the melting run, K.
+        steps: Steps of the melting run.
+    """
+
+    temperatures_kelvin: tuple[float, ...] = ()
+    melt_kelvin: float = 3000.0
+    steps: int = 2000
+
+    def __post_init__(self) -> None:
+        if any(t <= 0 for t in self.temperatures_kelvin) or self.melt_kelvin <= 0:
+            raise ValueError("md.melt temperatures must be positive")
+        if self.steps < 0:
+            raise ValueError(f"md.melt.steps must be >= 0, got {self.steps}")
+
+
+@dataclass(frozen=True)
 class MDConfig:
     """Teacher-driven Langevin MD (``ase.md.langevin.Langevin``, NVT, fixed cell).
 
@@ -187,6 +217,7 @@ class MDConfig:
         friction_per_fs: Langevin friction, 1/fs (0.01/fs = a 100 fs relaxation time).
         teacher: Teacher spec driving the MD (``load_teacher`` form); None = the teacher
             given to :func:`sample` (normally the labelling teacher).
+        melt: Extra trajectories started from a melt (:class:`MeltConfig`), or None.
     """
 
     temperatures_kelvin: tuple[float, ...] = (300.0,)
@@ -196,6 +227,7 @@ class MDConfig:
     timestep_fs: float = 1.0
     friction_per_fs: float = 0.01
     teacher: str | None = None
+    melt: MeltConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.temperatures_kelvin or any(t <= 0 for t in self.temperatures_kelvin):
@@ -307,10 +339,13 @@ class SamplingConfig:
                 section = {}
             _check_keys(sub, section, f"the '{key}' section")
             section = dict(section)
-            if key == "md" and "temperatures_kelvin" in section:
-                temps = section["temperatures_kelvin"]
-                temps = [temps] if isinstance(temps, (int, float)) else temps
-                section["temperatures_kelvin"] = tuple(float(t) for t in temps)
+            if key == "md":
+                section = _temperatures_as_tuple(section)
+                if section.get("melt"):
+                    _check_keys(MeltConfig, section["melt"], "the 'md.melt' section")
+                    section["melt"] = MeltConfig(**_temperatures_as_tuple(section["melt"]))
+                else:
+                    section["melt"] = None
             values[key] = sub(**section)
         return cls(**values)
 
@@ -340,11 +375,25 @@ class SamplingConfig:
                 return [clean(v) for v in value]
             return value
 
-        return clean(dataclasses.asdict(self))
+        data = clean(dataclasses.asdict(self))
+        if data["md"] is not None and data["md"]["melt"] is None:
+            # Omitted when unused, so configs written before melt existed keep their
+            # hash (and a finished run is not redone).
+            del data["md"]["melt"]
+        return data
 
     def enabled_generators(self) -> tuple[str, ...]:
         """Names of the configured generators, in run order."""
         return tuple(name for name in GENERATORS if getattr(self, name) is not None)
+
+
+def _temperatures_as_tuple(section: Mapping[str, Any]) -> dict[str, Any]:
+    section = dict(section)
+    if "temperatures_kelvin" in section:
+        temps = section["temperatures_kelvin"]
+        temps = [temps] if isinstance(temps, (int, float)) else temps
+        section["temperatures_kelvin"] = tuple(float(t) for t in temps)
+    return section
 
 
 def derive_seed(seed: int, *keys: int) -> int:
@@ -373,9 +422,11 @@ def load_structures(config: SamplingConfig) -> list[ase.Atoms]:
 CARRIED_INFO = ("charge", "spin")
 
 
-def _tag(
+def tag_frame(
     atoms: ase.Atoms, sampler: str, temperature: float, seed: int, structure_index: int
 ) -> ase.Atoms:
+    """Replace ``atoms.info`` by the sampling tags (keeping charge and spin), drop any
+    calculator, and wrap periodic atoms into the cell; returns ``atoms`` (changed)."""
     atoms.info = {
         **{k: atoms.info[k] for k in CARRIED_INFO if k in atoms.info},
         "sampler": sampler,
@@ -417,6 +468,7 @@ def _run_md(
     seed: int,
     calculator: Any,
     on_steps: Callable[[int], None],
+    melt: MeltConfig | None = None,
 ) -> list[ase.Atoms]:
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -425,18 +477,23 @@ def _run_md(
     work = atoms.copy()
     work.info = {k: atoms.info[k] for k in CARRIED_INFO if k in atoms.info}
     work.calc = calculator
-    MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    start_kelvin = melt.melt_kelvin if melt is not None else temperature
+    MaxwellBoltzmannDistribution(work, temperature_K=start_kelvin, rng=rng)
     # fixcm=False: ASE's fixcm=True is deprecated and does not sample the canonical
     # ensemble exactly; with it off, all 3N degrees of freedom are thermalised, which is
     # what atoms.get_temperature() assumes.
     dynamics = Langevin(
         work,
         timestep=md.timestep_fs * units.fs,
-        temperature_K=temperature,
+        temperature_K=start_kelvin,
         friction=md.friction_per_fs / units.fs,
         fixcm=False,
         rng=rng,
     )
+    if melt is not None and melt.steps:
+        dynamics.run(melt.steps)
+        on_steps(melt.steps)
+        dynamics.set_temperature(temperature_K=temperature)
     if md.equilibration_steps:
         dynamics.run(md.equilibration_steps)
         on_steps(md.equilibration_steps)
@@ -449,9 +506,50 @@ def _run_md(
                 f"teacher MD at {temperature} K produced non-finite positions (seed {seed})"
             )
         frame = work.copy()  # keeps momenta, so kinetic temperatures can be checked
-        frame.info["md_step"] = md.equilibration_steps + (k + 1) * md.stride
+        frame.info["md_step"] = (
+            (melt.steps if melt is not None else 0) + md.equilibration_steps + (k + 1) * md.stride
+        )
         frames.append(frame)
     return frames
+
+
+def _md_trajectories(md: MDConfig | None) -> list[tuple[str, int, float, int]]:
+    """(sampler, index, target temperature, steps) of every MD trajectory per structure."""
+    if md is None or md.frames_per_temperature == 0:
+        return []
+    kept = md.equilibration_steps + md.frames_per_temperature * md.stride
+    plain = [("md", i, t, kept) for i, t in enumerate(md.temperatures_kelvin)]
+    melted = []
+    if md.melt is not None:
+        melted = [
+            ("md-melt", i, t, md.melt.steps + kept)
+            for i, t in enumerate(md.melt.temperatures_kelvin)
+        ]
+    return plain + melted
+
+
+def _trajectory_cache(
+    cache_dir: str | Path | None,
+    atoms: ase.Atoms,
+    md: MDConfig,
+    sampler: str,
+    temperature: float,
+    seed: int,
+) -> Path | None:
+    if cache_dir is None:
+        return None
+    import hashlib
+    import json
+
+    key = json.dumps(
+        [dataclasses.asdict(md), sampler, temperature, seed, frame_hash(atoms)],
+        sort_keys=True,
+        default=str,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{sampler}-{temperature:g}K-{digest}.extxyz"
 
 
 def element_counts(frames: Sequence[ase.Atoms]) -> dict[str, int]:
@@ -512,6 +610,7 @@ def sample(
     teacher: Teacher | str | None = None,
     progress: bool = False,
     console: Any | None = None,
+    cache_dir: str | Path | None = None,
 ) -> list[ase.Atoms]:
     """Generate frames from a sampling config.
 
@@ -521,6 +620,9 @@ def sample(
             when set. Not needed without MD.
         progress: Show a rich progress bar (MD steps).
         console: ``rich.console.Console`` for the bar (default: stderr).
+        cache_dir: If given, each finished MD trajectory is saved there (named by a
+            hash of everything that determines it) and read back instead of rerun: a
+            killed sampling run loses at most the trajectory in progress.
 
     Returns:
         The frames: per structure, MD frames (by temperature), then rattled, then
@@ -541,25 +643,27 @@ def sample(
         chosen = atoms.info.get("_generators")
         return getattr(config, name) is not None and (chosen is None or name in chosen)
 
-    calculator = None
     md = config.md
     md_structures = [a for a in structures if applies(a, "md")]
+    spec = None
     if md is not None and md_structures and md.frames_per_temperature > 0:
         spec = md.teacher if md.teacher is not None else teacher
         if spec is None:
             raise ValueError(
                 "MD sampling needs a teacher: pass teacher= (or --teacher) or set md.teacher"
             )
-        from jaxdistill.teachers.base import load_teacher
+    loaded: dict[str, Any] = {}
 
-        calculator = load_teacher(spec).as_calculator()
-    md_steps_total = (
-        len(md_structures)
-        * len(md.temperatures_kelvin)
-        * (md.equilibration_steps + md.frames_per_temperature * md.stride)
-        if md is not None and calculator is not None
-        else 0
-    )
+    def calculator() -> Any:
+        """The MD teacher's calculator, loaded on first use (not at all when cached)."""
+        if "calculator" not in loaded:
+            from jaxdistill.teachers.base import load_teacher
+
+            loaded["calculator"] = load_teacher(spec).as_calculator()
+        return loaded["calculator"]
+
+    trajectories = _md_trajectories(md) if spec is not None else []
+    md_steps_total = len(md_structures) * sum(steps for _, _, _, steps in trajectories)
 
     from jaxdistill.progress import progress_bar
 
@@ -569,29 +673,42 @@ def sample(
         for atoms in structures:
             s_idx = int(atoms.info["structure_index"])
             if config.include_initial:
-                frames.append(_tag(atoms.copy(), "initial", math.nan, -1, s_idx))
-            if md is not None and calculator is not None and applies(atoms, "md"):
-                for t_idx, temperature in enumerate(md.temperatures_kelvin):
-                    md_seed = derive_seed(seed, _STREAM["md"], s_idx, t_idx)
+                frames.append(tag_frame(atoms.copy(), "initial", math.nan, -1, s_idx))
+            if trajectories and applies(atoms, "md"):
+                for sampler, t_idx, temperature, steps in trajectories:
+                    md_seed = derive_seed(seed, _STREAM[sampler], s_idx, t_idx)
+                    cached = _trajectory_cache(cache_dir, atoms, md, sampler, temperature, md_seed)
+                    if cached is not None and cached.is_file():
+                        frames.extend(ase.io.read(cached, index=":"))
+                        bar.update(task, advance=steps)
+                        continue
                     traj = _run_md(
                         atoms,
                         md,
                         temperature,
                         md_seed,
-                        calculator,
+                        calculator(),
                         lambda n: bar.update(task, advance=n),
+                        melt=md.melt if sampler == "md-melt" else None,
                     )
+                    tagged = []
                     for frame in traj:
                         step = frame.info["md_step"]
-                        frames.append(_tag(frame, "md", temperature, md_seed, s_idx))
-                        frames[-1].info["md_step"] = step
+                        tagged.append(tag_frame(frame, sampler, temperature, md_seed, s_idx))
+                        tagged[-1].info["md_step"] = step
+                    frames.extend(tagged)
+                    if cached is not None:
+                        # Written whole, then renamed: a kill never leaves half a file.
+                        partial = cached.with_suffix(".partial.extxyz")
+                        ase.io.write(partial, tagged, format="extxyz")
+                        partial.replace(cached)
             if config.rattle is not None and applies(atoms, "rattle"):
                 for i in range(config.rattle.count):
                     f_seed = derive_seed(seed, _STREAM["rattle"], s_idx, i)
                     new = _rattled(
                         atoms, config.rattle.sigma_angstrom, np.random.default_rng(f_seed)
                     )
-                    frames.append(_tag(new, "rattle", math.nan, f_seed, s_idx))
+                    frames.append(tag_frame(new, "rattle", math.nan, f_seed, s_idx))
             if config.strain is not None and applies(atoms, "strain"):
                 for i in range(config.strain.count):
                     f_seed = derive_seed(seed, _STREAM["strain"], s_idx, i)
@@ -599,7 +716,7 @@ def sample(
                     new = _strained(
                         atoms, config.strain.max_strain, config.strain.sigma_angstrom, rng
                     )
-                    frames.append(_tag(new, "strain", math.nan, f_seed, s_idx))
+                    frames.append(tag_frame(new, "strain", math.nan, f_seed, s_idx))
 
     if not frames:
         raise ValueError(

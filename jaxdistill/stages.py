@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,18 +60,38 @@ class StageContext:
     def progress(self) -> JaxdistillProgress:
         return progress_bar(self.console)
 
+    @property
+    def final_student(self):
+        """The student that is evaluated and validated: the last active-learning
+        round's when active learning is configured, else the trained one."""
+        active = self.config.active_learning
+        if active is None:
+            return self.run.student
+        return self.run.refine / f"round-{active.rounds}" / "student"
+
 
 def sample_stage(context: StageContext) -> dict[str, Any]:
-    """Generate configurations (teacher MD, rattles, strains) into frames.extxyz."""
+    """Generate configurations (teacher MD, rattles, strains) into frames.extxyz.
+
+    Each finished teacher MD trajectory is kept in ``sample_cache/`` until the stage
+    ends, so a killed run resumes with the trajectory it was in.
+    """
     from jaxdistill.sampling import element_counts, sample, sampler_counts
 
     config = context.config.sampling
     teacher = context.teacher if config.md is not None else None
     start = time.perf_counter()
-    frames = sample(config, teacher=teacher, progress=True, console=context.console)
+    frames = sample(
+        config,
+        teacher=teacher,
+        progress=True,
+        console=context.console,
+        cache_dir=context.run.sample_cache,
+    )
     temporary = context.run.frames.with_suffix(".partial.extxyz")
     ase.io.write(temporary, frames, format="extxyz")
     temporary.replace(context.run.frames)
+    shutil.rmtree(context.run.sample_cache, ignore_errors=True)  # in frames.extxyz now
     temperatures = sorted(
         {
             float(f.info["temperature_kelvin"])
@@ -134,12 +155,31 @@ def train_stage(context: StageContext) -> dict[str, Any]:
     return summary
 
 
+def refine_stage(context: StageContext) -> dict[str, Any]:
+    """Active learning: student MD finds weak spots, the teacher labels them, fine-tune."""
+    from jaxdistill.active import refine
+
+    result = refine(
+        context.run.student,
+        context.run.labels,
+        context.teacher,
+        context.config.sampling,
+        context.config.train,
+        context.config.active_learning,
+        context.run.refine,
+        label_batch_size=context.config.label_batch_size,
+        console=context.console,
+    )
+    result["hardware"] = hardware_description(context.device)
+    return result
+
+
 def evaluate_stage(context: StageContext) -> dict[str, Any]:
     """Accuracy against the teacher on held-out frames, with parity plots."""
     from jaxdistill.evaluate import evaluate, summary_lines
 
     result = evaluate(
-        context.run.student,
+        context.final_student,
         context.run.labels,
         split=context.config.evaluate_split,
         output_dir=context.run.evaluation,
@@ -165,7 +205,7 @@ def md_stage(context: StageContext) -> dict[str, Any]:
     structure = structures[config.structure_index]
     sampled = context.config.sampling.md.temperatures_kelvin if context.config.sampling.md else ()
     temperatures = validation_temperatures(sampled, config.temperatures_kelvin)
-    student = load_student(context.run.student)
+    student = load_student(context.final_student)
     teacher = context.teacher
     context.console.print(
         f"MD validation on {structure.get_chemical_formula()} at {temperatures} K "
@@ -200,6 +240,7 @@ STAGE_FUNCTIONS = {
     "sample": sample_stage,
     "label": label_stage,
     "train": train_stage,
+    "refine": refine_stage,
     "evaluate": evaluate_stage,
     "md": md_stage,
 }

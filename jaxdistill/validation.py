@@ -28,6 +28,7 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from ase.md.verlet import VelocityVerlet
 
 from jaxdistill.graph import neighbour_pairs
+from jaxdistill.md.topology import DEFAULT_BOND_FACTOR, bonded_fragments
 
 
 @dataclass(frozen=True)
@@ -150,13 +151,13 @@ def rdf_difference(g_a: np.ndarray, g_b: np.ndarray, r: np.ndarray) -> float:
 
 
 class MDBlowUp(RuntimeError):
-    """A run whose temperature became non-finite or far above its target."""
+    """A run whose temperature became non-finite or far above its target, or whose
+    structure broke into more covalently bonded pieces than it started with."""
 
-    def __init__(self, step: int, temperature: float, target: float) -> None:
-        super().__init__(
-            f"MD blew up at step {step}: temperature {temperature:.0f} K (target {target:.0f} K)"
-        )
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(f"MD blew up at step {step}: {reason}")
         self.step = step
+        self.reason = reason
 
 
 @dataclass
@@ -169,6 +170,7 @@ class NVTRun:
     temperatures: np.ndarray  # instantaneous T of kept frames, K
     frames: list[ase.Atoms] = field(repr=False)  # kept frames with their labels
     blew_up_at_step: int | None = None
+    failure: str | None = None  # why it stopped early
 
     @property
     def mean_temperature(self) -> float:
@@ -201,8 +203,14 @@ def run_nvt(
     config: MDValidationConfig,
     steps: int,
     progress: Callable[[int], None] | None = None,
+    bond_factor: float | None = DEFAULT_BOND_FACTOR,
 ) -> tuple[NVTRun, ase.Atoms]:
-    """Langevin NVT with ASE; returns the run and the final (equilibrated) state."""
+    """Langevin NVT with ASE; returns the run and the final (equilibrated) state.
+
+    The run stops early (``blew_up_at_step``, ``failure``) on a runaway temperature or
+    when the structure breaks into more covalently bonded pieces than it started with
+    (``bond_factor`` x the covalent radii; None: no such check).
+    """
     atoms = atoms.copy()
     atoms.calc = calculator_factory()
     rng = np.random.default_rng(config.seed)
@@ -228,31 +236,54 @@ def run_nvt(
             progress(1)
     frames, temperatures = [], []
     start = time.perf_counter()
-    blew_up, done = None, 0
+    blew_up, failure, done = None, None, 0
+    pieces = bonded_fragments(atoms, bond_factor) if bond_factor else None
     try:
-        _check_sane(atoms, temperature_kelvin, 0)
+        _check_sane(atoms, temperature_kelvin, 0, pieces, bond_factor or 0.0)
         for step in range(1, steps + 1):
             dynamics.run(1)
             done = step
             if step % config.stride == 0:
-                _check_sane(atoms, temperature_kelvin, step)
+                _check_sane(atoms, temperature_kelvin, step, pieces, bond_factor or 0.0)
                 frames.append(_snapshot(atoms))
                 temperatures.append(atoms.get_temperature())
             if progress:
                 progress(1)
     except MDBlowUp as error:
-        blew_up = error.step
+        blew_up, failure = error.step, error.reason
         if progress:
             progress(steps - done)
     seconds = (time.perf_counter() - start) / max(done, 1)
-    run = NVTRun(temperature_kelvin, steps, seconds, np.array(temperatures), frames, blew_up)
+    run = NVTRun(
+        temperature_kelvin, steps, seconds, np.array(temperatures), frames, blew_up, failure
+    )
     return run, atoms
 
 
-def _check_sane(atoms: ase.Atoms, target_kelvin: float, step: int) -> None:
+def _check_sane(
+    atoms: ase.Atoms,
+    target_kelvin: float,
+    step: int,
+    pieces: int | None,
+    bond_factor: float = DEFAULT_BOND_FACTOR,
+) -> None:
+    """Raise MDBlowUp on a runaway temperature or a structure that broke apart.
+
+    ``pieces`` is the starting structure's count of covalently bonded pieces (None: no
+    check): a molecule that falls apart in vacuum keeps its temperature, so only this
+    count shows it.
+    """
     temperature = atoms.get_temperature()
     if not math.isfinite(temperature) or temperature > 5 * target_kelvin + 500:
-        raise MDBlowUp(step, temperature, target_kelvin)
+        raise MDBlowUp(step, f"temperature {temperature:.0f} K (target {target_kelvin:.0f} K)")
+    if pieces is None:
+        return
+    now = bonded_fragments(atoms, bond_factor)
+    if now > pieces:
+        raise MDBlowUp(
+            step,
+            f"the structure broke apart ({now} covalently bonded pieces, {pieces} at the start)",
+        )
 
 
 def run_nve(
@@ -271,11 +302,15 @@ def run_nve(
     dynamics = VelocityVerlet(atoms, timestep=config.timestep_fs * units.fs)
     times, energies, temperatures = [], [], []
     start = time.perf_counter()
-    blew_up = None
+    blew_up, failure = None, None
+    pieces = bonded_fragments(atoms)
     for step in range(1, config.nve_steps + 1):
         dynamics.run(1)
         if not math.isfinite(atoms.get_temperature()) or atoms.get_temperature() > 1e5:
-            blew_up = step
+            blew_up, failure = step, f"temperature {atoms.get_temperature():.0f} K"
+            break
+        if step % config.stride == 0 and bonded_fragments(atoms) > pieces:
+            blew_up, failure = step, "the structure broke apart"
             break
         if step % config.stride == 0 or step == 1:
             times.append(step * config.timestep_fs / 1000.0)  # ps
@@ -289,6 +324,7 @@ def run_nve(
     return {
         "steps": config.nve_steps,
         "blew_up_at_step": blew_up,
+        "failure": failure,
         "duration_ps": config.nve_steps * config.timestep_fs / 1000.0,
         "drift_mev_per_atom_per_ps": 1e3 * slope,
         "energy_std_mev_per_atom": 1e3 * float(np.std(energies)),
@@ -398,6 +434,7 @@ def validate_md(
                 "std_temperature_kelvin": student_run.std_temperature,
                 "seconds_per_step": student_run.seconds_per_step,
                 "blew_up_at_step": student_run.blew_up_at_step,
+                "failure": student_run.failure,
             },
             "teacher": {
                 "steps": teacher_run.steps,
@@ -405,6 +442,7 @@ def validate_md(
                 "std_temperature_kelvin": teacher_run.std_temperature,
                 "seconds_per_step": teacher_run.seconds_per_step,
                 "blew_up_at_step": teacher_run.blew_up_at_step,
+                "failure": teacher_run.failure,
             },
             "rdf_r_angstrom": r.tolist(),
             "rdf_student": g_student.tolist(),

@@ -237,3 +237,63 @@ def test_charge_and_spin_are_carried_to_frames(tmp_path):
     for atoms in frames:
         assert atoms.info["charge"] == 0 and atoms.info["spin"] == 1
         assert "note" not in atoms.info
+
+
+def _displacement_from_lattice(frames, lattice: ase.Atoms) -> float:
+    """Mean squared minimum-image displacement from the ideal sites, Å²."""
+    from ase.geometry import find_mic
+
+    values = []
+    for frame in frames:
+        vectors, _ = find_mic(frame.positions - lattice.positions, frame.cell, pbc=True)
+        values.append(np.mean(np.sum(vectors**2, axis=1)))
+    return float(np.mean(values))
+
+
+def test_melt_trajectories_are_disordered_at_their_target():
+    config = emt_md_config(
+        temperatures_kelvin=[600],
+        frames_per_temperature=10,
+        melt={"temperatures_kelvin": [600], "melt_kelvin": 4000, "steps": 1000},
+    )
+    frames = sample(config, teacher=EMT_SPEC)
+    assert sampler_counts(frames) == {"md": 10, "md-melt": 10}
+    crystal = [f for f in frames if f.info["sampler"] == "md"]
+    melted = [f for f in frames if f.info["sampler"] == "md-melt"]
+    assert melted[0].info["md_step"] == 1000 + 150 + 10
+    assert all(f.info["temperature_kelvin"] == 600.0 for f in melted)
+    # Back at the target after the melt: 10 frames of 32 atoms average within ~25 %.
+    assert np.mean([f.get_temperature() for f in melted]) == pytest.approx(600, rel=0.3)
+    lattice = load_structures(config)[0]
+    assert _displacement_from_lattice(crystal, lattice) < 0.1
+    assert _displacement_from_lattice(melted, lattice) > 1.0  # atoms left their sites
+
+
+def test_config_without_melt_keeps_its_dict():
+    # Configs written before md.melt existed must hash as before (finished runs stay done).
+    assert "melt" not in emt_md_config().to_dict()["md"]
+    with_melt = emt_md_config(melt={"temperatures_kelvin": [900]})
+    assert SamplingConfig.from_dict(with_melt.to_dict()) == with_melt
+    with pytest.raises(ValueError, match="md.melt"):
+        emt_md_config(melt={"temperature": 900})
+
+
+def test_finished_trajectories_are_read_back_not_rerun(tmp_path):
+    config = emt_md_config(frames_per_temperature=5)
+    first = sample(config, teacher=EMT_SPEC, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("md-*.extxyz"))) == 2
+    # Every trajectory is cached, so the teacher is never loaded: a spec that cannot
+    # load proves it.
+    again = sample(config, teacher="ase:no_such_module:Nothing", cache_dir=tmp_path)
+    assert len(again) == len(first)
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
+        assert a.info["sampler"] == b.info["sampler"] and a.info["seed"] == b.info["seed"]
+        assert a.info["md_step"] == b.info["md_step"]
+    # A changed MD setting does not reuse them.
+    with pytest.raises(Exception, match="no_such_module"):
+        sample(
+            emt_md_config(frames_per_temperature=6),
+            teacher="ase:no_such_module:Nothing",
+            cache_dir=tmp_path,
+        )

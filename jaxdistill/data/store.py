@@ -207,6 +207,23 @@ class LabelArrays:
                 values[f.name] = value[idx]
         return LabelArrays(**values)
 
+    @staticmethod
+    def concatenate(parts: Sequence[LabelArrays]) -> LabelArrays:
+        """The frames of several objects, one after another (``frame_index`` is kept:
+        it points into each part's own store)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        if len(parts) == 1:
+            return parts[0]
+        values: dict[str, np.ndarray] = {}
+        for f in fields(LabelArrays):
+            if f.name == "offsets":
+                counts = np.concatenate([p.n_atoms for p in parts])
+                values[f.name] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            else:
+                values[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
+        return LabelArrays(**values)
+
 
 @dataclass(frozen=True)
 class LabelSummary:

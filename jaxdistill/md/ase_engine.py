@@ -13,6 +13,7 @@ from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.run import (
     MDProgress,
     MDSummary,
+    _FragmentCheck,
     _frame,
     _initial_momenta,
     _Progress,
@@ -51,6 +52,7 @@ def run_ase(
     callback,
     skin,
     max_temperature_factor,
+    bond_factor,
 ) -> MDSummary:
     from ase.md.langevin import Langevin
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
@@ -137,6 +139,7 @@ def run_ase(
         with count_compilations() as compiled:
             t0 = time.perf_counter()
             values, last_good = observe(0)
+            fragments = _FragmentCheck(bond_factor, [last_good])
             compile_seconds = time.perf_counter() - t0
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
@@ -163,6 +166,8 @@ def run_ase(
                             f"temperature {values['temperature_kelvin']:.4g} K exceeds "
                             f"{limit:.4g} K ({max_temperature_factor:g} x the target)"
                         )
+                    else:
+                        reason = fragments([frame])[0]
                 if reason is not None:
                     _raise_blowup(reason, step, [last_good], [0], last_good_path)
                 if compiled.count == before:

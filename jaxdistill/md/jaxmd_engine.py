@@ -25,6 +25,7 @@ from jaxdistill.md.run import (
     BLOWUP_TEMPERATURE_FLOOR,
     MDProgress,
     MDSummary,
+    _FragmentCheck,
     _frame,
     _initial_momenta,
     _Progress,
@@ -440,6 +441,7 @@ def run_jaxmd(
     callback,
     skin,
     max_temperature_factor,
+    bond_factor,
     neighbor_format,
     neighbor_rebuild,
     disable_cell_list,
@@ -604,6 +606,7 @@ def run_jaxmd(
             reason, bad = problems(values, {k: v[None] for k, v in first.items()}, 0)
             if reason is not None:
                 raise ValueError(f"the starting structure is already unstable: {reason}")
+            fragments = _FragmentCheck(bond_factor, last_good)
             thermo.add(0, 0.0, values)
             for k in range(n_replicas):
                 writer.write(k, [last_good[k]])
@@ -653,6 +656,9 @@ def run_jaxmd(
                     if reason is not None:
                         _raise_blowup(reason, sample_step, last_good, bad, last_good_path)
                     frames = frames_of(samples, i, sample_step)
+                    reason, bad = fragments(frames)
+                    if reason is not None:
+                        _raise_blowup(reason, sample_step, last_good, bad, last_good_path)
                     thermo.add(sample_step, sample_step * timestep_fs, values)
                     for k in range(n_replicas):
                         writer.write(k, [frames[k]])

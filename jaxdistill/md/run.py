@@ -39,6 +39,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
 from jaxdistill.graph import validate_atoms
+from jaxdistill.md.topology import DEFAULT_BOND_FACTOR, bonded_fragments
 from jaxdistill.student import Student, as_student
 
 logger = logging.getLogger("jaxdistill.md")
@@ -52,7 +53,8 @@ BLOWUP_TEMPERATURE_FLOOR = 100.0
 
 
 class MDInstabilityError(RuntimeError):
-    """The simulation blew up: non-finite numbers, runaway temperature or a collapsed box.
+    """The simulation blew up: non-finite numbers, runaway temperature, a collapsed box,
+    or a structure that broke into more bonded pieces than it started with.
 
     Attributes:
         step: the step at which the problem was detected (a sample point).
@@ -320,6 +322,33 @@ def _raise_blowup(
     )
 
 
+class _FragmentCheck:
+    """Flags replicas whose covalently bonded pieces outnumber the start's.
+
+    A molecule that breaks apart in vacuum keeps its temperature, so the temperature
+    limit cannot see it; a rising piece count can.
+    """
+
+    def __init__(self, factor: float | None, first: Sequence[ase.Atoms]) -> None:
+        self.factor = factor
+        self.baseline = [bonded_fragments(f, factor) for f in first] if factor else []
+
+    def __call__(self, frames: Sequence[ase.Atoms]) -> tuple[str | None, list[int]]:
+        if not self.factor:
+            return None, []
+        counts = [bonded_fragments(f, self.factor) for f in frames]
+        bad = [k for k, (n, n0) in enumerate(zip(counts, self.baseline, strict=True)) if n > n0]
+        if not bad:
+            return None, []
+        k = bad[0]
+        return (
+            f"the structure broke apart: {counts[k]} covalently bonded pieces where the start "
+            f"had {self.baseline[k]} (bonded = closer than {self.factor:g} x the sum of "
+            "covalent radii)",
+            bad,
+        )
+
+
 def _validate_common(ensemble: str, thermostat: str, steps: int, timestep_fs: float) -> None:
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -512,6 +541,7 @@ def run_md(
     disable_cell_list: bool | None = None,
     capacity_multiplier: float = 1.25,
     max_temperature_factor: float = 5.0,
+    bond_factor: float | None = DEFAULT_BOND_FACTOR,
 ) -> MDSummary:
     """Run molecular dynamics with a student.
 
@@ -559,6 +589,10 @@ def run_md(
         capacity_multiplier: neighbour-list head-room at allocation.
         max_temperature_factor: stop when the temperature exceeds this multiple of
             ``max(target, 100 K)``.
+        bond_factor: stop when the structure breaks into more covalently bonded pieces
+            than it started with (atoms closer than this multiple of the sum of their
+            covalent radii are bonded); None switches the check off (e.g. for a
+            dissociation study).
 
     Returns:
         An :class:`MDSummary`.
@@ -627,6 +661,7 @@ def run_md(
         callback=callback,
         skin=float(skin),
         max_temperature_factor=float(max_temperature_factor),
+        bond_factor=None if bond_factor is None else float(bond_factor),
     )
     if engine == "ase":
         if n_replicas > 1:

@@ -288,6 +288,7 @@ def train(
     student: Student | None = None,
     max_steps: int | None = None,
     *,
+    extra_training: Sequence[LabelStore | str | Path] = (),
     stop_after: int | None = None,
     resume: bool = True,
     devices: Sequence[jax.Device] | None = None,
@@ -308,6 +309,9 @@ def train(
             ``model`` and ``cutoff_angstrom`` are then not used); its reference
             energies are fitted unless its metadata already holds fitted ones.
         max_steps: override ``config.steps`` (the schedule is fitted to it).
+        extra_training: more label stores whose frames are all added to the training
+            split (e.g. active-learning rounds); the main store's split, and so its
+            validation and test frames, stay as they are.
         stop_after: stop (checkpoint and export) once this many steps are done,
             without changing the schedule: a later call with the same config resumes
             and ends exactly where an uninterrupted run would.
@@ -326,14 +330,18 @@ def train(
     output_dir = Path(output_dir).absolute()
     run_dir = output_dir / RUN_DIR
     store, opened = _open_store(store)
+    extras = [_open_store(extra) for extra in extra_training]
     try:
         return _train(
-            store, output_dir, run_dir, config, student, stop_after, resume, devices,
-            progress, console,
+            store, [e for e, _ in extras], output_dir, run_dir, config, student, stop_after,
+            resume, devices, progress, console,
         )  # fmt: skip
     finally:
         if opened:
             store.close()
+        for extra, extra_opened in extras:
+            if extra_opened:
+                extra.close()
 
 
 def _prepare_student(
@@ -362,6 +370,7 @@ def _prepare_student(
 
 def _train(
     store: LabelStore,
+    extras: Sequence[LabelStore],
     output_dir: Path,
     run_dir: Path,
     config: TrainConfig,
@@ -378,17 +387,23 @@ def _train(
     val_idx = split.get("validation", np.zeros(0, np.int64))
     if len(train_idx) == 0:
         raise ValueError(f"the store {store.path} has no training frames ({len(store)} frames)")
-    train_labels = store.arrays(train_idx)
+    train_labels = LabelArrays.concatenate(
+        [store.arrays(train_idx), *(extra.arrays() for extra in extras)]
+    )
     val_labels = store.arrays(val_idx) if len(val_idx) else None
     _check_labels(train_labels, "training")
     if val_labels is not None:
         _check_labels(val_labels, "validation")
-    species = sorted(atomic_numbers[symbol] for symbol in store.element_counts())
+    species = sorted(
+        {atomic_numbers[symbol] for s in (store, *extras) for symbol in s.element_counts()}
+    )
 
     # Resume bookkeeping first: a finished run with the same config and data returns at
     # once (the pipeline calls train again on every rerun).
     fingerprint = store_fingerprint(store)
     fingerprint["train_indices"] = _indices_hash(train_idx)
+    if extras:
+        fingerprint["extra_training"] = [store_fingerprint(extra) for extra in extras]
     checkpoints_dir = run_dir / CHECKPOINT_DIR
     metrics_path = run_dir / METRICS_FILE
     if not resume:
@@ -603,6 +618,7 @@ def _train(
         "fractions": dict(config.split),
         "seed": config.split_seed,
         "sizes": {name: len(idx) for name, idx in split.items()},
+        "extra_training_frames": sum(len(extra) for extra in extras),
         "store": str(Path(store.path).absolute()),
         **{k: v for k, v in fingerprint.items() if k != "train_indices"},
     }

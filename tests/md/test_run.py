@@ -16,10 +16,19 @@ from jaxdistill.md.run import MDInstabilityError, MDSummary, run_md
 
 pytest.importorskip("jax_md")
 
-# Shared settings, so runs of the same system reuse one compiled program.
-# (An untrained student heats a molecule far above its start: allow it.)
-MOLECULE = dict(timestep_fs=0.5, sample_every=50, chunk_steps=500, max_temperature_factor=100.0)
-SILICON_NVE = dict(ensemble="nve", timestep_fs=1.0, sample_every=50, chunk_steps=150, skin=0.3)
+# Shared settings, so runs of the same system reuse one compiled program. An untrained
+# student heats a molecule far above its start and can pull atoms out of a bonded
+# network: allow both (these tests are about the integrators, not the student).
+MOLECULE = dict(
+    timestep_fs=0.5,
+    sample_every=50,
+    chunk_steps=500,
+    max_temperature_factor=100.0,
+    bond_factor=None,
+)
+SILICON_NVE = dict(
+    ensemble="nve", timestep_fs=1.0, sample_every=50, chunk_steps=150, skin=0.3, bond_factor=None
+)
 
 
 def _fresh_energy(atoms, student):
@@ -223,3 +232,39 @@ def test_clear_errors_for_unsupported_inputs(tiny_student):
         run_md(tiny_student, ethanol(), ensemble="npt", steps=1)
     with pytest.raises(ValueError, match="ensemble"):
         run_md(tiny_student, ethanol(), ensemble="nph", steps=1)
+
+
+@pytest.mark.parametrize("engine", ["jax-md", "ase"])
+def test_fragmentation_stops_the_run(tiny_student, engine, tmp_path):
+    # Nearly force-free student: a hydrogen launched away from its carbon at 0.1 Å/fs
+    # is 1 Å further out after 10 fs, beyond 1.5 x the C-H covalent radii (1.6 Å).
+    free = _stiff(tiny_student, 1e-6)
+    atoms = ethanol()
+    hydrogen = int(np.where(atoms.numbers == 1)[0][0])
+    carbons = np.where(atoms.numbers == 6)[0]
+    carbon = carbons[
+        np.argmin(np.linalg.norm(atoms.positions[carbons] - atoms.positions[hydrogen], axis=1))
+    ]
+    direction = atoms.positions[hydrogen] - atoms.positions[carbon]
+    velocities = np.zeros_like(atoms.positions)
+    velocities[hydrogen] = 0.1 * direction / np.linalg.norm(direction)  # Å/fs
+    atoms.set_velocities(velocities / ase.units.fs)
+    options = dict(
+        engine=engine,
+        ensemble="nve",
+        initial_velocities="atoms",
+        timestep_fs=0.5,
+        steps=60,
+        sample_every=10,
+        chunk_steps=60,
+        max_temperature_factor=1e6,
+    )
+    with pytest.raises(
+        MDInstabilityError, match="broke apart: 2 covalently bonded pieces"
+    ) as caught:
+        run_md(free, atoms, trajectory=tmp_path / "run.extxyz", **options)
+    assert caught.value.step == 20  # 10 fs
+    assert caught.value.last_good_step == 10
+    # Switched off, the same run completes.
+    summary = run_md(free, atoms, bond_factor=None, **options)
+    assert summary.steps == 60
