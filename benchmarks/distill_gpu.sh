@@ -1,92 +1,63 @@
 #!/usr/bin/env bash
 # The commands that produced docs/results/ on the GPU machine (one H200), in phases that
-# each fit one device call; run directories live in runs/ (kept between calls on a warm
-# machine, and resumable if a phase is cut short).
+# each fit one device call. Run directories live in runs/; a phase packs what the next
+# one needs into $OUT (the machine is handed back between calls), and every stage
+# resumes if a phase is cut short.
 #
-#   benchmarks/distill_gpu.sh data    sample, label, train, evaluate both configs side by
-#                                     side (their times overlap: not speed measurements)
-#   benchmarks/distill_gpu.sh md      MD validation and report, one config after the other
-#                                     (quiet GPU: these timings are the speed results)
-#   benchmarks/distill_gpu.sh long    long jax-md runs: NVE 100 ps and NVT 1 ns
-#   benchmarks/distill_gpu.sh mol-gpu train + evaluate molecules sampled and labelled elsewhere
-#                                     (runs/mol carried), then GPU speed of student and teacher
-#   benchmarks/distill_gpu.sh pack    tar both run directories (no checkpoints) into $OUT
+#   benchmarks/distill_gpu.sh si [SECONDS]  silicon: every stage of configs/si-sevennet.yaml,
+#                                       then long jax-md runs (NVE 100 ps; NVT 1 ns at
+#                                       1500 and 900 K), as far as SECONDS allow; call
+#                                       again (with runs/si carried) to go on
+#   benchmarks/distill_gpu.sh mol-speed molecules: student jax-md step vs FeNNol ANI-1x
+#                                       ensemble ASE step, same GPU, same molecule
 #
-# The ANI-1x files are expected in .device/teachers/ (the GPU machine has no ../shared).
+# SevenNet needs `../shared/device/prepare.sh --with-sevenn`; the ANI-1x files are
+# expected in .device/teachers/ (the GPU machine has no ../shared).
 set -uo pipefail
-phase=${1:?phase: data, md, long or pack}
+phase=${1:?phase: si or mol-speed}
 budget=${2:-540}
 mkdir -p runs
-sed "s#\.\./shared/teachers/fennol-ani1x#.device/teachers#g" configs/molecules-fennol.yaml \
-  >runs/molecules-fennol.yaml
-distill() { timeout "$budget" python3 -m jaxdistill.cli distill "$@"; }
+distill() { timeout "$budget" python3 -m jaxdistill.cli distill configs/si-sevennet.yaml --run-dir runs/si "$@"; }
+pack() { tar czf "$OUT/si.tgz" runs/si; ls -la "$OUT"; }
+md() { timeout "$budget" python3 -m jaxdistill.cli md --no-progress "$@"; }
 
 case $phase in
-data | data-mol)
-  stages=(--stage sample --stage label --stage train --stage evaluate)
-  [ "$phase" = data ] && (distill configs/si-sevennet.yaml --run-dir runs/si "${stages[@]}" >runs/si-data.log 2>&1
-   echo "exit $?" >>runs/si-data.log) &
-  (distill runs/molecules-fennol.yaml --run-dir runs/mol "${stages[@]}" >runs/mol-data.log 2>&1
-   echo "exit $?" >>runs/mol-data.log) &
-  [ "$phase" = data-mol ] && "$0" long-si "$budget" >runs/long-si.log 2>&1 &
-  wait
-  tail -n 25 runs/*-data.log runs/long-si.log
-  ;;
-md)
-  for run in si mol; do
-    config=configs/si-sevennet.yaml
-    [ "$run" = mol ] && config=runs/molecules-fennol.yaml
-    distill "$config" --run-dir runs/$run >runs/$run-md.log 2>&1
-    echo "exit $?" >>runs/$run-md.log
-    tail -n 40 runs/$run-md.log
-  done
-  ;;
-long-si | long-mol)
-  run=${phase#long-}
-  python3 -c "import ase.io; ase.io.write('runs/$run-start.extxyz', ase.io.read('runs/$run/frames.extxyz', index=0))"
-  md() { timeout "$budget" python3 -m jaxdistill.cli md --no-progress "$@"; }
-  if [ "$phase" = long-si ]; then
-    md --student runs/si/student --structure runs/si-start.extxyz --ensemble nve \
-      --temperature 300 --timestep-fs 2 --steps 50000 --output runs/si-nve.extxyz \
-      --sample-every 500 --summary-json runs/si/md/nve_100ps.json
-    md --student runs/si/student --structure runs/si-start.extxyz --ensemble nvt \
-      --temperature 1500 --timestep-fs 2 --steps 500000 --friction-per-fs 0.02 \
-      --output runs/si-nvt.extxyz --sample-every 5000 --summary-json runs/si/md/nvt_1ns_1500K.json
-  else
-    md --student runs/mol/student --structure runs/mol-start.extxyz --ensemble nve \
-      --temperature 300 --timestep-fs 0.5 --steps 200000 --output runs/mol-nve.extxyz \
-      --sample-every 2000 --summary-json runs/mol/md/nve_100ps.json
-    md --student runs/mol/student --structure runs/mol-start.extxyz --ensemble nvt \
-      --temperature 600 --timestep-fs 1.0 --steps 1000000 --friction-per-fs 0.02 \
-      --output runs/mol-nvt.extxyz --sample-every 20000 --summary-json runs/mol/md/nvt_1ns_600K.json
+si)
+  # As far as the time allows: the stages resume, the long runs skip what is done.
+  end=$((SECONDS + budget))
+  left() { echo $((end - SECONDS)); }
+  timeout "$(left)" python3 -m jaxdistill.cli distill configs/si-sevennet.yaml --run-dir runs/si \
+    2>&1 | grep -v "━" | tail -n 80
+  pkill -f "multiprocessing.spawn" 2>/dev/null  # sample workers of a cut-short run
+  if grep -q '"report"' runs/si/stages.json 2>/dev/null; then
+    student=$(python3 -c "import json; print(json.load(open('runs/si/stages.json'))['refine']['summary']['student'])")
+    python3 -c "import ase.io; ase.io.write('runs/si-start.extxyz', ase.io.read('runs/si/frames.extxyz', index=0))"
+    [ -f runs/si/md/nve_100ps.json ] || [ "$(left)" -lt 60 ] || \
+      md --student "$student" --structure runs/si-start.extxyz --ensemble nve \
+        --temperature 300 --timestep-fs 2 --steps 50000 --output runs/si-nve.extxyz \
+        --sample-every 500 --summary-json runs/si/md/nve_100ps.json | tail -n 3
+    for t in 1500 900; do
+      [ -f runs/si/md/nvt_1ns_${t}K.json ] || [ "$(left)" -lt 150 ] || \
+        timeout "$(left)" python3 -m jaxdistill.cli md --no-progress --student "$student" \
+          --structure runs/si-start.extxyz --ensemble nvt --temperature $t --timestep-fs 2 \
+          --steps 500000 --friction-per-fs 0.02 --output runs/si/md/nvt_1ns_${t}K.extxyz \
+          --sample-every 5000 --summary-json runs/si/md/nvt_1ns_${t}K.json | tail -n 3
+    done
   fi
+  pack
   ;;
-mol-gpu)
-  # Molecules when their sample and label stages ran elsewhere (runs/mol carried in):
-  # train + evaluate here, then the GPU speed of student (jax-md) and teacher (ASE).
-  # The config names ../shared/teachers/...: point that path at the carried files so
-  # the config (and so the stage hashes) stay exactly as committed.
+mol-speed)
+  # The config names ../shared/teachers/...: point that path at the carried files.
   mkdir -p ../shared/teachers && ln -sfn "$PWD/.device/teachers" ../shared/teachers/fennol-ani1x
-  timeout 190 python3 -m jaxdistill.cli distill configs/molecules-fennol.yaml --run-dir runs/mol \
-    --stage train --stage evaluate >runs/mol-train.log 2>&1
-  echo "exit $?" >>runs/mol-train.log
-  tail -n 12 runs/mol-train.log
-  mkdir -p runs/mol/md
+  mkdir -p runs/mol-speed
   python3 -c "import ase.io; ase.io.write('runs/mol-start.extxyz', ase.io.read('runs/mol/frames.extxyz', index=0))"
-  timeout 50 python3 -m jaxdistill.cli md --no-progress --student runs/mol/student \
-    --structure runs/mol-start.extxyz --ensemble nve --temperature 300 --timestep-fs 0.5 \
-    --steps 200000 --sample-every 2000 --summary-json runs/mol/md/nve_100ps.json
-  timeout 60 python3 benchmarks/teacher_md_step.py \
+  md --student "${MOL_STUDENT:-runs/mol/student}" --structure runs/mol-start.extxyz --ensemble nve \
+    --temperature 300 --timestep-fs 0.5 --steps 200000 --sample-every 2000 \
+    --summary-json runs/mol-speed/student_nve_100ps_h200.json | tail -n 3
+  timeout 120 python3 benchmarks/teacher_md_step.py \
     "fennol:../shared/teachers/fennol-ani1x/ani1x_model*.fnx" runs/mol-start.extxyz \
-    --timestep-fs 0.5 --steps 200 --output runs/mol/md/teacher_md_step_h200.json
-  tar czf "$OUT/mol.tgz" --exclude=checkpoints --exclude='*.extxyz' --exclude=labels.h5 runs/mol
-  ;;
-pack)
-  for run in si mol; do
-    tar czf "$OUT/$run.tgz" --exclude=training --exclude='*.extxyz' runs/$run
-  done
-  cp runs/*.log "$OUT/" 2>/dev/null
-  ls -la "$OUT"
+    --timestep-fs 0.5 --steps 200 --output runs/mol-speed/teacher_md_step_h200.json
+  cp runs/mol-speed/*.json "$OUT/"
   ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac

@@ -63,7 +63,7 @@ __all__ = [
 #: from the previous student); ``active_learning.train`` overrides them.
 FINE_TUNE_DEFAULTS: dict[str, Any] = {
     "steps": 4000,
-    "learning_rate": 5e-4,
+    "learning_rate": 3e-4,
     "final_learning_rate": 1e-5,
     "warmup_fraction": 0.05,
     "patience": None,

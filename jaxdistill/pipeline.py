@@ -64,6 +64,9 @@ class DistillConfig:
             or None to skip MD validation.
         active_learning: the :class:`~jaxdistill.active.ActiveLearningConfig` section
             (the ``refine`` stage), or None (default) for none.
+        sample_workers: teacher MD trajectories run side by side in worker processes
+            (GPU teachers on small systems: several times faster); the frames are the
+            same whatever the number, so it is not part of the sample stage's hash.
     """
 
     name: str
@@ -76,6 +79,7 @@ class DistillConfig:
     evaluate_split: str = "test"
     md_validation: MDValidationConfig | None = dataclasses.field(default_factory=MDValidationConfig)
     active_learning: ActiveLearningConfig | None = None
+    sample_workers: int = 1
 
     @classmethod
     def from_dict(
@@ -104,6 +108,8 @@ class DistillConfig:
         values["active_learning"] = (
             None if active is None or active is False else ActiveLearningConfig.from_dict(active)
         )
+        if int(values.get("sample_workers", 1)) < 1:
+            raise ValueError(f"sample_workers must be >= 1, got {values['sample_workers']}")
         if values.get("device", "auto") not in ("auto", "cpu", "cuda") and not str(
             values["device"]
         ).startswith("cuda:"):
@@ -136,6 +142,7 @@ class DistillConfig:
             "active_learning": (
                 _plain(self.active_learning.to_dict()) if self.active_learning else None
             ),
+            "sample_workers": self.sample_workers,
         }
 
     def stage_sections(self) -> dict[str, Any]:

@@ -79,7 +79,14 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
     from jaxdistill.sampling import element_counts, sample, sampler_counts
 
     config = context.config.sampling
-    teacher = context.teacher if config.md is not None else None
+    workers = context.config.sample_workers
+    options = {"device": context.device}
+    if config.md is not None and config.md.teacher is None:
+        # Worker processes load the teacher from its spec; one process uses the loaded one.
+        teacher = context.config.teacher if workers > 1 else context.teacher
+        options.update(context.config.teacher_options)
+    else:
+        teacher = None
     start = time.perf_counter()
     frames = sample(
         config,
@@ -87,6 +94,8 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
         progress=True,
         console=context.console,
         cache_dir=context.run.sample_cache,
+        workers=workers,
+        teacher_options=options,
     )
     temporary = context.run.frames.with_suffix(".partial.extxyz")
     ase.io.write(temporary, frames, format="extxyz")

@@ -297,3 +297,18 @@ def test_finished_trajectories_are_read_back_not_rerun(tmp_path):
             teacher="ase:no_such_module:Nothing",
             cache_dir=tmp_path,
         )
+
+
+def test_parallel_workers_give_the_same_frames(tmp_path):
+    config = emt_md_config(
+        frames_per_temperature=4, melt={"temperatures_kelvin": [600], "steps": 20}
+    )
+    serial = sample(config, teacher=EMT_SPEC)
+    parallel = sample(config, teacher=EMT_SPEC, cache_dir=tmp_path, workers=2)
+    assert len(list(tmp_path.glob("*.extxyz"))) == 3  # one file per trajectory
+    assert [f.info["sampler"] for f in parallel] == [f.info["sampler"] for f in serial]
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-6)
+        assert a.info["seed"] == b.info["seed"]
+    with pytest.raises(ValueError, match="needs a cache_dir"):
+        sample(config, teacher=EMT_SPEC, workers=2)
