@@ -244,7 +244,8 @@ def explore(
         start = atoms.copy()
         start.info = {}
         for t_idx, temperature in enumerate(temperatures):
-            seed = derive_seed(config.seed, round_index, s_idx, t_idx)
+            # run_md seeds a jax PRNG key from an int32
+            seed = derive_seed(config.seed, round_index, s_idx, t_idx) % 2**31
             trajectory = output_dir / f"s{s_idx}-{temperature:g}K.extxyz"
             failure, done = None, config.steps
             try:
@@ -415,6 +416,9 @@ def refine(
             fine_tune,
             student=student,
             extra_training=stores,
+            # The validation split holds none of the new frames: its best step can be
+            # step 0, which would hand back the unchanged student.
+            export="last",
             console=console,
         )
         after = _errors_on(refined, folder / "labels.h5")

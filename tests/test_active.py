@@ -138,6 +138,11 @@ def test_refine_stage_adds_frames_fine_tunes_and_resumes(tmp_path):
     assert second.metadata["split"]["extra_training_frames"] == sum(r["frames"] for r in rounds)
     assert second.metadata["split"]["sizes"] == first.metadata["split"]["sizes"]
     assert second.metadata["training"]["steps_completed"] == 20
+    # The last parameters, not the best on a validation split that has none of the new
+    # frames (that can be step 0: the unchanged student).
+    assert second.metadata["training"]["exported"] == "last_ema"
+    leaves = zip(jax.tree.leaves(first.params), jax.tree.leaves(second.params), strict=True)
+    assert any(not np.array_equal(a, b) for a, b in leaves)
     # The evaluated student is the refined one, on the original test split.
     evaluation = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
     assert evaluation["provenance"]["student"]["path"] == str(final.absolute())

@@ -289,6 +289,7 @@ def train(
     max_steps: int | None = None,
     *,
     extra_training: Sequence[LabelStore | str | Path] = (),
+    export: str = "best",
     stop_after: int | None = None,
     resume: bool = True,
     devices: Sequence[jax.Device] | None = None,
@@ -312,6 +313,10 @@ def train(
         extra_training: more label stores whose frames are all added to the training
             split (e.g. active-learning rounds); the main store's split, and so its
             validation and test frames, stay as they are.
+        export: which parameters the student gets: "best" (the EMA parameters at the
+            lowest validation force MAE, the step-0 ones included) or "last" (the final
+            EMA parameters). Fine-tuning on frames unlike the validation split wants
+            "last": "best" may hand back the unchanged starting student.
         stop_after: stop (checkpoint and export) once this many steps are done,
             without changing the schedule: a later call with the same config resumes
             and ends exactly where an uninterrupted run would.
@@ -325,6 +330,8 @@ def train(
         The trained student (also saved in ``output_dir``).
     """
     config = resolve_config(config)
+    if export not in ("best", "last"):
+        raise ValueError(f"export must be 'best' or 'last', got {export!r}")
     if max_steps is not None:
         config = config.replace(steps=int(max_steps))
     output_dir = Path(output_dir).absolute()
@@ -334,7 +341,7 @@ def train(
     try:
         return _train(
             store, [e for e, _ in extras], output_dir, run_dir, config, student, stop_after,
-            resume, devices, progress, console,
+            resume, devices, progress, console, export,
         )  # fmt: skip
     finally:
         if opened:
@@ -380,6 +387,7 @@ def _train(
     devices: Sequence[jax.Device] | None,
     progress: bool,
     console: Any | None,
+    export: str = "best",
 ) -> Student:
     started = time.perf_counter()
     split = store.split(config.split, seed=config.split_seed)
@@ -594,7 +602,7 @@ def _train(
 
     # Export: the best-validation EMA parameters (the last EMA ones without validation).
     host_state = jax.device_get(state)
-    use_best = bool(val_batches) and best.step >= 0
+    use_best = export == "best" and bool(val_batches) and best.step >= 0
     export_params = jax.device_get(best_params) if use_best else host_state.ema_params
     summary = {
         "steps_completed": int(host_state.step),

@@ -182,3 +182,8 @@ def test_early_stopping_exports_the_best_parameters(ethanol_store, tmp_path):
     result = evaluate(student, ethanol_store, split="validation")
     assert result["forces"]["mae_meV_per_A"] == pytest.approx(min(values), rel=1e-4)
     assert result["stress"] is None
+
+
+def test_export_choice_is_checked(si_store, tmp_path):
+    with pytest.raises(ValueError, match="export must be 'best' or 'last'"):
+        train(si_store, tmp_path / "s", TINY, export="first")
