@@ -104,6 +104,7 @@ class ActiveLearningConfig:
     engine: str = "auto"
     max_frames_per_run: int = 40
     frames_before_failure: int = 10
+    max_force_disagreement: float | None = None
     train: Mapping[str, Any] = field(default_factory=dict)
     seed: int = 0
 
@@ -112,6 +113,10 @@ class ActiveLearningConfig:
         for name in ("rounds", "steps", "stride", "max_frames_per_run"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_force_disagreement is not None and self.max_force_disagreement <= 0:
+            problems.append(
+                f"max_force_disagreement must be positive, got {self.max_force_disagreement}"
+            )
         if self.frames_before_failure < 0:
             problems.append(f"frames_before_failure must be >= 0, got {self.frames_before_failure}")
         if any(t <= 0 for t in self.temperatures_kelvin):
@@ -366,7 +371,11 @@ def refine(
     for round_index in range(1, config.rounds + 1):
         folder = output_dir / f"round-{round_index}"
         round_file = folder / ROUND_FILE
-        stores.append(folder / "labels.h5")
+        # what the fine-tuning reads: every labelled frame, or the confident ones
+        training_file = folder / (
+            "labels.h5" if config.max_force_disagreement is None else "confident.h5"
+        )
+        stores.append(training_file)
         if round_file.is_file():
             summaries.append(json.loads(round_file.read_text()))
             previous = folder / "student"
@@ -409,6 +418,11 @@ def refine(
             batch_size=label_batch_size,
             console=console,
         )
+        dropped = 0
+        if config.max_force_disagreement is not None:
+            dropped = _keep_confident(
+                folder / "labels.h5", training_file, config.max_force_disagreement
+            )
         before = _errors_on(student, folder / "labels.h5")
         refined = train(
             store,
@@ -427,6 +441,7 @@ def refine(
             "runs": runs,
             "failed_runs": sum(1 for run in runs if run["failure"]),
             "frames": labelled.n_frames,
+            "frames_dropped_teacher_uncertain": dropped,
             "training_frames_added_so_far": int(sum(_store_length(path) for path in stores)),
             "label_seconds_per_frame": labelled.seconds_per_frame,
             "student_before_on_new_frames": before,
@@ -450,6 +465,18 @@ def refine(
                 f"{after['force_mae_mev_per_angstrom']:.1f} meV/Å (now trained on them)"
             )
     return {"rounds": summaries, "student": str(previous)}
+
+
+def _keep_confident(labels: Path, destination: Path, limit: float) -> int:
+    """Copy the frames whose teacher force disagreement is at most ``limit`` (or not
+    known: a single teacher); returns how many were left out."""
+    from jaxdistill.data.store import LabelStore, copy_frames
+
+    with LabelStore(labels) as store:
+        disagreement = store.arrays().force_disagreement
+    keep = np.where(~(disagreement > limit))[0]
+    copy_frames(labels, destination, keep)
+    return int(len(disagreement) - len(keep))
 
 
 def _store_length(path: Path) -> int:

@@ -52,6 +52,8 @@ def test_config_is_strict_and_fine_tuning_overrides_training():
         ActiveLearningConfig.from_dict({"round": 2})
     with pytest.raises(ValueError, match="unknown key.*'lr'.*active_learning.train"):
         ActiveLearningConfig.from_dict({"train": {"lr": 1.0}})
+    with pytest.raises(ValueError, match="max_force_disagreement must be positive"):
+        ActiveLearningConfig(max_force_disagreement=0.0)
     with pytest.raises(ValueError, match="engine must be one of"):
         ActiveLearningConfig.from_dict({"engine": "lammps"})
     config = ActiveLearningConfig.from_dict({"temperatures_kelvin": 700, "train": {"steps": 9}})
@@ -181,3 +183,47 @@ def test_auto_engine_falls_back_to_ase_for_small_cells():
     assert _engine("auto", small * (2, 2, 2), 5.0) == "jax-md"
     assert _engine("auto", ase.build.molecule("CH3OH"), 5.0) == "jax-md"
     assert _engine("ase", small * (2, 2, 2), 5.0) == "ase"
+
+
+def _store_with_disagreements(path, disagreements):
+    from jaxdistill.data.store import LabelStore
+    from jaxdistill.teachers.base import TeacherLabels
+
+    frames, labels = [], []
+    for k, value in enumerate(disagreements):
+        atoms = ase.build.molecule("CH3OH")
+        atoms.rattle(0.05, seed=k)
+        atoms.info.update(sampler="active", temperature_kelvin=900.0, seed=k)
+        frames.append(atoms)
+        labels.append(
+            TeacherLabels(
+                energy=-10.0 - k,
+                forces=np.full((len(atoms), 3), 0.1 * k),
+                stress=np.full(6, np.nan),
+                force_disagreement=value,
+                energy_disagreement=0.01 * k,
+            )
+        )
+    with LabelStore.create(path, teacher={"name": "ensemble"}) as store:
+        store.append(frames, labels)
+    return path
+
+
+def test_frames_the_teacher_is_unsure_of_are_not_trained_on(tmp_path):
+    from jaxdistill.active import _keep_confident
+    from jaxdistill.data.store import LabelStore
+
+    source = _store_with_disagreements(tmp_path / "labels.h5", [0.2, 5.0, 0.4, 1.5])
+    dropped = _keep_confident(source, tmp_path / "confident.h5", limit=1.0)
+    assert dropped == 2
+    with LabelStore(tmp_path / "confident.h5") as kept, LabelStore(source) as full:
+        assert len(kept) == 2
+        a, b = kept.arrays(), full.arrays([0, 2])
+        np.testing.assert_array_equal(a.energy, b.energy)
+        np.testing.assert_array_equal(a.forces, b.forces)
+        np.testing.assert_array_equal(a.force_disagreement, [0.2, 0.4])
+        assert list(a.sampler) == ["active", "active"] and list(a.seed) == [0, 2]
+        assert kept.teacher == full.teacher
+    # A single teacher (no disagreement known) keeps everything.
+    single = _store_with_disagreements(tmp_path / "single.h5", [float("nan")] * 3)
+    assert _keep_confident(single, tmp_path / "single-kept.h5", limit=1.0) == 0

@@ -846,6 +846,49 @@ class LabelStore:
         )
 
 
+def copy_frames(
+    source: str | Path, destination: str | Path, indices: Sequence[int] | np.ndarray
+) -> Path:
+    """Write the frames ``indices`` of a store, with their labels, tags and teacher
+    provenance, into a new store (replacing ``destination``).
+
+    Returns:
+        The new store's path.
+    """
+    from jaxdistill.teachers.base import TeacherLabels
+
+    destination = Path(destination)
+    with LabelStore(source) as store:
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        arr = store.arrays(idx)
+        frames = [LabelStore._atoms_from_arrays(arr, i) for i in range(arr.n_frames)]
+        hashes = [store.input_hashes()[int(i)] for i in idx]
+        labels = [
+            TeacherLabels(
+                energy=float(arr.energy[i]),
+                forces=arr.forces[arr.offsets[i] : arr.offsets[i + 1]],
+                stress=arr.stress[i],
+                force_disagreement=float(arr.force_disagreement[i]),
+                energy_disagreement=float(arr.energy_disagreement[i]),
+            )
+            for i in range(arr.n_frames)
+        ]
+        with LabelStore.create(
+            destination,
+            teacher=store.teacher,
+            capacity_frames=max(len(frames), 1),
+            capacity_atoms=max(int(arr.n_atoms.sum()), 1),
+            input_info={
+                "n_frames": len(frames),
+                "fingerprint": frames_fingerprint(hashes),
+                "source": f"{len(frames)} of the {len(store)} frames of {store.path}",
+            },
+            overwrite=True,
+        ) as copy:
+            copy.append(frames, labels, input_indices=idx.tolist(), input_hashes=hashes)
+    return destination
+
+
 def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
     if isinstance(frames, (str, Path)):
         path = Path(frames)
