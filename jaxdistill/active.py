@@ -39,6 +39,7 @@ import ase
 import ase.io
 import numpy as np
 
+from jaxdistill.config_keys import as_temperatures, check_keys
 from jaxdistill.md.run import ENGINES, MDInstabilityError, run_md
 from jaxdistill.sampling import (
     CARRIED_INFO,
@@ -137,16 +138,9 @@ class ActiveLearningConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> ActiveLearningConfig:
         """Build from a mapping (parsed YAML); unknown keys raise ValueError naming them."""
         data = dict(data or {})
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {sorted(unknown)} in active_learning; allowed: {sorted(allowed)}"
-            )
+        check_keys(cls, data, "active_learning")
         if "temperatures_kelvin" in data:
-            temps = data["temperatures_kelvin"] or ()
-            temps = [temps] if isinstance(temps, int | float) else temps
-            data["temperatures_kelvin"] = tuple(float(t) for t in temps)
+            data["temperatures_kelvin"] = as_temperatures(data["temperatures_kelvin"])
         data["train"] = dict(data.get("train") or {})
         return cls(**data)
 

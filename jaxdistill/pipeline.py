@@ -36,6 +36,7 @@ import yaml
 from rich.console import Console
 
 from jaxdistill.active import ActiveLearningConfig
+from jaxdistill.config_keys import check_keys
 from jaxdistill.sampling import SamplingConfig
 from jaxdistill.train.config import TrainConfig, resolve_config
 from jaxdistill.validation import MDValidationConfig
@@ -88,13 +89,7 @@ class DistillConfig:
         """Build from a mapping (parsed YAML); unknown keys raise ValueError naming them."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a distill config must be a mapping, got {type(data).__name__}")
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {sorted(unknown)} in the distill config; "
-                f"allowed: {sorted(allowed)}"
-            )
+        check_keys(cls, data, "the distill config")
         for key in ("name", "teacher", "sampling"):
             if key not in data:
                 raise ValueError(f"the distill config needs '{key}'")

@@ -53,6 +53,7 @@ import ase.io
 import numpy as np
 from ase import units
 
+from jaxdistill.config_keys import as_temperatures, check_keys
 from jaxdistill.data.store import frame_hash
 from jaxdistill.teachers.base import Teacher
 
@@ -78,13 +79,6 @@ __all__ = [
 GENERATORS = ("md", "rattle", "strain")
 # Fixed stream ids, so adding a generator never changes another generator's frames.
 _STREAM = {"initial": 0, "md": 1, "rattle": 2, "strain": 3, "md-melt": 4}
-
-
-def _check_keys(cls: type, data: Mapping[str, Any], where: str) -> None:
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - allowed
-    if unknown:
-        raise ValueError(f"unknown key(s) {sorted(unknown)} in {where}; allowed: {sorted(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -139,7 +133,7 @@ class StructureSpec:
         """Build from a dict (or a bare file path string)."""
         if isinstance(data, str):
             data = {"file": data}
-        _check_keys(cls, data, "a structure entry")
+        check_keys(cls, data, "a structure entry")
         values = dict(data)
         if values.get("file") is not None and base_dir is not None:
             path = Path(values["file"]).expanduser()
@@ -323,7 +317,7 @@ class SamplingConfig:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"sampling config must be a mapping, got {type(data).__name__}")
-        _check_keys(cls, data, "the sampling config")
+        check_keys(cls, data, "the sampling config")
         base = Path(base_dir) if base_dir is not None else None
         values: dict[str, Any] = dict(data)
         structures = data.get("structures")
@@ -337,12 +331,12 @@ class SamplingConfig:
                 continue
             if section is True:
                 section = {}
-            _check_keys(sub, section, f"the '{key}' section")
+            check_keys(sub, section, f"the '{key}' section")
             section = dict(section)
             if key == "md":
                 section = _temperatures_as_tuple(section)
                 if section.get("melt"):
-                    _check_keys(MeltConfig, section["melt"], "the 'md.melt' section")
+                    check_keys(MeltConfig, section["melt"], "the 'md.melt' section")
                     section["melt"] = MeltConfig(**_temperatures_as_tuple(section["melt"]))
                 else:
                     section["melt"] = None
@@ -390,9 +384,7 @@ class SamplingConfig:
 def _temperatures_as_tuple(section: Mapping[str, Any]) -> dict[str, Any]:
     section = dict(section)
     if "temperatures_kelvin" in section:
-        temps = section["temperatures_kelvin"]
-        temps = [temps] if isinstance(temps, (int, float)) else temps
-        section["temperatures_kelvin"] = tuple(float(t) for t in temps)
+        section["temperatures_kelvin"] = as_temperatures(section["temperatures_kelvin"])
     return section
 
 

@@ -10,7 +10,6 @@ particular at a temperature the training data never saw.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +26,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
+from jaxdistill.config_keys import as_temperatures, check_keys
 from jaxdistill.graph import neighbour_pairs
 from jaxdistill.md.topology import DEFAULT_BOND_FACTOR, bonded_fragments
 
@@ -79,16 +79,9 @@ class MDValidationConfig:
     def from_dict(cls, data: Mapping[str, Any] | None) -> MDValidationConfig:
         """Build from a mapping; unknown keys raise ValueError naming them."""
         data = dict(data or {})
-        allowed = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ValueError(
-                f"unknown key(s) {sorted(unknown)} in md_validation; allowed: {sorted(allowed)}"
-            )
+        check_keys(cls, data, "md_validation")
         if "temperatures_kelvin" in data:
-            temps = data["temperatures_kelvin"]
-            temps = [temps] if isinstance(temps, int | float) else temps or []
-            data["temperatures_kelvin"] = tuple(float(t) for t in temps)
+            data["temperatures_kelvin"] = as_temperatures(data["temperatures_kelvin"])
         return cls(**data)
 
 
