@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,6 +313,8 @@ def _errors_on(student: Student, store_path: Path) -> dict[str, float]:
     from jaxdistill.evaluate import compute_metrics, predict_frames
 
     with LabelStore(store_path) as store:
+        if len(store) == 0:
+            return {"force_mae_mev_per_angstrom": math.nan, "energy_mae_mev_per_atom": math.nan}
         metrics = compute_metrics(predict_frames(student, store.arrays()))
     return {
         "force_mae_mev_per_angstrom": metrics["forces"]["mae_meV_per_A"],
@@ -417,7 +420,8 @@ def refine(
             dropped = _keep_confident(
                 folder / "labels.h5", training_file, config.max_force_disagreement
             )
-        before = _errors_on(student, folder / "labels.h5")
+        # on the frames it trains on (not those left out as teacher-uncertain)
+        before = _errors_on(student, training_file)
         refined = train(
             store,
             folder / "student",
@@ -429,7 +433,7 @@ def refine(
             export="last",
             console=console,
         )
-        after = _errors_on(refined, folder / "labels.h5")
+        after = _errors_on(refined, training_file)
         summary = {
             "round": round_index,
             "runs": runs,

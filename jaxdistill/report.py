@@ -30,8 +30,8 @@ def _active_learning_lines(refine: dict[str, Any]) -> list[str]:
         "label frames from it (and every one of the last frames before a failure), and "
         "fine-tunes on them. The evaluated student is the last round's.",
         "",
-        "| round | runs failed | frames added | left out (teacher unsure) | student force MAE "
-        "on them before → after (meV/Å) | failures |",
+        "| round | runs failed | frames labelled | left out (teacher unsure) | student force "
+        "MAE on the frames trained on, before → after (meV/Å) | failures |",
         "|---|---|---|---|---|---|",
     ]
     for r in refine["rounds"]:
