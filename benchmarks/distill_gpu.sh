@@ -10,6 +10,7 @@
 #                                       again (with runs/si carried) to go on
 #   benchmarks/distill_gpu.sh mol-speed molecules: student jax-md step vs FeNNol ANI-1x
 #                                       ensemble ASE step, same GPU, same molecule
+#   benchmarks/distill_gpu.sh mol-long  molecule students: NVE 100 ps, NVT 1 ns x 4 replicas
 #
 # SevenNet needs `../shared/device/prepare.sh --with-sevenn`; the ANI-1x files are
 # expected in .device/teachers/ (the GPU machine has no ../shared).
@@ -58,6 +59,25 @@ mol-speed)
     "fennol:../shared/teachers/fennol-ani1x/ani1x_model*.fnx" runs/mol-start.extxyz \
     --timestep-fs 0.5 --steps 200 --output runs/mol-speed/teacher_md_step_h200.json
   cp runs/mol-speed/*.json "$OUT/"
+  ;;
+mol-long)
+  # runs/mol-long/{start.extxyz, student-*/} carried in: per student, NVE 100 ps (0.5 fs)
+  # and NVT 1 ns at 600 K (1 fs) for 4 replicas at once; the students side by side.
+  cd runs/mol-long || exit 1
+  one() {
+    s=$1
+    [ "$2" = nve ] && md --student "$s" --structure start.extxyz --ensemble nve \
+      --temperature 300 --timestep-fs 0.5 --steps 200000 --sample-every 2000 \
+      --summary-json "$OUT/nve_100ps_$s.json" >"$OUT/log_$s.txt" 2>&1
+    md --student "$s" --structure start.extxyz --ensemble nvt --temperature 600 \
+      --timestep-fs 1.0 --steps 1000000 --friction-per-fs 0.02 --replicas 4 \
+      --sample-every 20000 --output "nvt_$s.extxyz" \
+      --summary-json "$OUT/nvt_1ns_600K_x4_$s.json" >>"$OUT/log_$s.txt" 2>&1
+  }
+  for s in student-*; do one "$s" nve & done
+  wait
+  tar czf "$OUT/nvt_traj.tgz" nvt_*.extxyz
+  tail -n 6 "$OUT"/log_*.txt
   ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac

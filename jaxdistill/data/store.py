@@ -54,6 +54,7 @@ __all__ = [
     "LabelStore",
     "LabelStoreError",
     "LabelSummary",
+    "copy_frames",
     "frame_hash",
     "frames_fingerprint",
     "label",
