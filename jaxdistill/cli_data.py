@@ -8,6 +8,7 @@ Each is a thin shell over :func:`jaxdistill.sampling.sample` and
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,8 +73,19 @@ def sample_command(
     seed: Annotated[int | None, typer.Option(help="Override the config's master seed.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Teacher MD trajectories run side by side in worker processes (same frames; "
+            "fastest for small systems on a GPU)."
+        ),
+    ] = 1,
 ) -> None:
-    """Generate configurations (teacher MD, rattles, strains) and write them to extxyz."""
+    """Generate configurations (teacher MD, rattles, strains) and write them to extxyz.
+
+    Finished teacher trajectories wait in OUTPUT's folder (``.<name>.cache/``) until
+    the frames are written, so a killed run resumes with the trajectory it was in.
+    """
     import dataclasses
 
     import ase.io
@@ -86,19 +98,27 @@ def sample_command(
         cfg = SamplingConfig.from_yaml(config)
         if seed is not None:
             cfg = dataclasses.replace(cfg, seed=seed)
-        # --teacher wins over md.teacher; either is loaded here so --device applies.
+        # --teacher wins over md.teacher; the spec is loaded with --device.
         spec = teacher or (cfg.md.teacher if cfg.md is not None else None)
-        md_teacher = None
-        if spec is not None and cfg.md is not None:
-            from jaxdistill.teachers import load_teacher
-
-            md_teacher = load_teacher(spec, device=device)
+        if teacher is not None and cfg.md is not None:
             cfg = dataclasses.replace(cfg, md=dataclasses.replace(cfg.md, teacher=None))
+        if workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {workers}")
+        cache = output.parent / f".{output.name}.cache"
         start = time.perf_counter()
-        frames = sample(cfg, teacher=md_teacher, progress=progress, console=console)
+        frames = sample(
+            cfg,
+            teacher=spec,
+            progress=progress,
+            console=console,
+            cache_dir=cache,
+            workers=workers,
+            teacher_options={"device": device},
+        )
         seconds = time.perf_counter() - start
         output.parent.mkdir(parents=True, exist_ok=True)
         ase.io.write(output, frames, format="extxyz")
+        shutil.rmtree(cache, ignore_errors=True)
     n_atoms = sum(len(a) for a in frames)
     console.print(
         _summary_table(

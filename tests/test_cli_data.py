@@ -110,3 +110,19 @@ def test_cli_errors_are_one_line_not_tracebacks(app, config, tmp_path):
         app, ["label", "--teacher", "magic:model", "-i", str(out), "-o", str(tmp_path / "s.h5")]
     )
     assert bad_spec.exit_code == 1 and "unknown teacher kind" in bad_spec.output
+
+
+def test_sample_with_workers_gives_the_same_frames(app, config, tmp_path):
+    runner = CliRunner()
+    paths = {n: tmp_path / f"frames{n}.extxyz" for n in (1, 2)}
+    for n, path in paths.items():
+        result = runner.invoke(
+            app,
+            ["sample", str(config), "-o", str(path), "--teacher", EMT_SPEC, "--workers", str(n)],
+        )
+        assert result.exit_code == 0, result.output
+    one, two = (ase.io.read(paths[n], index=":") for n in (1, 2))
+    assert len(one) == len(two) == 7
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(a.positions, b.positions)
+    assert not list(tmp_path.glob(".*.cache"))  # the trajectory cache is cleaned up
