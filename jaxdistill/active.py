@@ -228,18 +228,13 @@ def explore(
     output_dir.mkdir(parents=True, exist_ok=True)
     md = sampling.md
     timestep = config.timestep_fs or (md.timestep_fs if md else 1.0)
-    friction = config.friction_per_fs if config.friction_per_fs is not None else None
+    friction = config.friction_per_fs
     if friction is None:
         friction = md.friction_per_fs if md else 0.01
     temperatures = exploration_temperatures(config, sampling)
-    structures = [
-        atoms
-        for atoms in load_structures(sampling)
-        if atoms.info.get("_generators") is None or "md" in atoms.info["_generators"]
-    ]
     selected: list[ase.Atoms] = []
     runs: list[dict[str, Any]] = []
-    for atoms in structures:
+    for atoms in md_structures(sampling):
         s_idx = int(atoms.info["structure_index"])
         start = atoms.copy()
         start.info = {}
@@ -264,7 +259,7 @@ def explore(
                     trajectory=trajectory,
                 )
             except MDInstabilityError as error:
-                failure, done = str(error).split(". The last good frame")[0], error.step
+                failure, done = error.reason, error.step
             if on_steps is not None:
                 on_steps(config.steps)
             frames = ase.io.read(trajectory, index=":")[1:]  # [0] is the start itself
@@ -291,6 +286,15 @@ def explore(
                 }
             )
     return selected, runs
+
+
+def md_structures(sampling: SamplingConfig) -> list[ase.Atoms]:
+    """The starting structures the sampling's MD generator applies to."""
+    return [
+        atoms
+        for atoms in load_structures(sampling)
+        if atoms.info.get("_generators") is None or "md" in atoms.info["_generators"]
+    ]
 
 
 def _engine(engine: str, atoms: ase.Atoms, cutoff: float) -> str:
@@ -357,11 +361,7 @@ def refine(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     fine_tune = config.fine_tune_config(train_config)
-    n_runs = len(exploration_temperatures(config, sampling)) * sum(
-        1
-        for a in load_structures(sampling)
-        if a.info.get("_generators") is None or "md" in a.info["_generators"]
-    )
+    n_runs = len(exploration_temperatures(config, sampling)) * len(md_structures(sampling))
     previous = Path(student_dir)
     summaries: list[dict[str, Any]] = []
     stores: list[Path] = []

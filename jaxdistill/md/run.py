@@ -57,6 +57,7 @@ class MDInstabilityError(RuntimeError):
     or a structure that broke into more bonded pieces than it started with.
 
     Attributes:
+        reason: what went wrong, in words.
         step: the step at which the problem was detected (a sample point).
         last_good_step: the step of the last frame that passed the checks.
         atoms: that frame (an ``ase.Atoms`` with momenta, energy and forces), or a list
@@ -74,8 +75,10 @@ class MDInstabilityError(RuntimeError):
         atoms: ase.Atoms | list[ase.Atoms],
         path: Path | None,
         replicas: list[int],
+        reason: str = "",
     ):
         super().__init__(message)
+        self.reason = reason
         self.step = step
         self.last_good_step = last_good_step
         self.atoms = atoms
@@ -319,6 +322,7 @@ def _raise_blowup(
         atoms=last_good if len(last_good) > 1 else last_good[0],
         path=saved,
         replicas=bad_replicas,
+        reason=reason,
     )
 
 

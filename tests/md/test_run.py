@@ -264,6 +264,7 @@ def test_fragmentation_stops_the_run(tiny_student, engine, tmp_path):
     ) as caught:
         run_md(free, atoms, trajectory=tmp_path / "run.extxyz", **options)
     assert caught.value.step == 20  # 10 fs
+    assert caught.value.reason.startswith("the structure broke apart")
     assert caught.value.last_good_step == 10
     # Switched off, the same run completes.
     summary = run_md(free, atoms, bond_factor=None, **options)
