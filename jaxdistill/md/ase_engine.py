@@ -11,6 +11,7 @@ from ase import units
 
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.run import (
+    EngineOptions,
     MDProgress,
     MDSummary,
     _FragmentCheck,
@@ -31,28 +32,7 @@ logger = logging.getLogger("jaxdistill.md")
 def run_ase(
     student: Student,
     atoms: ase.Atoms,
-    *,
-    ensemble,
-    temperatures,
-    timestep_fs,
-    steps,
-    thermostat,
-    friction_per_fs,
-    thermostat_time_fs,
-    pressure_bar,
-    barostat_time_fs,
-    seed,
-    initial_velocities,
-    sample_every,
-    chunk_steps,
-    trajectory,
-    log_file,
-    last_good_path,
-    progress,
-    callback,
-    skin,
-    max_temperature_factor,
-    bond_factor,
+    options: EngineOptions,
 ) -> MDSummary:
     from ase.md.langevin import Langevin
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
@@ -60,44 +40,51 @@ def run_ase(
 
     from jaxdistill.md.ase_calculator import StudentCalculator
 
-    del chunk_steps  # one call per step: nothing to chunk
+    # options.chunk_steps is unused: one call per step, nothing to chunk
     start_wall = time.perf_counter()
-    temperature = float(temperatures[0])
+    temperature = float(options.temperatures[0])
     atoms = atoms.copy()
-    atoms.set_momenta(_initial_momenta(atoms, temperature, seed, initial_velocities))
-    calculator = StudentCalculator(student, dtype=student.dtype, skin=skin)
+    atoms.set_momenta(
+        _initial_momenta(atoms, temperature, options.seed, options.initial_velocities)
+    )
+    calculator = StudentCalculator(student, dtype=student.dtype, skin=options.skin)
     atoms.calc = calculator
-    dt = timestep_fs * units.fs
+    dt = options.timestep_fs * units.fs
     conserved = True
-    if ensemble == "nve":
+    if options.ensemble == "nve":
         dynamics = VelocityVerlet(atoms, timestep=dt)
-    elif ensemble == "nvt" and thermostat == "langevin":
+    elif options.ensemble == "nvt" and options.thermostat == "langevin":
         dynamics = Langevin(
             atoms,
             timestep=dt,
             temperature_K=temperature,
-            friction=friction_per_fs / units.fs,
-            rng=np.random.default_rng(seed),
+            friction=options.friction_per_fs / units.fs,
+            rng=np.random.default_rng(options.seed),
         )
         conserved = False
-    elif ensemble == "nvt":
+    elif options.ensemble == "nvt":
         dynamics = NoseHooverChainNVT(
-            atoms, timestep=dt, temperature_K=temperature, tdamp=thermostat_time_fs * units.fs
+            atoms,
+            timestep=dt,
+            temperature_K=temperature,
+            tdamp=options.thermostat_time_fs * units.fs,
         )
     else:
         dynamics = IsotropicMTKNPT(
             atoms,
             timestep=dt,
             temperature_K=temperature,
-            pressure_au=pressure_bar * units.bar,
-            tdamp=thermostat_time_fs * units.fs,
-            pdamp=barostat_time_fs * units.fs,
+            pressure_au=options.pressure_bar * units.bar,
+            tdamp=options.thermostat_time_fs * units.fs,
+            pdamp=options.barostat_time_fs * units.fs,
         )
     periodic = bool(np.all(atoms.pbc))
-    limit = float(_temperature_limits(temperatures, max_temperature_factor)[0])
-    writer = _TrajectoryWriter(trajectory, 1)
-    thermo = _ThermoLog(log_file)
-    bar = _Progress(progress, steps, callback, f"{ensemble.upper()} (ase)")
+    limit = float(_temperature_limits(options.temperatures, options.max_temperature_factor)[0])
+    writer = _TrajectoryWriter(options.trajectory, 1)
+    thermo = _ThermoLog(options.log_file)
+    bar = _Progress(
+        options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (ase)"
+    )
 
     def observe(step: int) -> tuple[dict, ase.Atoms]:
         energy = atoms.get_potential_energy()
@@ -127,7 +114,7 @@ def run_ase(
             energy,
             atoms.get_forces(),
             step,
-            step * timestep_fs,
+            step * options.timestep_fs,
             values["temperature_kelvin"],
         )
         return values, frame
@@ -139,13 +126,13 @@ def run_ase(
         with count_compilations() as compiled:
             t0 = time.perf_counter()
             values, last_good = observe(0)
-            fragments = _FragmentCheck(bond_factor, [last_good])
+            fragments = _FragmentCheck(options.bond_factor, [last_good])
             compile_seconds = time.perf_counter() - t0
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
             step = 0
-            while step < steps:
-                n = min(sample_every, steps - step)
+            while step < options.steps:
+                n = min(options.sample_every, options.steps - step)
                 before = compiled.count
                 t0 = time.perf_counter()
                 reason = None
@@ -164,25 +151,29 @@ def run_ase(
                     elif values["temperature_kelvin"] > limit:
                         reason = (
                             f"temperature {values['temperature_kelvin']:.4g} K exceeds "
-                            f"{limit:.4g} K ({max_temperature_factor:g} x the target)"
+                            f"{limit:.4g} K ({options.max_temperature_factor:g} x the target)"
                         )
                     else:
                         reason = fragments([frame])[0]
                 if reason is not None:
-                    _raise_blowup(reason, step, [last_good], [0], last_good_path)
+                    _raise_blowup(reason, step, [last_good], [0], options.last_good_path)
                 if compiled.count == before:
                     timed_seconds += elapsed
                     timed_steps += n
                     chunk_us.append(1e6 * elapsed / n)
                 else:
                     compile_seconds += elapsed
-                thermo.add(step, step * timestep_fs, values)
+                thermo.add(step, step * options.timestep_fs, values)
                 writer.write(0, [frame])
                 last_good = frame
                 us = 1e6 * timed_seconds / timed_steps if timed_steps else None
                 bar.update(
                     MDProgress(
-                        step, steps, values["temperature_kelvin"], values["potential_energy"], us
+                        step,
+                        options.steps,
+                        values["temperature_kelvin"],
+                        values["potential_energy"],
+                        us,
                     )
                 )
                 logger.info(
@@ -198,14 +189,14 @@ def run_ase(
         bar.close()
     return _summarise(
         engine="ase",
-        ensemble=ensemble,
-        thermostat=thermostat if ensemble == "nvt" else None,
+        ensemble=options.ensemble,
+        thermostat=options.thermostat if options.ensemble == "nvt" else None,
         conserved=conserved,
         periodic=periodic,
         n_atoms=len(atoms),
         n_replicas=1,
-        steps=steps,
-        timestep_fs=timestep_fs,
+        steps=options.steps,
+        timestep_fs=options.timestep_fs,
         wall=time.perf_counter() - start_wall,
         compile_seconds=compile_seconds,
         timed_seconds=timed_seconds,

@@ -23,6 +23,7 @@ from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.jaxmd import _hashable_cell_size, box_widths, minimum_box_width
 from jaxdistill.md.run import (
     BLOWUP_TEMPERATURE_FLOOR,
+    EngineOptions,
     MDProgress,
     MDSummary,
     _FragmentCheck,
@@ -420,28 +421,8 @@ def _hashable(nbrs):
 def run_jaxmd(
     student: Student,
     structures: list[ase.Atoms],
+    options: EngineOptions,
     *,
-    ensemble,
-    temperatures,
-    timestep_fs,
-    steps,
-    thermostat,
-    friction_per_fs,
-    thermostat_time_fs,
-    pressure_bar,
-    barostat_time_fs,
-    seed,
-    initial_velocities,
-    sample_every,
-    chunk_steps,
-    trajectory,
-    log_file,
-    last_good_path,
-    progress,
-    callback,
-    skin,
-    max_temperature_factor,
-    bond_factor,
     neighbor_format,
     neighbor_rebuild,
     disable_cell_list,
@@ -460,14 +441,14 @@ def run_jaxmd(
     system = _cached_system(
         student,
         reference,
-        ensemble=ensemble,
-        thermostat=thermostat,
-        timestep_fs=timestep_fs,
-        friction_per_fs=friction_per_fs,
-        thermostat_time_fs=thermostat_time_fs,
-        pressure_bar=pressure_bar,
-        barostat_time_fs=barostat_time_fs,
-        skin=skin,
+        ensemble=options.ensemble,
+        thermostat=options.thermostat,
+        timestep_fs=options.timestep_fs,
+        friction_per_fs=options.friction_per_fs,
+        thermostat_time_fs=options.thermostat_time_fs,
+        pressure_bar=options.pressure_bar,
+        barostat_time_fs=options.barostat_time_fs,
+        skin=options.skin,
         neighbor_format=neighbor_format,
         neighbor_rebuild=neighbor_rebuild,
         disable_cell_list=disable_cell_list,
@@ -488,14 +469,14 @@ def run_jaxmd(
         positions = np.stack([s.positions for s in structures])
     momenta = np.stack(
         [
-            _initial_momenta(s, float(t), seed + k, initial_velocities)
-            for k, (s, t) in enumerate(zip(structures, temperatures, strict=True))
+            _initial_momenta(s, float(t), options.seed + k, options.initial_velocities)
+            for k, (s, t) in enumerate(zip(structures, options.temperatures, strict=True))
         ]
     )
-    kTs = jnp.asarray(units.kB * temperatures, dtype=dtype)
+    kTs = jnp.asarray(units.kB * options.temperatures, dtype=dtype)
     positions = jnp.asarray(positions, dtype=dtype)
     momenta = jnp.asarray(momenta, dtype=dtype)
-    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n_replicas) + seed)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(n_replicas) + options.seed)
     box0 = system.box
     boxes = jnp.broadcast_to(box0, (n_replicas, 3, 3)) if periodic else None
     if not batched:
@@ -512,16 +493,18 @@ def run_jaxmd(
     rebuilds0 = jnp.zeros((n_replicas,) if batched else (), jnp.int32)
     carry = (state, nbrs, inverse_box, rebuilds0)
     observe = system.observe_jit
-    limits = _temperature_limits(temperatures, max_temperature_factor)
-    writer = _TrajectoryWriter(trajectory, n_replicas)
-    thermo = _ThermoLog(log_file)
-    bar = _Progress(progress, steps, callback, f"{ensemble.upper()} (jax-md)")
+    limits = _temperature_limits(options.temperatures, options.max_temperature_factor)
+    writer = _TrajectoryWriter(options.trajectory, n_replicas)
+    thermo = _ThermoLog(options.log_file)
+    bar = _Progress(
+        options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (jax-md)"
+    )
     reallocations = redone = 0
     compile_seconds = timed_seconds = 0.0
     timed_steps = 0
     chunk_us: list[float] = []
     # Isotropic NPT keeps the box's shape, so the width it needs is fixed.
-    min_width = _minimum_width(box0, system.cutoff, skin) if periodic else 0.0
+    min_width = _minimum_width(box0, system.cutoff, options.skin) if periodic else 0.0
 
     def host(tree):
         """One sample to the host, with a leading replica axis."""
@@ -553,7 +536,7 @@ def run_jaxmd(
                     pick(sample["potential_energy"])[k],
                     pick(sample["forces"])[k],
                     step,
-                    step * timestep_fs,
+                    step * options.timestep_fs,
                     pick(sample["kT"])[k] / units.kB,
                 )
             )
@@ -582,10 +565,11 @@ def run_jaxmd(
             k = int(np.where(hot)[0][0])
             return (
                 f"temperature {values['temperature_kelvin'][k]:.4g} K exceeds {limits[k]:.4g} K "
-                f"({max_temperature_factor:g} x max(target, {BLOWUP_TEMPERATURE_FLOOR:g} K))",
+                f"({options.max_temperature_factor:g} x max(target, "
+                f"{BLOWUP_TEMPERATURE_FLOOR:g} K))",
                 np.where(hot)[0].tolist(),
             )
-        if ensemble == "npt":
+        if options.ensemble == "npt":
             widths = np.array([np.min(_box_widths_np(b)) for b in sample["box"][index]])
             small = widths <= min_width
             if np.any(small):
@@ -606,13 +590,15 @@ def run_jaxmd(
             reason, bad = problems(values, {k: v[None] for k, v in first.items()}, 0)
             if reason is not None:
                 raise ValueError(f"the starting structure is already unstable: {reason}")
-            fragments = _FragmentCheck(bond_factor, last_good)
+            fragments = _FragmentCheck(options.bond_factor, last_good)
             thermo.add(0, 0.0, values)
             for k in range(n_replicas):
                 writer.write(k, [last_good[k]])
             step = 0
             rebuild_total = 0
-            for n_samples, inner in _schedule(steps, sample_every, chunk_steps):
+            for n_samples, inner in _schedule(
+                options.steps, options.sample_every, options.chunk_steps
+            ):
                 for _attempt in range(20):
                     t0 = time.perf_counter()
                     run = system.compiled_chunk(carry, kTs, params, n_samples, inner)
@@ -632,7 +618,11 @@ def run_jaxmd(
                         reason, bad = problems(thermo_values(samples, i), samples, i)
                         if reason is not None:
                             _raise_blowup(
-                                reason, step + (i + 1) * inner, last_good, bad, last_good_path
+                                reason,
+                                step + (i + 1) * inner,
+                                last_good,
+                                bad,
+                                options.last_good_path,
                             )
                     redone += 1
                     reallocations += 1
@@ -654,12 +644,12 @@ def run_jaxmd(
                     values = thermo_values(samples, i)
                     reason, bad = problems(values, samples, i)
                     if reason is not None:
-                        _raise_blowup(reason, sample_step, last_good, bad, last_good_path)
+                        _raise_blowup(reason, sample_step, last_good, bad, options.last_good_path)
                     frames = frames_of(samples, i, sample_step)
                     reason, bad = fragments(frames)
                     if reason is not None:
-                        _raise_blowup(reason, sample_step, last_good, bad, last_good_path)
-                    thermo.add(sample_step, sample_step * timestep_fs, values)
+                        _raise_blowup(reason, sample_step, last_good, bad, options.last_good_path)
+                    thermo.add(sample_step, sample_step * options.timestep_fs, values)
                     for k in range(n_replicas):
                         writer.write(k, [frames[k]])
                     last_good = frames
@@ -676,7 +666,11 @@ def run_jaxmd(
                 )
                 bar.update(
                     MDProgress(
-                        step, steps, temperature_now, float(np.mean(values["potential_energy"])), us
+                        step,
+                        options.steps,
+                        temperature_now,
+                        float(np.mean(values["potential_energy"])),
+                        us,
                     )
                 )
             compilations = compiled.count
@@ -686,14 +680,14 @@ def run_jaxmd(
         bar.close()
     return _summarise(
         engine="jax-md",
-        ensemble=ensemble,
-        thermostat=thermostat if ensemble == "nvt" else None,
+        ensemble=options.ensemble,
+        thermostat=options.thermostat if options.ensemble == "nvt" else None,
         conserved=system.conserved,
         periodic=periodic,
         n_atoms=n_atoms,
         n_replicas=n_replicas,
-        steps=steps,
-        timestep_fs=timestep_fs,
+        steps=options.steps,
+        timestep_fs=options.timestep_fs,
         wall=time.perf_counter() - start_wall,
         compile_seconds=compile_seconds,
         timed_seconds=timed_seconds,

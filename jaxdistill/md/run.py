@@ -326,6 +326,34 @@ def _raise_blowup(
     )
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """What both engines of :func:`run_md` take, checked and converted by it (units as
+    in its arguments; ``temperatures`` has one entry per replica)."""
+
+    ensemble: str
+    temperatures: np.ndarray
+    timestep_fs: float
+    steps: int
+    thermostat: str
+    friction_per_fs: float
+    thermostat_time_fs: float
+    pressure_bar: float
+    barostat_time_fs: float
+    seed: int
+    initial_velocities: str
+    sample_every: int
+    chunk_steps: int
+    trajectory: str | Path | None
+    log_file: str | Path | None
+    last_good_path: Path | None
+    progress: bool
+    callback: Callable[[MDProgress], None] | None
+    skin: float
+    max_temperature_factor: float
+    bond_factor: float | None
+
+
 class _FragmentCheck:
     """Flags replicas whose covalently bonded pieces outnumber the start's.
 
@@ -644,7 +672,7 @@ def run_md(
     periodic = bool(np.all(structures[0].pbc))
     if ensemble == "npt" and not periodic:
         raise ValueError("NPT needs a structure periodic in all three directions")
-    options = dict(
+    options = EngineOptions(
         ensemble=ensemble,
         temperatures=temperatures,
         timestep_fs=float(timestep_fs),
@@ -672,7 +700,7 @@ def run_md(
             raise ValueError("replicas need the jax-md engine")
         from jaxdistill.md.ase_engine import run_ase
 
-        return run_ase(student, structures[0], **options)
+        return run_ase(student, structures[0], options)
     with warnings.catch_warnings():
         # jax-md's own internals: a float64 sum requested in float32 mode (kinetic
         # energies), and int64 scatter indices in float64 mode. Harmless, and not the
@@ -684,11 +712,11 @@ def run_md(
         return run_jaxmd(
             student,
             structures,
+            options,
             neighbor_format=neighbor_format,
             neighbor_rebuild=neighbor_rebuild,
             disable_cell_list=disable_cell_list,
             capacity_multiplier=float(capacity_multiplier),
-            **options,
         )
 
 
