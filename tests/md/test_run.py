@@ -185,6 +185,7 @@ def test_npt_changes_volume_and_keeps_list_complete(tiny_student):
         steps=400,
         sample_every=50,
         chunk_steps=200,
+        bond_factor=None,  # the random student lets the box swell and atoms drift apart
     )
     volumes = summary.thermo["volume"][:, 0]
     assert np.ptp(volumes) > 1e-3 * volumes[0]  # the box moved
