@@ -60,8 +60,10 @@ def test_resume_refuses_a_different_run_and_restart_starts_afresh(si_store, tmp_
 
 
 KILLED_RUN = """
-import sys, time
-import jaxdistill.train.checkpoint as checkpoint
+import importlib, sys, time
+# not "import jaxdistill.train.checkpoint as ...": jaxdistill.train (the attribute) is
+# the train function that jaxdistill exports, which shadows the subpackage there
+checkpoint = importlib.import_module("jaxdistill.train.checkpoint")
 from jaxdistill.train import train
 
 save = checkpoint.RunCheckpoints.save
