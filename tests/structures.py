@@ -36,6 +36,14 @@ def ethanol(seed: int = 0) -> ase.Atoms:
     return atoms
 
 
+def hydrogen_and_its_carbon(atoms: ase.Atoms) -> tuple[int, int]:
+    """The first hydrogen of a molecule and the carbon nearest to it (indices)."""
+    hydrogen = int(np.where(atoms.numbers == 1)[0][0])
+    carbons = np.where(atoms.numbers == 6)[0]
+    distances = np.linalg.norm(atoms.positions[carbons] - atoms.positions[hydrogen], axis=1)
+    return hydrogen, int(carbons[np.argmin(distances)])
+
+
 def triclinic_si() -> ase.Atoms:
     """The 2-atom primitive Si cell (triclinic, smaller than twice the cutoff)."""
     atoms = ase.build.bulk("Si", "diamond", a=5.43)

@@ -8,7 +8,7 @@ import ase.io
 import jax
 import numpy as np
 import pytest
-from structures import ethanol, silicon
+from structures import ethanol, hydrogen_and_its_carbon, silicon
 
 from jaxdistill import StudentCalculator
 from jaxdistill.diagnostics import count_compilations
@@ -241,11 +241,7 @@ def test_fragmentation_stops_the_run(tiny_student, engine, tmp_path):
     # is 1 Å further out after 10 fs, beyond 1.5 x the C-H covalent radii (1.6 Å).
     free = _stiff(tiny_student, 1e-6)
     atoms = ethanol()
-    hydrogen = int(np.where(atoms.numbers == 1)[0][0])
-    carbons = np.where(atoms.numbers == 6)[0]
-    carbon = carbons[
-        np.argmin(np.linalg.norm(atoms.positions[carbons] - atoms.positions[hydrogen], axis=1))
-    ]
+    hydrogen, carbon = hydrogen_and_its_carbon(atoms)
     direction = atoms.positions[hydrogen] - atoms.positions[carbon]
     velocities = np.zeros_like(atoms.positions)
     velocities[hydrogen] = 0.1 * direction / np.linalg.norm(direction)  # Å/fs

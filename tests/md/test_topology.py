@@ -5,16 +5,9 @@ from __future__ import annotations
 import ase
 import ase.build
 import numpy as np
-from structures import ethanol, silicon
+from structures import ethanol, hydrogen_and_its_carbon, silicon
 
 from jaxdistill.md.topology import bonded_fragments
-
-
-def _hydrogen_and_its_carbon(atoms: ase.Atoms) -> tuple[int, int]:
-    hydrogen = int(np.where(atoms.numbers == 1)[0][0])
-    carbons = np.where(atoms.numbers == 6)[0]
-    distances = np.linalg.norm(atoms.positions[carbons] - atoms.positions[hydrogen], axis=1)
-    return hydrogen, int(carbons[np.argmin(distances)])
 
 
 def test_intact_molecule_and_crystal_are_one_piece():
@@ -24,7 +17,7 @@ def test_intact_molecule_and_crystal_are_one_piece():
 
 def test_a_departed_atom_is_a_second_piece():
     atoms = ethanol()
-    hydrogen, carbon = _hydrogen_and_its_carbon(atoms)
+    hydrogen, carbon = hydrogen_and_its_carbon(atoms)
     direction = atoms.positions[hydrogen] - atoms.positions[carbon]
     atoms.positions[hydrogen] += 3.0 * direction / np.linalg.norm(direction)
     assert bonded_fragments(atoms) == 2
