@@ -255,7 +255,7 @@ def explore(
                     steps=config.steps,
                     seed=seed,
                     sample_every=config.stride,
-                    chunk_steps=max(config.stride, 10 * config.stride),
+                    chunk_steps=10 * config.stride,
                     trajectory=trajectory,
                 )
             except MDInstabilityError as error:
