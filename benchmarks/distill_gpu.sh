@@ -19,7 +19,14 @@ phase=${1:?phase: si or mol-speed}
 budget=${2:-540}
 mkdir -p runs
 distill() { timeout "$budget" python3 -m jaxdistill.cli distill configs/si-sevennet.yaml --run-dir runs/si "$@"; }
-pack() { tar czf "$OUT/si.tgz" runs/si; ls -la "$OUT"; }
+# $OUT returns files of at most 16 MiB: leave out checkpoints (finished stages do not need
+# them) and exploration trajectories, and split what remains into 15 MB parts
+# (cat si.tgz.part* > si.tgz to join).
+pack() {
+  tar czf - --exclude=checkpoints --exclude=explore --exclude='nvt_1ns_*.extxyz' runs/si |
+    split -b 15M - "$OUT/si.tgz.part"
+  ls -la "$OUT"
+}
 md() { timeout "$budget" python3 -m jaxdistill.cli md --no-progress "$@"; }
 
 case $phase in
