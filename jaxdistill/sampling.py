@@ -525,6 +525,7 @@ def _trajectory(
         tagged[-1].info["md_step"] = step
     if cache is not None:
         # Written whole, then renamed: a kill never leaves half a file.
+        cache.parent.mkdir(parents=True, exist_ok=True)
         partial = cache.with_suffix(".partial.extxyz")
         ase.io.write(partial, tagged, format="extxyz")
         partial.replace(cache)
@@ -625,9 +626,7 @@ def _trajectory_cache(
         default=str,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{sampler}-{temperature:g}K-{digest}.extxyz"
+    return Path(cache_dir) / f"{sampler}-{temperature:g}K-{digest}.extxyz"
 
 
 def element_counts(frames: Sequence[ase.Atoms]) -> dict[str, int]:
@@ -754,21 +753,19 @@ def sample(
 
     from jaxdistill.progress import progress_bar
 
-    def jobs() -> list[tuple[ase.Atoms, str, float, int, int, Path | None]]:
-        """(structure, sampler, temperature, seed, steps, cache file) of every trajectory."""
-        out = []
-        for atoms in md_structures:
-            s_idx = int(atoms.info["structure_index"])
-            for sampler, t_idx, temperature, steps in trajectories:
-                md_seed = derive_seed(seed, _STREAM[sampler], s_idx, t_idx)
-                path = _trajectory_cache(cache_dir, atoms, md, sampler, temperature, md_seed)
-                out.append((atoms, sampler, temperature, md_seed, steps, path))
-        return out
+    # (structure, sampler, temperature, seed, steps, cache file) of every trajectory
+    md_jobs: list[tuple[ase.Atoms, str, float, int, int, Path | None]] = []
+    for atoms in md_structures:
+        s_idx = int(atoms.info["structure_index"])
+        for sampler, t_idx, temperature, steps in trajectories:
+            md_seed = derive_seed(seed, _STREAM[sampler], s_idx, t_idx)
+            path = _trajectory_cache(cache_dir, atoms, md, sampler, temperature, md_seed)
+            md_jobs.append((atoms, sampler, temperature, md_seed, steps, path))
 
     frames: list[ase.Atoms] = []
     with progress_bar(console, enabled=progress and md_steps_total > 0) as bar:
         task = bar.add_task("teacher MD (steps)", total=md_steps_total)
-        if workers > 1 and trajectories:
+        if workers > 1 and md_jobs:
             if cache_dir is None:
                 raise ValueError("parallel teacher MD (workers > 1) needs a cache_dir")
             if not isinstance(spec, str):
@@ -776,11 +773,10 @@ def sample(
                     "parallel teacher MD (workers > 1) needs the teacher as a spec string "
                     "(each worker process loads its own)"
                 )
-            for job in jobs():
-                if job[-1].is_file():
-                    bar.update(task, advance=job[4])
+            pending = [job for job in md_jobs if not job[-1].is_file()]
+            bar.update(task, advance=md_steps_total - sum(job[4] for job in pending))
             _run_parallel(
-                [job for job in jobs() if not job[-1].is_file()],
+                pending,
                 spec,
                 dict(teacher_options or {}),
                 md,
@@ -788,7 +784,7 @@ def sample(
                 lambda n: bar.update(task, advance=n),
             )
         by_structure: dict[int, list] = {}
-        for job in jobs():
+        for job in md_jobs:
             by_structure.setdefault(int(job[0].info["structure_index"]), []).append(job)
         for atoms in structures:
             s_idx = int(atoms.info["structure_index"])
