@@ -440,6 +440,7 @@ def refine(
             "failed_runs": sum(1 for run in runs if run["failure"]),
             "frames": labelled.n_frames,
             "frames_dropped_teacher_uncertain": dropped,
+            "frames_forces_only": _forces_only(training_file, fine_tune.force_disagreement_limit),
             "training_frames_added_so_far": int(sum(_store_length(path) for path in stores)),
             "label_seconds_per_frame": labelled.seconds_per_frame,
             "student_before_on_new_frames": before,
@@ -475,6 +476,16 @@ def _keep_confident(labels: Path, destination: Path, limit: float) -> int:
     keep = np.where(~(disagreement > limit))[0]
     copy_frames(labels, destination, keep)
     return int(len(disagreement) - len(keep))
+
+
+def _forces_only(path: Path, limit: float | None) -> int:
+    """Frames of a store that the fine-tuning trains on their forces alone."""
+    from jaxdistill.data.store import LabelStore
+    from jaxdistill.train.loss import disagreement_weights
+
+    with LabelStore(path) as store:
+        weights = disagreement_weights(store.arrays(), limit) if len(store) else None
+    return 0 if weights is None else int((weights[:, 0] == 0).sum())
 
 
 def _store_length(path: Path) -> int:

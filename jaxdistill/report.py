@@ -30,9 +30,10 @@ def _active_learning_lines(refine: dict[str, Any]) -> list[str]:
         "label frames from it (and every one of the last frames before a failure), and "
         "fine-tunes on them. The evaluated student is the last round's.",
         "",
-        "| round | runs failed | frames labelled | left out (teacher unsure) | student force "
-        "MAE on the frames trained on, before → after (meV/Å) | failures |",
-        "|---|---|---|---|---|---|",
+        "| round | runs failed | frames labelled | left out (teacher unsure) | forces only "
+        "(teacher unsure) | student force MAE on the frames trained on, before → after "
+        "(meV/Å) | failures |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in refine["rounds"]:
         before = r["student_before_on_new_frames"]["force_mae_mev_per_angstrom"]
@@ -44,7 +45,7 @@ def _active_learning_lines(refine: dict[str, Any]) -> list[str]:
         )
         lines.append(
             f"| round {r['round']} | {r['failed_runs']}/{len(r['runs'])} | {r['frames']} | "
-            f"{r.get('frames_dropped_teacher_uncertain', 0)} | "
+            f"{r.get('frames_dropped_teacher_uncertain', 0)} | {r.get('frames_forces_only', 0)} | "
             f"{_fmt(before, 1)} → {_fmt(after, 1)} | {failures or 'none'} |"
         )
     return [*lines, ""]

@@ -54,6 +54,10 @@ class Batch(NamedTuple):
         stress_mask: ``[n_graph]`` bool, True where the frame has a stress label.
         frame_index: ``[n_graph]`` int, index of the frame in the arrays it came from
             (-1 on padding).
+        energy_weight: ``[n_graph]`` weight of each frame's energy and stress in the
+            loss (1 by default, 0 on padding).
+        force_weight: ``[n_graph]`` weight of each frame's forces in the loss (1 by
+            default, 0 on padding).
     """
 
     graph: Graph
@@ -62,6 +66,8 @@ class Batch(NamedTuple):
     stress: np.ndarray
     stress_mask: np.ndarray
     frame_index: np.ndarray
+    energy_weight: np.ndarray
+    force_weight: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,9 @@ class FrameGraphs:
             of every pair; frame ``i`` owns rows ``edge_offsets[i]:edge_offsets[i+1]``.
         shifts: ``[n_pairs_total, 3]`` integer cell shifts.
         edge_offsets: ``[n_frames + 1]``.
+        frame_weights: ``[n_frames, 2]`` loss weights of each frame's energy (and
+            stress) and of its forces; None: every label weighs 1 (see
+            :func:`jaxdistill.train.loss.disagreement_weights`).
     """
 
     labels: LabelArrays
@@ -92,6 +101,7 @@ class FrameGraphs:
     receivers: np.ndarray
     shifts: np.ndarray
     edge_offsets: np.ndarray
+    frame_weights: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:
@@ -299,6 +309,8 @@ def _shard_arrays(
     stress_mask[:k] = has_stress
     frame_index = np.full(g_cap, -1, np.int64)
     frame_index[:k] = idx
+    weights = np.zeros((g_cap, 2), dtype)
+    weights[:k] = 1.0 if frames.frame_weights is None else frames.frame_weights[idx]
     return {
         "positions": positions,
         "numbers": numbers,
@@ -317,6 +329,8 @@ def _shard_arrays(
         "stress": stress,
         "stress_mask": stress_mask,
         "frame_index": frame_index,
+        "energy_weight": weights[:, 0],
+        "force_weight": weights[:, 1],
     }
 
 
@@ -356,4 +370,6 @@ def make_batch(
         stress=arrays["stress"],
         stress_mask=arrays["stress_mask"],
         frame_index=arrays["frame_index"],
+        energy_weight=arrays["energy_weight"],
+        force_weight=arrays["force_weight"],
     )

@@ -57,6 +57,11 @@ class TrainConfig:
         stress_weight: weight of the mean squared virial-per-atom error
             (stress × volume / atoms, eV/atom), (eV/atom)^-2; only frames with a stress
             label count.
+        force_disagreement_limit: for ensemble teachers, eV/Å: frames whose members'
+            forces disagree by more than this train on their forces alone, weighted
+            ``(limit / disagreement)**2``; their energies and stresses are left out
+            (see :func:`jaxdistill.train.loss.disagreement_weights`). None: every frame
+            weighs fully.
         fit_reference_energies: fit per-species reference energies by least squares on
             the training frames before training (stored in the head's atomic_shift and
             kept fixed), and set atomic_scale to the training force RMS.
@@ -91,6 +96,7 @@ class TrainConfig:
     energy_weight: float = 1.0
     forces_weight: float = 10.0
     stress_weight: float = 1.0
+    force_disagreement_limit: float | None = None
     fit_reference_energies: bool = True
     validation_interval: int = 250
     checkpoint_interval: int = 1000
@@ -163,6 +169,10 @@ class TrainConfig:
             "at least one loss weight must be positive",
         )
         check(
+            self.force_disagreement_limit is None or self.force_disagreement_limit > 0,
+            f"force_disagreement_limit must be > 0 or null, got {self.force_disagreement_limit}",
+        )
+        check(
             self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
             f"patience must be an integer >= 1 or null, got {self.patience!r}",
         )
@@ -217,8 +227,15 @@ class TrainConfig:
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON/YAML-serialisable dict of every key (the resolved config)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Plain JSON/YAML-serialisable dict of every key (the resolved config).
+
+        ``force_disagreement_limit`` is left out while unset, so that runs made before
+        it existed keep their stage hashes and checkpoints.
+        """
+        values = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if values["force_disagreement_limit"] is None:
+            del values["force_disagreement_limit"]
+        return values
 
     def to_yaml(self, path: str | Path) -> Path:
         """Write the resolved config as YAML."""

@@ -19,6 +19,7 @@ state of the last checkpoint, so it continues exactly as the uninterrupted run w
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,7 +52,7 @@ from jaxdistill.progress import progress_bar
 from jaxdistill.student import CONFIG_FILE, PARAMS_DIR, Student, create_student, load_student
 from jaxdistill.train.checkpoint import RunCheckpoints
 from jaxdistill.train.config import RESUMABLE_KEYS, TrainConfig, resolve_config
-from jaxdistill.train.loss import LossWeights, metrics_from_sums
+from jaxdistill.train.loss import LossWeights, disagreement_weights, metrics_from_sums
 from jaxdistill.train.optimizer import make_optimizer, make_schedule
 from jaxdistill.train.reference import (
     HeadStatistics,
@@ -431,12 +432,19 @@ def _train(
     dtype = np.dtype(student.dtype)
     stats: HeadStatistics | None = None
     params = student.params
+    frame_weights = disagreement_weights(train_labels, config.force_disagreement_limit)
     if fit_head:
-        stats = fit_head_statistics(train_labels, student.species)
+        # Reference energies only from frames whose energies are trained on.
+        trusted = train_labels
+        if frame_weights is not None:
+            trusted = train_labels.subset(np.flatnonzero(frame_weights[:, 0] > 0))
+        stats = fit_head_statistics(trusted, student.species)
         params = apply_head_statistics(params, stats)
 
     # Data: neighbours once per frame, one capacity plan for training and validation.
-    train_frames = precompute_neighbours(train_labels, student.cutoff)
+    train_frames = dataclasses.replace(
+        precompute_neighbours(train_labels, student.cutoff), frame_weights=frame_weights
+    )
     val_frames = precompute_neighbours(val_labels, student.cutoff) if val_labels else None
     mesh = make_mesh(devices)
     n_shards = mesh.devices.size
@@ -627,6 +635,7 @@ def _train(
         "seed": config.split_seed,
         "sizes": {name: len(idx) for name, idx in split.items()},
         "extra_training_frames": sum(len(extra) for extra in extras),
+        "forces_only_frames": 0 if frame_weights is None else int((frame_weights[:, 0] == 0).sum()),
         "store": str(Path(store.path).absolute()),
         **{k: v for k, v in fingerprint.items() if k != "train_indices"},
     }

@@ -8,6 +8,10 @@ The loss is a weighted sum of three mean squared errors:
   same footing as the energy's), averaged over the 9 tensor components of the
   structures that have a stress label.
 
+Each frame's terms are scaled by the batch's per-frame weights (1 unless the training
+asked otherwise, see :func:`disagreement_weights`); the means still divide by the real
+counts, so a down-weighted frame simply counts less.
+
 Every mean is over the *whole* batch (all device shards): the callers pass the global
 counts, so a batch split over devices gives the same loss as on one device.
 """
@@ -18,8 +22,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdistill.data.batching import Batch
+from jaxdistill.data.store import LabelArrays
 from jaxdistill.potential import Prediction, voigt_stress
 
 # Names of the error sums; metrics are derived from them (see `metrics_from_sums`).
@@ -104,9 +110,13 @@ def loss_and_sums(
     n_graphs = jnp.maximum(totals["n_graphs"], 1).astype(dtype)
     n_atoms = jnp.maximum(totals["n_atoms"], 1).astype(dtype)
     n_stress = jnp.maximum(totals["n_stress"], 1).astype(dtype)
-    energy_loss = weights.energy * jnp.sum(r["energy"] ** 2) / n_graphs
-    forces_loss = weights.forces * jnp.sum(r["forces"] ** 2) / (3 * n_atoms)
-    stress_loss = weights.stress * jnp.sum(r["virial"] ** 2) / (9 * n_stress)
+    frame_energy = batch.energy_weight.astype(dtype)
+    atom_forces = batch.force_weight.astype(dtype)[batch.graph.node_graph]
+    energy_loss = weights.energy * jnp.sum(frame_energy * r["energy"] ** 2) / n_graphs
+    forces_loss = weights.forces * jnp.sum(atom_forces[:, None] * r["forces"] ** 2) / (3 * n_atoms)
+    stress_loss = (
+        weights.stress * jnp.sum(frame_energy[:, None, None] * r["virial"] ** 2) / (9 * n_stress)
+    )
     loss = energy_loss + forces_loss + stress_loss
     counts = batch_counts(batch)
     sums = {
@@ -124,6 +134,36 @@ def loss_and_sums(
         "stress_loss": stress_loss,
     }
     return loss, sums
+
+
+def disagreement_weights(labels: LabelArrays, limit: float | None) -> np.ndarray | None:
+    """Per-frame loss weights from an ensemble teacher's force disagreement.
+
+    Where the members' forces disagree by ``sigma > limit`` (eV/Å) the labels are noise
+    of that size: such a frame keeps its forces, weighted ``(limit / sigma)**2`` (the
+    inverse-variance weight, relative to a frame at the limit), and loses its energy
+    and stress, whose errors there (~0.1 eV/atom) would swamp the loss. Frames at or
+    under the limit, and frames of single-model teachers (NaN disagreement), weigh 1.
+
+    Args:
+        labels: the training frames.
+        limit: the disagreement up to which labels are trusted fully, eV/Å; None: no
+            weighting.
+
+    Returns:
+        ``[n_frames, 2]`` weights of (energy and stress, forces), or None when every
+        weight would be 1.
+    """
+    if limit is None:
+        return None
+    sigma = np.asarray(labels.force_disagreement, dtype=np.float64)
+    uncertain = sigma > limit  # False for NaN
+    if not uncertain.any():
+        return None
+    weights = np.ones((labels.n_frames, 2))
+    weights[uncertain, 0] = 0.0
+    weights[uncertain, 1] = (limit / sigma[uncertain]) ** 2
+    return weights
 
 
 def metrics_from_sums(sums: dict[str, float]) -> dict[str, float]:
