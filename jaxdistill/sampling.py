@@ -51,7 +51,6 @@ import ase.build
 import ase.data
 import ase.io
 import numpy as np
-from ase import units
 
 from jaxdistill.config_keys import as_temperatures, check_keys
 from jaxdistill.data.store import frame_hash
@@ -462,8 +461,9 @@ def _run_md(
     on_steps: Callable[[int], None],
     melt: MeltConfig | None = None,
 ) -> list[ase.Atoms]:
-    from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    from jaxdistill.md.ase_dynamics import langevin
 
     rng = np.random.default_rng(seed)
     work = atoms.copy()
@@ -471,17 +471,7 @@ def _run_md(
     work.calc = calculator
     start_kelvin = melt.melt_kelvin if melt is not None else temperature
     MaxwellBoltzmannDistribution(work, temperature_K=start_kelvin, rng=rng)
-    # fixcm=False: ASE's fixcm=True is deprecated and does not sample the canonical
-    # ensemble exactly; with it off, all 3N degrees of freedom are thermalised, which is
-    # what atoms.get_temperature() assumes.
-    dynamics = Langevin(
-        work,
-        timestep=md.timestep_fs * units.fs,
-        temperature_K=start_kelvin,
-        friction=md.friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
+    dynamics = langevin(work, md.timestep_fs, start_kelvin, md.friction_per_fs, rng)
     if melt is not None and melt.steps:
         dynamics.run(melt.steps)
         on_steps(melt.steps)

@@ -22,12 +22,12 @@ import ase.io
 import numpy as np
 from ase import units
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from jaxdistill.config_keys import as_temperatures, check_keys
 from jaxdistill.graph import neighbour_pairs
+from jaxdistill.md.ase_dynamics import langevin
 from jaxdistill.md.topology import DEFAULT_BOND_FACTOR, bonded_fragments
 
 
@@ -211,17 +211,16 @@ def run_nvt(
     Stationary(atoms)
     if not np.any(atoms.pbc):
         ZeroRotation(atoms)
-    # No FixCom: ASE 3.29's FixCom.adjust_forces removes the mass-weighted force sum,
-    # which for unequal masses changes forces whose net sum is already zero (by 117
-    # meV/Å on average for ANI-1x ethanol), distorting both the dynamics and the labels
-    # stored with each frame. Only the Langevin noise moves the centre of mass.
-    dynamics = Langevin(
+    # No FixCom constraint either: ASE 3.29's FixCom.adjust_forces removes the
+    # mass-weighted force sum, which for unequal masses changes forces whose sum is
+    # already zero (by 117 meV/Å on average for ANI-1x ethanol), distorting both the
+    # dynamics and the labels stored with each frame.
+    dynamics = langevin(
         atoms,
-        fixcm=False,
-        timestep=config.timestep_fs * units.fs,
-        temperature_K=temperature_kelvin,
-        friction=config.friction_per_fs / units.fs,
-        rng=np.random.default_rng(config.seed + 1),
+        config.timestep_fs,
+        temperature_kelvin,
+        config.friction_per_fs,
+        np.random.default_rng(config.seed + 1),
     )
     for _ in range(config.equilibration_steps):
         dynamics.run(1)

@@ -10,6 +10,7 @@ import numpy as np
 from ase import units
 
 from jaxdistill.diagnostics import count_compilations
+from jaxdistill.md.ase_dynamics import langevin
 from jaxdistill.md.run import (
     EngineOptions,
     MDProgress,
@@ -34,7 +35,6 @@ def run_ase(
     atoms: ase.Atoms,
     options: EngineOptions,
 ) -> MDSummary:
-    from ase.md.langevin import Langevin
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
     from ase.md.verlet import VelocityVerlet
 
@@ -54,12 +54,12 @@ def run_ase(
     if options.ensemble == "nve":
         dynamics = VelocityVerlet(atoms, timestep=dt)
     elif options.ensemble == "nvt" and options.thermostat == "langevin":
-        dynamics = Langevin(
+        dynamics = langevin(
             atoms,
-            timestep=dt,
-            temperature_K=temperature,
-            friction=options.friction_per_fs / units.fs,
-            rng=np.random.default_rng(options.seed),
+            options.timestep_fs,
+            temperature,
+            options.friction_per_fs,
+            np.random.default_rng(options.seed),
         )
         conserved = False
     elif options.ensemble == "nvt":
