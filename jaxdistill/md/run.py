@@ -95,6 +95,8 @@ class MDSummary:
     once-per-chunk transfer included).
 
     Attributes:
+        mean_temperature_kelvin: mean kinetic temperature, K, over replicas and over
+            every step (jax-md) or over the samples after the first (ASE).
         energy_drift_ev_per_atom: final minus initial conserved energy per atom (NVE:
             total energy; Nose-Hoover NVT and NPT: the extended Hamiltonian), mean over
             replicas; None for Langevin, which conserves nothing.
@@ -493,7 +495,10 @@ def _summarise(
     trajectory: list[Path],
     atoms: Any,
     chunk_us: list[float],
+    step_mean_temperature: float | None = None,
 ) -> MDSummary:
+    """The run's summary; ``step_mean_temperature`` (K), the mean over every step when
+    the engine keeps it, replaces the mean over the samples after the first."""
     data = thermo.arrays()
     if timed_steps > 0 and timed_seconds > 0:
         us = 1e6 * timed_seconds / timed_steps
@@ -522,7 +527,9 @@ def _summarise(
         us_per_step=us,
         ns_per_day=86400.0 * timestep_fs / us if us > 0 else float("inf"),
         atom_steps_per_second=n_atoms * n_replicas * 1e6 / us if us > 0 else float("inf"),
-        mean_temperature_kelvin=float(np.mean(later)),
+        mean_temperature_kelvin=(
+            float(np.mean(later)) if step_mean_temperature is None else step_mean_temperature
+        ),
         final_temperature_kelvin=float(np.mean(temperatures[-1])),
         energy_drift_ev_per_atom=drift,
         max_energy_deviation_ev_per_atom=deviation,

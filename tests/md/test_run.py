@@ -266,3 +266,18 @@ def test_fragmentation_stops_the_run(tiny_student, engine, tmp_path):
     # Switched off, the same run completes.
     summary = run_md(free, atoms, bond_factor=None, **options)
     assert summary.steps == 60
+
+
+def test_jaxmd_mean_temperature_counts_every_step(tiny_student):
+    """The jax-md mean temperature is over every step, not the sparse samples: sampled
+    every step it equals the samples' mean, and sampling every 50 steps (the same
+    trajectory) leaves it unchanged while the samples' mean differs."""
+    common = dict(ensemble="nvt", temperature_kelvin=400.0, steps=400, seed=3, replicas=2)
+    dense = run_md(tiny_student, ethanol(), **{**MOLECULE, **common, "sample_every": 1})
+    sparse = run_md(tiny_student, ethanol(), **{**MOLECULE, **common})
+    every_step = dense.thermo["temperature_kelvin"][1:]
+    assert dense.mean_temperature_kelvin == pytest.approx(float(np.mean(every_step)), rel=1e-5)
+    np.testing.assert_allclose(sparse.atoms[1].positions, dense.atoms[1].positions, atol=1e-5)
+    assert sparse.mean_temperature_kelvin == pytest.approx(dense.mean_temperature_kelvin, rel=1e-4)
+    sampled = float(np.mean(sparse.thermo["temperature_kelvin"][1:]))
+    assert abs(sampled - sparse.mean_temperature_kelvin) > 1e-3 * sparse.mean_temperature_kelvin
