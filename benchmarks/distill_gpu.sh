@@ -70,6 +70,8 @@ mol-speed)
 mol-long)
   # runs/mol-long/{start.extxyz, student-*/} carried in: per student, NVE 100 ps (0.5 fs)
   # and NVT 1 ns at 600 K (1 fs) for 4 replicas at once; the students side by side.
+  # 1 fs halves the cost of the stability test but biases the kinetic temperature of
+  # these molecules by about -3 % (0.5 fs: -0.5 %; docs/results/README.md).
   cd runs/mol-long || exit 1
   one() {
     s=$1
