@@ -15,40 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import tempfile
 from pathlib import Path
 
 import ase.io
-import numpy as np
 from rich.console import Console
 
+from jaxdistill import StudentCalculator
 from jaxdistill.active import refine
-from jaxdistill.data.store import LabelStore
-from jaxdistill.evaluate import compute_metrics, evaluate, predict_frames
+from jaxdistill.evaluate import evaluate
 from jaxdistill.pipeline import DistillConfig
 from jaxdistill.student import load_student
-from jaxdistill.teachers.base import TeacherLabels, load_teacher
-
-
-def errors_on_frames(student, path: Path, scratch: Path) -> tuple[float, float]:
-    """Force MAE (meV/Å) and energy MAE (meV/atom) on labelled extxyz frames."""
-    frames = ase.io.read(path, ":")
-    labels = [
-        TeacherLabels(
-            energy=atoms.get_potential_energy(),
-            forces=atoms.get_forces(),
-            stress=np.full(6, np.nan),
-            force_disagreement=np.nan,
-            energy_disagreement=np.nan,
-        )
-        for atoms in frames
-    ]
-    store_path = scratch / f"{path.stem}.h5"
-    with LabelStore.create(store_path, teacher={"name": "md-stage teacher"}) as store:
-        store.append(frames, labels)
-    with LabelStore(store_path) as store:
-        metrics = compute_metrics(predict_frames(student, store.arrays()))
-    return metrics["forces"]["mae_meV_per_A"], metrics["energy"]["mae_meV_per_atom"]
+from jaxdistill.teachers.base import load_teacher
+from jaxdistill.validation import force_errors
 
 
 def main(run_dir: str, rounds: str, md_dir: str) -> None:
@@ -66,15 +44,18 @@ def main(run_dir: str, rounds: str, md_dir: str) -> None:
         run / "refine",
         console=Console(),
     )
-    with tempfile.TemporaryDirectory() as scratch:
-        for name in (previous, Path(result["student"])):
-            student = load_student(name)
-            print(name)
-            for frames in sorted(md.glob("teacher_nvt_*K.extxyz")):
-                force, energy = errors_on_frames(student, frames, Path(scratch))
-                print(f"  {frames.stem}: force {force:.3f} meV/Å, energy {energy:.4f} meV/atom")
-            test = evaluate(student, run / "labels.h5", split="test")
-            print(f"  test split: force {test['forces']['mae_meV_per_A']:.3f} meV/Å")
+    for name in (previous, Path(result["student"])):
+        student = load_student(name)
+        print(name)
+        for path in sorted(md.glob("teacher_nvt_*K.extxyz")):
+            # the md stage's own comparison on its teacher frames
+            errors = force_errors(lambda s=student: StudentCalculator(s), ase.io.read(path, ":"))
+            print(
+                f"  {path.stem}: force {errors['force_mae_mev_per_angstrom']:.3f} meV/Å, "
+                f"energy {errors['energy_mae_mev_per_atom']:.4f} meV/atom"
+            )
+        test = evaluate(student, run / "labels.h5", split="test")
+        print(f"  test split: force {test['forces']['mae_meV_per_A']:.3f} meV/Å")
 
 
 if __name__ == "__main__":
