@@ -212,6 +212,14 @@ class RunDirectory:
             "report": [self.report],
         }[stage]
 
+    def config(self) -> DistillConfig | None:
+        """The configuration this run directory last ran with (None if none or unreadable)."""
+        path = self.path / "config.yaml"
+        try:
+            return DistillConfig.from_yaml(path)
+        except (FileNotFoundError, ValueError, TypeError, yaml.YAMLError):
+            return None
+
     def record(self) -> dict[str, Any]:
         if self.record_file.is_file():
             return json.loads(self.record_file.read_text())
@@ -235,6 +243,27 @@ class RunDirectory:
                 elif output.exists():
                     output.unlink()
         self.record_file.write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _only_rounds_changed(
+    previous: DistillConfig | None, config: DistillConfig, done: Mapping[str, Any]
+) -> bool:
+    """Whether the finished refine stage differs from ``config`` in ``rounds`` alone.
+
+    ``previous`` is the configuration the run directory last ran with; its refine hash
+    must be the recorded one (so it is the configuration that made those rounds).
+    """
+    if previous is None or previous.active_learning is None or config.active_learning is None:
+        return False
+    if stage_hashes(previous)["refine"] != done["config_hash"]:
+        return False
+    same_rounds = dataclasses.replace(
+        previous,
+        active_learning=dataclasses.replace(
+            previous.active_learning, rounds=config.active_learning.rounds
+        ),
+    )
+    return stage_hashes(same_rounds)["refine"] == stage_hashes(config)["refine"]
 
 
 def resolve_device(device: str) -> str:
@@ -279,6 +308,7 @@ def distill(
     console = console or Console()
     run = RunDirectory(run_dir or Path("runs") / config.name)
     run.path.mkdir(parents=True, exist_ok=True)
+    previous_config = run.config()
     (run.path / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     hashes = stage_hashes(config)
     context = StageContext(
@@ -302,7 +332,15 @@ def distill(
         if done and done["config_hash"] == hashes[stage]:
             console.print(f"[green]✓[/] {stage}: done already (skipped)")
             continue
-        if done:
+        if done and stage == "refine" and _only_rounds_changed(previous_config, config, done):
+            # refine() skips finished rounds: raising `rounds` adds rounds, lowering it
+            # ends at an earlier one; either way no finished round is thrown away.
+            console.print(
+                f"[yellow]![/] refine: rounds {previous_config.active_learning.rounds} → "
+                f"{config.active_learning.rounds}; finished rounds are kept, later stages redone"
+            )
+            run.forget_from(STAGES[STAGES.index(stage) + 1])
+        elif done:
             console.print(
                 f"[yellow]![/] {stage}: configuration changed, redoing it and later stages"
             )

@@ -166,6 +166,46 @@ def test_refine_stage_adds_frames_fine_tunes_and_resumes(tmp_path):
     assert (run_dir / "refine" / "round-2" / "frames.extxyz").stat().st_mtime_ns == explored
     assert redone["rounds"][1]["frames"] == rounds[1]["frames"]
 
+    # Raising `rounds` keeps the finished rounds and runs only the new one; the stages
+    # after refine are redone with the new final student.
+    finished = {
+        k: (run_dir / "refine" / f"round-{k}" / "round.json").stat().st_mtime_ns for k in (1, 2)
+    }
+    more = {**config, "active_learning": {**ACTIVE, "rounds": 3}}
+    third = distill(more, run_dir)
+    assert third["train"]["seconds"] == record["train"]["seconds"]
+    assert [r["round"] for r in third["refine"]["summary"]["rounds"]] == [1, 2, 3]
+    for k, mtime in finished.items():
+        assert (run_dir / "refine" / f"round-{k}" / "round.json").stat().st_mtime_ns == mtime
+    final = run_dir / "refine" / "round-3" / "student"
+    evaluation = json.loads((run_dir / "evaluation" / "evaluation.json").read_text())
+    assert evaluation["provenance"]["student"]["path"] == str(final.absolute())
+    # Lowering it again ends at round 1's student, still without redoing a round.
+    fewer = distill({**config, "active_learning": {**ACTIVE, "rounds": 1}}, run_dir)
+    assert fewer["refine"]["summary"]["student"] == str(run_dir / "refine" / "round-1" / "student")
+    assert (run_dir / "refine" / "round-3" / "round.json").is_file()
+
+
+def test_only_a_change_of_rounds_keeps_finished_rounds():
+    from jaxdistill.pipeline import _only_rounds_changed
+
+    def config(**active):
+        return DistillConfig.from_dict({**TINY, "active_learning": {**ACTIVE, **active}})
+
+    previous = config()
+    done = {"config_hash": stage_hashes(previous)["refine"]}
+    assert _only_rounds_changed(previous, config(rounds=5), done)
+    assert not _only_rounds_changed(previous, config(rounds=5, stride=7), done)
+    assert not _only_rounds_changed(previous, config(temperatures_kelvin=[500]), done)
+    # a record made by some other configuration than the run directory's last one
+    assert not _only_rounds_changed(previous, config(rounds=5), {"config_hash": "0" * 16})
+    assert not _only_rounds_changed(None, config(rounds=5), done)
+    other_sampling = {**TINY["sampling"], "seed": 1}
+    changed = DistillConfig.from_dict(
+        {**TINY, "sampling": other_sampling, "active_learning": {**ACTIVE, "rounds": 5}}
+    )
+    assert not _only_rounds_changed(previous, changed, done)
+
 
 def test_without_active_learning_the_hashes_are_unchanged():
     plain = stage_hashes(DistillConfig.from_dict(TINY))
