@@ -21,12 +21,12 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from structures import hexanol, silicon_cell  # noqa: E402
+from structures import hexanol, silicon_cell
 
-import jaxdistill  # noqa: E402
-from jaxdistill import StudentCalculator, create_student  # noqa: E402
-from jaxdistill.diagnostics import count_compilations  # noqa: E402
-from jaxdistill.models import ARCHITECTURES  # noqa: E402
+import jaxdistill
+from jaxdistill import StudentCalculator, create_student
+from jaxdistill.diagnostics import count_compilations
+from jaxdistill.models import ARCHITECTURES
 
 
 def time_calls(atoms, calculator, repeats: int) -> dict:
