@@ -188,15 +188,12 @@ def run_ase(
         thermo.close()
         bar.close()
     return _summarise(
-        engine="ase",
-        ensemble=options.ensemble,
-        thermostat=options.thermostat if options.ensemble == "nvt" else None,
+        "ase",
+        options,
         conserved=conserved,
         periodic=periodic,
         n_atoms=len(atoms),
         n_replicas=1,
-        steps=options.steps,
-        timestep_fs=options.timestep_fs,
         wall=time.perf_counter() - start_wall,
         compile_seconds=compile_seconds,
         timed_seconds=timed_seconds,

@@ -688,15 +688,12 @@ def run_jaxmd(
         thermo.close()
         bar.close()
     return _summarise(
-        engine="jax-md",
-        ensemble=options.ensemble,
-        thermostat=options.thermostat if options.ensemble == "nvt" else None,
+        "jax-md",
+        options,
         conserved=system.conserved,
         periodic=periodic,
         n_atoms=n_atoms,
         n_replicas=n_replicas,
-        steps=options.steps,
-        timestep_fs=options.timestep_fs,
         wall=time.perf_counter() - start_wall,
         compile_seconds=compile_seconds,
         timed_seconds=timed_seconds,

@@ -473,16 +473,13 @@ class _ThermoLog:
 
 
 def _summarise(
-    *,
     engine: str,
-    ensemble: str,
-    thermostat: str | None,
+    options: EngineOptions,
+    *,
     conserved: bool,
     periodic: bool,
     n_atoms: int,
     n_replicas: int,
-    steps: int,
-    timestep_fs: float,
     wall: float,
     compile_seconds: float,
     timed_seconds: float,
@@ -499,6 +496,7 @@ def _summarise(
 ) -> MDSummary:
     """The run's summary; ``step_mean_temperature`` (K), the mean over every step when
     the engine keeps it, replaces the mean over the samples after the first."""
+    steps, timestep_fs = options.steps, options.timestep_fs
     data = thermo.arrays()
     if timed_steps > 0 and timed_seconds > 0:
         us = 1e6 * timed_seconds / timed_steps
@@ -516,8 +514,8 @@ def _summarise(
         pressure = float(np.mean(data["pressure_bar"][1:]))
     return MDSummary(
         engine=engine,
-        ensemble=ensemble,
-        thermostat=thermostat,
+        ensemble=options.ensemble,
+        thermostat=options.thermostat if options.ensemble == "nvt" else None,
         n_atoms=n_atoms,
         n_replicas=n_replicas,
         steps=steps,

@@ -9,20 +9,11 @@ equivariant.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.models.common import (
-    AtomicEnergyHead,
-    bessel_basis,
-    polynomial_envelope,
-    safe_norm,
-    species_index_table,
-)
-from jaxdistill.models.repulsion import zbl_atomic_energies
+from jaxdistill.models.base import StudentModule, edge_geometry
 
 
 class PaiNNMessage(nn.Module):
@@ -66,47 +57,24 @@ class PaiNNUpdate(nn.Module):
         return s + ds, v + dv
 
 
-class PaiNN(nn.Module):
-    """Equivariant student (the accurate default).
-
-    Attributes:
-        species: atomic numbers the student knows.
-        cutoff: radial cutoff, Å.
-        features: channels of scalar and vector features.
-        num_layers: message-passing layers.
-        num_radial: Bessel functions in the radial basis.
-        repulsion: "zbl" adds the ZBL screened nuclear repulsion for compressed
-            pairs (see ``jaxdistill.models.repulsion``); None for none.
-    """
-
-    species: Sequence[int]
-    cutoff: float
-    features: int = 64
-    num_layers: int = 3
-    num_radial: int = 16
-    repulsion: str | None = None
+class PaiNN(StudentModule):
+    """Equivariant student (the accurate default); settings in :class:`StudentModule`
+    (``features``: channels of the scalar and of the vector features)."""
 
     @nn.compact
     def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
         """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å)."""
-        species_index = jnp.asarray(species_index_table(self.species))[numbers]
-        distances = safe_norm(edge_vectors, edge_mask)
-        unit_vectors = edge_vectors / distances[:, None]
-        envelope = polynomial_envelope(distances, self.cutoff) * edge_mask
-        radial = bessel_basis(distances, self.cutoff, self.num_radial)
-
-        s = nn.Embed(len(self.species), self.features, name="embedding")(species_index)
+        geometry = edge_geometry(
+            numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
+        )
+        unit_vectors = edge_vectors / geometry.distances[:, None]
+        s = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
         for layer in range(self.num_layers):
             s, v = PaiNNMessage(self.features, name=f"message_{layer}")(
-                s, v, radial, envelope, unit_vectors, senders, receivers
+                s, v, geometry.radial, geometry.envelope, unit_vectors, senders, receivers
             )
             s, v = PaiNNUpdate(self.features, name=f"update_{layer}")(s, v)
-        energies = AtomicEnergyHead(len(self.species), self.features // 2, name="head")(
-            s, species_index
+        return self.readout(
+            s, geometry, numbers, edge_vectors, senders, receivers, node_mask, edge_mask
         )
-        if self.repulsion == "zbl":
-            energies = energies + zbl_atomic_energies(
-                numbers, edge_vectors, senders, receivers, edge_mask, self.species
-            )
-        return energies * node_mask

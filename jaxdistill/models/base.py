@@ -1,0 +1,103 @@
+"""What every student shares: its settings, edge geometry and energy read-out.
+
+A student subclasses :class:`StudentModule`, turns the :class:`EdgeGeometry` of
+:func:`edge_geometry` into per-atom features, and hands them to :meth:`StudentModule.readout`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdistill.models.common import (
+    AtomicEnergyHead,
+    bessel_basis,
+    polynomial_envelope,
+    safe_norm,
+    species_index_table,
+)
+from jaxdistill.models.repulsion import zbl_atomic_energies
+
+
+class EdgeGeometry(NamedTuple):
+    """Invariant edge quantities every student starts from.
+
+    Attributes:
+        species_index: ``[n_node]`` int, each atom's index in the student's species.
+        distances: ``[n_edge]`` Å (1 on padding edges).
+        envelope: ``[n_edge]`` smooth cutoff, 0 on padding edges.
+        radial: ``[n_edge, num_radial]`` Bessel basis.
+    """
+
+    species_index: jax.Array
+    distances: jax.Array
+    envelope: jax.Array
+    radial: jax.Array
+
+
+def edge_geometry(
+    numbers: jax.Array,
+    edge_vectors: jax.Array,
+    edge_mask: jax.Array,
+    species: Sequence[int],
+    cutoff: float,
+    num_radial: int,
+) -> EdgeGeometry:
+    """Species indices, edge lengths, cutoff envelope and radial basis of a graph."""
+    distances = safe_norm(edge_vectors, edge_mask)
+    return EdgeGeometry(
+        species_index=jnp.asarray(species_index_table(species))[numbers],
+        distances=distances,
+        envelope=polynomial_envelope(distances, cutoff) * edge_mask,
+        radial=bessel_basis(distances, cutoff, num_radial),
+    )
+
+
+class StudentModule(nn.Module):
+    """Settings shared by the students (each architecture adds its layers).
+
+    Attributes:
+        species: atomic numbers the student knows.
+        cutoff: radial cutoff, Å.
+        features: feature channels.
+        num_layers: message-passing layers.
+        num_radial: Bessel functions in the radial basis.
+        repulsion: "zbl" adds the ZBL screened nuclear repulsion for compressed
+            pairs (see ``jaxdistill.models.repulsion``); None for none.
+    """
+
+    species: Sequence[int]
+    cutoff: float
+    features: int = 64
+    num_layers: int = 3
+    num_radial: int = 16
+    repulsion: str | None = None
+
+    def readout(
+        self,
+        features: jax.Array,
+        geometry: EdgeGeometry,
+        numbers: jax.Array,
+        edge_vectors: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        node_mask: jax.Array,
+        edge_mask: jax.Array,
+    ) -> jax.Array:
+        """Per-atom energies ``[n_node]`` (eV) from final scalar features ``[n_node, F]``.
+
+        Called from the architecture's compact ``__call__``, so the head's parameters
+        sit under ``head`` in that module.
+        """
+        energies = AtomicEnergyHead(len(self.species), self.features // 2, name="head")(
+            features, geometry.species_index
+        )
+        if self.repulsion == "zbl":
+            energies = energies + zbl_atomic_energies(
+                numbers, edge_vectors, senders, receivers, edge_mask, self.species
+            )
+        return energies * node_mask
