@@ -13,6 +13,7 @@ from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.ase_dynamics import langevin
 from jaxdistill.md.run import (
     EngineOptions,
+    Interruption,
     MDProgress,
     MDSummary,
     _FragmentCheck,
@@ -130,58 +131,60 @@ def run_ase(
             compile_seconds = time.perf_counter() - t0
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
-            step = 0
-            while step < options.steps:
-                n = min(options.sample_every, options.steps - step)
-                before = compiled.count
-                t0 = time.perf_counter()
-                reason = None
-                try:
-                    dynamics.run(n)
-                except (ValueError, FloatingPointError) as error:
-                    reason = f"the calculator failed ({error})"
-                elapsed = time.perf_counter() - t0
-                step += n
-                if reason is None:
-                    values, frame = observe(step)
-                    if not np.all(np.isfinite(frame.positions)) or not np.isfinite(
-                        values["potential_energy"]
-                    ):
-                        reason = "non-finite positions or energy"
-                    elif values["temperature_kelvin"] > limit:
-                        reason = (
-                            f"temperature {values['temperature_kelvin']:.4g} K exceeds "
-                            f"{limit:.4g} K ({options.max_temperature_factor:g} x the target)"
-                        )
+            step = steps_done = 0
+            with Interruption(options.keep_on_interrupt) as interruption:
+                while step < options.steps:
+                    n = min(options.sample_every, options.steps - step)
+                    before = compiled.count
+                    t0 = time.perf_counter()
+                    reason = None
+                    try:
+                        dynamics.run(n)
+                    except (ValueError, FloatingPointError) as error:
+                        reason = f"the calculator failed ({error})"
+                    elapsed = time.perf_counter() - t0
+                    step += n
+                    if reason is None:
+                        values, frame = observe(step)
+                        if not np.all(np.isfinite(frame.positions)) or not np.isfinite(
+                            values["potential_energy"]
+                        ):
+                            reason = "non-finite positions or energy"
+                        elif values["temperature_kelvin"] > limit:
+                            reason = (
+                                f"temperature {values['temperature_kelvin']:.4g} K exceeds "
+                                f"{limit:.4g} K ({options.max_temperature_factor:g} x the target)"
+                            )
+                        else:
+                            reason = fragments([frame])[0]
+                    if reason is not None:
+                        _raise_blowup(reason, step, [last_good], [0], options.last_good_path)
+                    if compiled.count == before:
+                        timed_seconds += elapsed
+                        timed_steps += n
+                        chunk_us.append(1e6 * elapsed / n)
                     else:
-                        reason = fragments([frame])[0]
-                if reason is not None:
-                    _raise_blowup(reason, step, [last_good], [0], options.last_good_path)
-                if compiled.count == before:
-                    timed_seconds += elapsed
-                    timed_steps += n
-                    chunk_us.append(1e6 * elapsed / n)
-                else:
-                    compile_seconds += elapsed
-                thermo.add(step, step * options.timestep_fs, values)
-                writer.write(0, [frame])
-                last_good = frame
-                us = 1e6 * timed_seconds / timed_steps if timed_steps else None
-                bar.update(
-                    MDProgress(
+                        compile_seconds += elapsed
+                    thermo.add(step, step * options.timestep_fs, values)
+                    writer.write(0, [frame])
+                    last_good = frame
+                    steps_done = step  # checked and written up to here
+                    us = 1e6 * timed_seconds / timed_steps if timed_steps else None
+                    bar.update(
+                        MDProgress(
+                            step,
+                            options.steps,
+                            values["temperature_kelvin"],
+                            values["potential_energy"],
+                            us,
+                        )
+                    )
+                    logger.info(
+                        "step %d T=%.1f K E_pot=%.6f eV",
                         step,
-                        options.steps,
                         values["temperature_kelvin"],
                         values["potential_energy"],
-                        us,
                     )
-                )
-                logger.info(
-                    "step %d T=%.1f K E_pot=%.6f eV",
-                    step,
-                    values["temperature_kelvin"],
-                    values["potential_energy"],
-                )
             compilations = compiled.count
     finally:
         writer.close()
@@ -206,4 +209,6 @@ def run_ase(
         trajectory=writer.paths,
         atoms=last_good,
         chunk_us=chunk_us,
+        steps_done=steps_done,
+        interrupted=interruption.interrupted,
     )

@@ -24,6 +24,7 @@ from jaxdistill.md.jaxmd import _hashable_cell_size, box_widths, minimum_box_wid
 from jaxdistill.md.run import (
     BLOWUP_TEMPERATURE_FLOOR,
     EngineOptions,
+    Interruption,
     MDProgress,
     MDSummary,
     _FragmentCheck,
@@ -604,84 +605,90 @@ def run_jaxmd(
                 writer.write(k, [last_good[k]])
             step = 0
             rebuild_total = 0
-            for n_samples, inner in _schedule(
-                options.steps, options.sample_every, options.chunk_steps
-            ):
-                for _attempt in range(20):
-                    t0 = time.perf_counter()
-                    run = system.compiled_chunk(carry, kTs, params, n_samples, inner)
-                    compile_seconds += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    new_carry, samples = run(carry, kTs, params)
-                    samples = host_samples(samples)
-                    elapsed = time.perf_counter() - t0
-                    overflowed = np.any(samples["error"] & system.overflow_bits, axis=1)
-                    if not np.any(overflowed):
-                        break
-                    # Overflow in this chunk: samples from the first overflowed one on are
-                    # not trusted. A blow-up before it is real; otherwise grow the list
-                    # (rebuilt at the chunk's start) and redo the chunk from there.
-                    first_bad = int(np.argmax(overflowed))
-                    for i in range(first_bad):
-                        reason, bad = problems(thermo_values(samples, i), samples, i)
+            with Interruption(options.keep_on_interrupt) as interruption:
+                for n_samples, inner in _schedule(
+                    options.steps, options.sample_every, options.chunk_steps
+                ):
+                    for _attempt in range(20):
+                        t0 = time.perf_counter()
+                        run = system.compiled_chunk(carry, kTs, params, n_samples, inner)
+                        compile_seconds += time.perf_counter() - t0
+                        t0 = time.perf_counter()
+                        new_carry, samples = run(carry, kTs, params)
+                        samples = host_samples(samples)
+                        elapsed = time.perf_counter() - t0
+                        overflowed = np.any(samples["error"] & system.overflow_bits, axis=1)
+                        if not np.any(overflowed):
+                            break
+                        # Overflow in this chunk: samples from the first overflowed one on are
+                        # not trusted. A blow-up before it is real; otherwise grow the list
+                        # (rebuilt at the chunk's start) and redo the chunk from there.
+                        first_bad = int(np.argmax(overflowed))
+                        for i in range(first_bad):
+                            reason, bad = problems(thermo_values(samples, i), samples, i)
+                            if reason is not None:
+                                _raise_blowup(
+                                    reason,
+                                    step + (i + 1) * inner,
+                                    last_good,
+                                    bad,
+                                    options.last_good_path,
+                                )
+                        redone += 1
+                        reallocations += 1
+                        carry = system.reallocate(carry, new_carry)
+                        logger.info(
+                            "neighbour list overflow after step %d: reallocated with capacity %d, "
+                            "redoing the chunk",
+                            step,
+                            carry[1].max_occupancy,
+                        )
+                    else:
+                        raise RuntimeError("neighbour list kept overflowing; giving up")
+                    timed_seconds += elapsed
+                    timed_steps += n_samples * inner
+                    chunk_us.append(1e6 * elapsed / (n_samples * inner))
+                    # Check every sample in order; stop at the first bad one.
+                    chunk_start = step
+                    for i in range(n_samples):
+                        sample_step = chunk_start + (i + 1) * inner
+                        values = thermo_values(samples, i)
+                        reason, bad = problems(values, samples, i)
                         if reason is not None:
                             _raise_blowup(
-                                reason,
-                                step + (i + 1) * inner,
-                                last_good,
-                                bad,
-                                options.last_good_path,
+                                reason, sample_step, last_good, bad, options.last_good_path
                             )
-                    redone += 1
-                    reallocations += 1
-                    carry = system.reallocate(carry, new_carry)
+                        frames = frames_of(samples, i, sample_step)
+                        reason, bad = fragments(frames)
+                        if reason is not None:
+                            _raise_blowup(
+                                reason, sample_step, last_good, bad, options.last_good_path
+                            )
+                        thermo.add(sample_step, sample_step * options.timestep_fs, values)
+                        kinetic_total += samples["kinetic_sum"][i].astype(np.float64)
+                        for k in range(n_replicas):
+                            writer.write(k, [frames[k]])
+                        last_good = frames
+                        step = sample_step  # checked and written up to here
+                    carry = new_carry
+                    rebuild_total = int(np.sum(samples["rebuilds"][-1]))
+                    temperature_now = float(np.mean(values["temperature_kelvin"]))
+                    us = 1e6 * timed_seconds / timed_steps if timed_steps else None
                     logger.info(
-                        "neighbour list overflow after step %d: reallocated with capacity %d, "
-                        "redoing the chunk",
+                        "step %d T=%.1f K E_pot=%.6f eV",
                         step,
-                        carry[1].max_occupancy,
-                    )
-                else:
-                    raise RuntimeError("neighbour list kept overflowing; giving up")
-                timed_seconds += elapsed
-                timed_steps += n_samples * inner
-                chunk_us.append(1e6 * elapsed / (n_samples * inner))
-                # Check every sample in order; stop at the first bad one.
-                for i in range(n_samples):
-                    sample_step = step + (i + 1) * inner
-                    values = thermo_values(samples, i)
-                    reason, bad = problems(values, samples, i)
-                    if reason is not None:
-                        _raise_blowup(reason, sample_step, last_good, bad, options.last_good_path)
-                    frames = frames_of(samples, i, sample_step)
-                    reason, bad = fragments(frames)
-                    if reason is not None:
-                        _raise_blowup(reason, sample_step, last_good, bad, options.last_good_path)
-                    thermo.add(sample_step, sample_step * options.timestep_fs, values)
-                    kinetic_total += samples["kinetic_sum"][i].astype(np.float64)
-                    for k in range(n_replicas):
-                        writer.write(k, [frames[k]])
-                    last_good = frames
-                step += n_samples * inner
-                carry = new_carry
-                rebuild_total = int(np.sum(samples["rebuilds"][-1]))
-                temperature_now = float(np.mean(values["temperature_kelvin"]))
-                us = 1e6 * timed_seconds / timed_steps if timed_steps else None
-                logger.info(
-                    "step %d T=%.1f K E_pot=%.6f eV",
-                    step,
-                    temperature_now,
-                    float(np.mean(values["potential_energy"])),
-                )
-                bar.update(
-                    MDProgress(
-                        step,
-                        options.steps,
                         temperature_now,
                         float(np.mean(values["potential_energy"])),
-                        us,
                     )
-                )
+                    bar.update(
+                        MDProgress(
+                            step,
+                            options.steps,
+                            temperature_now,
+                            float(np.mean(values["potential_energy"])),
+                            us,
+                        )
+                    )
             compilations = compiled.count
     finally:
         writer.close()
@@ -706,6 +713,8 @@ def run_jaxmd(
         trajectory=writer.paths,
         atoms=last_good if batched else last_good[0],
         chunk_us=chunk_us,
+        steps_done=step,
+        interrupted=interruption.interrupted,
         step_mean_temperature=(
             float(np.mean(2.0 * kinetic_total / (3 * n_atoms * units.kB * step))) if step else None
         ),

@@ -95,6 +95,10 @@ class MDSummary:
     once-per-chunk transfer included).
 
     Attributes:
+        steps: the steps asked for.
+        steps_done: the steps run and checked (``steps`` unless interrupted).
+        interrupted: True when the run was stopped early (Ctrl-C, or SIGTERM in
+            ``jaxdistill md``); everything here covers ``steps_done``.
         mean_temperature_kelvin: mean kinetic temperature, K, over replicas and over
             every step (jax-md) or over the samples after the first (ASE).
         energy_drift_ev_per_atom: final minus initial conserved energy per atom (NVE:
@@ -115,6 +119,7 @@ class MDSummary:
     n_atoms: int
     n_replicas: int
     steps: int
+    steps_done: int
     timestep_fs: float
     wall_seconds: float
     compile_seconds: float
@@ -131,6 +136,7 @@ class MDSummary:
     chunks_redone: int
     compilations: int
     trajectory: str | None
+    interrupted: bool = False
     chunk_us_per_step: list[float] = field(default_factory=list, repr=False)
     thermo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     atoms: Any = field(default=None, repr=False)
@@ -146,8 +152,13 @@ class MDSummary:
     def describe(self) -> str:
         """A short human-readable summary."""
         replicas = f" x {self.n_replicas} replicas" if self.n_replicas > 1 else ""
+        done = (
+            f"interrupted after {self.steps_done} of {self.steps} steps"
+            if self.interrupted
+            else f"{self.steps} steps"
+        )
         lines = [
-            f"{self.steps} steps of {self.ensemble.upper()} ({self.engine}) on "
+            f"{done} of {self.ensemble.upper()} ({self.engine}) on "
             f"{self.n_atoms} atoms{replicas}, dt = {self.timestep_fs} fs",
             f"speed: {self.us_per_step:.1f} µs/step, {self.ns_per_day:.3g} ns/day, "
             f"{self.atom_steps_per_second:.3g} atom-steps/s "
@@ -169,6 +180,30 @@ class MDSummary:
         if self.trajectory:
             lines.append(f"trajectory: {self.trajectory}")
         return "\n".join(lines)
+
+
+class Interruption:
+    """Ends an MD loop on Ctrl-C (or SIGTERM in ``jaxdistill md``) without losing the run.
+
+    The engines check and write every sample before counting its steps as done, so
+    when the loop is left here the trajectory, the thermo log and the summary all cover
+    the same ``steps_done``. Not ``enabled``, the interrupt propagates (a pipeline stage
+    must not record a cut run as finished).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.interrupted = False
+
+    def __enter__(self) -> Interruption:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: Any, traceback: Any) -> bool:
+        if self.enabled and kind is not None and issubclass(kind, KeyboardInterrupt):
+            self.interrupted = True
+            logger.warning("MD interrupted; the summary covers the steps done so far")
+            return True
+        return False
 
 
 @dataclass
@@ -354,6 +389,7 @@ class EngineOptions:
     skin: float
     max_temperature_factor: float
     bond_factor: float | None
+    keep_on_interrupt: bool = False
 
 
 class _FragmentCheck:
@@ -492,6 +528,8 @@ def _summarise(
     trajectory: list[Path],
     atoms: Any,
     chunk_us: list[float],
+    steps_done: int,
+    interrupted: bool = False,
     step_mean_temperature: float | None = None,
 ) -> MDSummary:
     """The run's summary; ``step_mean_temperature`` (K), the mean over every step when
@@ -501,7 +539,7 @@ def _summarise(
     if timed_steps > 0 and timed_seconds > 0:
         us = 1e6 * timed_seconds / timed_steps
     else:
-        us = 1e6 * wall / max(steps, 1)
+        us = 1e6 * wall / max(steps_done, 1)
     temperatures = data["temperature_kelvin"]
     later = temperatures[1:] if len(temperatures) > 1 else temperatures
     drift = deviation = None
@@ -519,6 +557,7 @@ def _summarise(
         n_atoms=n_atoms,
         n_replicas=n_replicas,
         steps=steps,
+        steps_done=steps_done,
         timestep_fs=timestep_fs,
         wall_seconds=wall,
         compile_seconds=compile_seconds,
@@ -537,6 +576,7 @@ def _summarise(
         chunks_redone=redone,
         compilations=compilations,
         trajectory=", ".join(str(p) for p in trajectory) if trajectory else None,
+        interrupted=interrupted,
         chunk_us_per_step=chunk_us,
         thermo=data,
         atoms=atoms,
@@ -579,6 +619,7 @@ def run_md(
     capacity_multiplier: float = 1.25,
     max_temperature_factor: float = 5.0,
     bond_factor: float | None = DEFAULT_BOND_FACTOR,
+    keep_on_interrupt: bool = False,
 ) -> MDSummary:
     """Run molecular dynamics with a student.
 
@@ -630,6 +671,9 @@ def run_md(
             than it started with (atoms closer than this multiple of the sum of their
             covalent radii are bonded); None switches the check off (e.g. for a
             dissociation study).
+        keep_on_interrupt: on Ctrl-C (KeyboardInterrupt), end the run at the last
+            checked sample and return its summary (``interrupted=True``,
+            ``steps_done``) instead of raising; the trajectory is written either way.
 
     Returns:
         An :class:`MDSummary`.
@@ -699,6 +743,7 @@ def run_md(
         skin=float(skin),
         max_temperature_factor=float(max_temperature_factor),
         bond_factor=None if bond_factor is None else float(bond_factor),
+        keep_on_interrupt=bool(keep_on_interrupt),
     )
     if engine == "ase":
         if n_replicas > 1:
