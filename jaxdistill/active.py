@@ -41,7 +41,7 @@ import ase.io
 import numpy as np
 
 from jaxdistill.config_keys import as_temperatures, check_keys
-from jaxdistill.md.run import ENGINES, MDInstabilityError, run_md
+from jaxdistill.md.run import ENGINES, MDInstabilityError, choose_engine, run_md
 from jaxdistill.sampling import (
     CARRIED_INFO,
     SamplingConfig,
@@ -247,7 +247,7 @@ def explore(
                 run_md(
                     student,
                     start,
-                    engine=_engine(config.engine, start, student.cutoff),
+                    engine=choose_engine(config.engine, start, student.cutoff),
                     ensemble="nvt",
                     temperature_kelvin=temperature,
                     timestep_fs=timestep,
@@ -295,20 +295,6 @@ def md_structures(sampling: SamplingConfig) -> list[ase.Atoms]:
         for atoms in load_structures(sampling)
         if atoms.info.get("_generators") is None or "md" in atoms.info["_generators"]
     ]
-
-
-def _engine(engine: str, atoms: ase.Atoms, cutoff: float) -> str:
-    """ "auto" → jax-md unless a periodic cell is too small for its minimum image."""
-    if engine != "auto":
-        return engine
-    if not np.all(atoms.pbc):
-        return "jax-md"
-    from jaxdistill.md.jaxmd import box_widths, minimum_box_width
-
-    box = atoms.cell.array.T
-    # the skin (0.5 Å by default) widens what the neighbour list must see
-    needed = minimum_box_width(box, cutoff, 0.5)
-    return "jax-md" if float(np.min(box_widths(box))) > needed else "ase"
 
 
 def _errors_on(student: Student, store_path: Path) -> dict[str, float]:

@@ -202,7 +202,12 @@ def md_stage(context: StageContext) -> dict[str, Any]:
     """Student and teacher MD side by side; held-out frames at an unseen temperature."""
     from jaxdistill import StudentCalculator, load_student
     from jaxdistill.sampling import load_structures
-    from jaxdistill.validation import total_steps, validate_md, validation_temperatures
+    from jaxdistill.validation import (
+        time_student_jaxmd,
+        total_steps,
+        validate_md,
+        validation_temperatures,
+    )
 
     config = context.config.md_validation
     structures = load_structures(context.config.sampling)
@@ -231,6 +236,14 @@ def md_stage(context: StageContext) -> dict[str, Any]:
             context.run.md,
             progress=lambda n: bar.advance(task, n),
         )
+    context.console.print("timing the student's jax-md step on the same structure")
+    results["student_jaxmd"] = time_student_jaxmd(
+        student,
+        structure,
+        min(temperatures),
+        config,
+        [entry["teacher"]["seconds_per_step"] for entry in results["temperatures"]],
+    )
     results["training_temperatures_kelvin"] = [float(t) for t in sampled]
     results["unseen_temperatures_kelvin"] = [t for t in temperatures if t not in sampled]
     results["structure"] = structure.get_chemical_formula()

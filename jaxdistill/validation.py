@@ -453,6 +453,60 @@ def validate_md(
     return results
 
 
+def time_student_jaxmd(
+    student: Any,
+    structure: ase.Atoms,
+    temperature: float,
+    config: MDValidationConfig,
+    teacher_seconds_per_step: Sequence[float] = (),
+) -> dict[str, Any]:
+    """Time the student's jax-md NVT step on the validation structure: how it is deployed.
+
+    The ASE runs above time the student through ASE, whose per-step Python overhead
+    dominates for a small student; this is the number to set against the teacher's ASE
+    step. Runs ``config.student_steps`` steps (at least 1000) after compilation.
+
+    Args:
+        teacher_seconds_per_step: the teacher's ASE step times (s) to compare with.
+
+    Returns:
+        ``{"engine": "jax-md", "us_per_step", "steps", "temperature_kelvin",
+        "compile_seconds", "speedup_vs_teacher_ase": [one per teacher time]}``, or
+        ``{"skipped": reason}`` when jax-md cannot run this structure (a periodic cell
+        narrower than twice the cutoff plus skin) or the student blew up.
+    """
+    from jaxdistill.md.run import MDInstabilityError, choose_engine, run_md
+
+    if choose_engine("auto", structure, student.cutoff) != "jax-md":
+        return {"skipped": "periodic cell narrower than twice the cutoff plus skin"}
+    steps = max(config.student_steps, 1000)
+    try:
+        summary = run_md(
+            student,
+            structure,
+            engine="jax-md",
+            ensemble="nvt",
+            temperature_kelvin=temperature,
+            timestep_fs=config.timestep_fs,
+            friction_per_fs=config.friction_per_fs,
+            steps=steps,
+            seed=config.seed,
+            sample_every=max(config.stride, steps // 10),
+        )
+    except MDInstabilityError as error:
+        return {"skipped": f"the student's jax-md run blew up: {error.reason}"}
+    return {
+        "engine": "jax-md",
+        "us_per_step": summary.us_per_step,
+        "steps": steps,
+        "temperature_kelvin": float(temperature),
+        "compile_seconds": summary.compile_seconds,
+        "speedup_vs_teacher_ase": [
+            seconds / (1e-6 * summary.us_per_step) for seconds in teacher_seconds_per_step
+        ],
+    }
+
+
 def total_steps(config: MDValidationConfig, n_temperatures: int) -> int:
     """MD steps :func:`validate_md` will run (for a progress bar)."""
     per_temperature = 2 * config.equilibration_steps + config.student_steps + config.teacher_steps

@@ -216,7 +216,7 @@ def test_without_active_learning_the_hashes_are_unchanged():
 
 
 def test_auto_engine_falls_back_to_ase_for_small_cells():
-    from jaxdistill.active import _engine
+    from jaxdistill.md.run import choose_engine as _engine
 
     small = ase.build.bulk("Si", "diamond", a=5.43, cubic=True)
     assert _engine("auto", small, 5.0) == "ase"  # 5.43 Å < 2 x 5 Å

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import ase.build
 import pytest
 import yaml
+from rich.console import Console
 
 from jaxdistill import load_student
-from jaxdistill.pipeline import DistillConfig, distill, stage_hashes
+from jaxdistill.pipeline import DistillConfig, RunDirectory, distill, stage_hashes
 
 TINY = {
     "name": "tiny-cu",
@@ -66,10 +68,34 @@ def test_tiny_distillation_runs_resumes_and_reports(tmp_path):
     md = json.loads((run_dir / "md" / "results.json").read_text())
     assert [t["temperature_kelvin"] for t in md["temperatures"]] == [300.0, 600.0, 900.0]
     assert md["unseen_temperatures_kelvin"] == [600.0]
+    # the 4-atom cell is too small for jax-md: the report says so instead of a ratio
+    assert "narrower than twice the cutoff" in md["student_jaxmd"]["skipped"]
     report = (run_dir / "report.md").read_text()
+    assert "Student jax-md step not timed" in report
     assert "force MAE" in report and "| 600 | no |" in report
     assert (run_dir / "rdf.png").stat().st_size > 1000
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["name"] == "tiny-cu"
+
+    # Where jax-md can run, the report sets the student's jax-md step against the
+    # teacher's ASE step (here a 108-atom cell, timed for real, written into the record).
+    from jaxdistill.report import write_report
+    from jaxdistill.stages import StageContext
+    from jaxdistill.validation import MDValidationConfig, time_student_jaxmd
+
+    results = json.loads((run_dir / "md" / "results.json").read_text())
+    teacher_seconds = [entry["teacher"]["seconds_per_step"] for entry in results["temperatures"]]
+    cell = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True) * (3, 3, 3)
+    results["student_jaxmd"] = time_student_jaxmd(
+        student, cell, 300.0, MDValidationConfig(), teacher_seconds
+    )
+    (run_dir / "md" / "results.json").write_text(json.dumps(results))
+    config = DistillConfig.from_dict(TINY)
+    run = RunDirectory(run_dir)
+    write_report(StageContext(config=config, run=run, console=Console(), device="cpu"))
+    report = (run_dir / "report.md").read_text()
+    us = results["student_jaxmd"]["us_per_step"]
+    assert f"{us:.1f} µs/step" in report and "faster than the teacher's ASE step" in report
+    assert len(results["student_jaxmd"]["speedup_vs_teacher_ase"]) == 3
 
     # a re-run skips every stage: nothing is recomputed
     mtime = (run_dir / "labels.h5").stat().st_mtime_ns

@@ -136,3 +136,24 @@ def test_check_sane_stops_a_molecule_that_broke_apart():
     atoms.positions[-1] += [4.0, 0.0, 0.0]
     with pytest.raises(MDBlowUp, match="broke apart"):
         _check_sane(atoms, 300.0, 10, pieces=1)
+
+
+def test_the_student_jax_md_step_is_timed_where_jax_md_can_run():
+    pytest.importorskip("jax_md")
+    from jaxdistill import create_student
+    from jaxdistill.validation import time_student_jaxmd
+
+    student = create_student(
+        "schnet", ["H", "C", "O", "Cu"], cutoff=4.0, features=8, num_layers=1, num_radial=4
+    )
+    config = MDValidationConfig(student_steps=200, timestep_fs=1.0, stride=50)
+    cell = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True)
+    timed = time_student_jaxmd(student, cell * (3, 3, 3), 300.0, config)
+    assert timed["engine"] == "jax-md" and timed["us_per_step"] > 0
+    assert timed["steps"] == 1000  # at least 1000 steps, whatever the config says
+    # one conventional cell (3.61 Å) is too small for jax-md's minimum image
+    skipped = time_student_jaxmd(student, cell, 300.0, config)
+    assert "narrower than twice the cutoff" in skipped["skipped"]
+    # this untrained student pulls ethanol apart: reported, not timed
+    broken = time_student_jaxmd(student, ase.build.molecule("CH3CH2OH"), 300.0, config)
+    assert "blew up" in broken["skipped"] and "broke apart" in broken["skipped"]

@@ -182,6 +182,21 @@ class MDSummary:
         return "\n".join(lines)
 
 
+def choose_engine(engine: str, atoms: ase.Atoms, cutoff: float) -> str:
+    """``"auto"`` → jax-md unless a periodic cell is too small for its minimum image
+    (then ASE); any other name is returned as given."""
+    if engine != "auto":
+        return engine
+    if not np.all(atoms.pbc):
+        return "jax-md"
+    from jaxdistill.md.jaxmd import box_widths, minimum_box_width
+
+    box = atoms.cell.array.T
+    # the skin (0.5 Å by default) widens what the neighbour list must see
+    needed = minimum_box_width(box, cutoff, 0.5)
+    return "jax-md" if float(np.min(box_widths(box))) > needed else "ase"
+
+
 class Interruption:
     """Ends an MD loop on Ctrl-C (or SIGTERM in ``jaxdistill md``) without losing the run.
 
