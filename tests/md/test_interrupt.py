@@ -12,19 +12,12 @@ import time
 import ase.io
 import pytest
 from structures import ethanol, silicon
+from test_run import MOLECULE  # sample every 50 steps, chunks of 500
 
 from jaxdistill.cli_md import _sigterm_interrupts
 from jaxdistill.md.run import run_md
 
 pytest.importorskip("jax_md")
-
-MOLECULE = dict(
-    timestep_fs=0.5,
-    sample_every=50,
-    chunk_steps=500,
-    max_temperature_factor=100.0,
-    bond_factor=None,
-)
 
 
 def _interrupt_at(call: int):
