@@ -7,11 +7,8 @@ A plain function with typer annotations; ``cli.py`` registers it::
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
-import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -35,21 +32,6 @@ class Ensemble(enum.StrEnum):
 class Thermostat(enum.StrEnum):
     langevin = "langevin"
     nose_hoover = "nose-hoover"
-
-
-@contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
-    """Let SIGTERM (``timeout``, a batch system's time limit) stop MD as Ctrl-C does:
-    the engines then end the run at the last checked sample and return its summary."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def md_command(
@@ -119,27 +101,26 @@ def md_command(
         f"{ensemble.value.upper()} at {temperature:g} K via {engine.value}"
     )
     try:
-        with _sigterm_interrupts():
-            summary = run_md(
-                loaded,
-                atoms,
-                engine=engine.value,
-                ensemble=ensemble.value,
-                temperature_kelvin=temperature,
-                timestep_fs=timestep_fs,
-                steps=steps,
-                thermostat=thermostat.value,
-                friction_per_fs=friction_per_fs,
-                pressure_bar=pressure_bar,
-                replicas=replicas if replicas > 1 else None,
-                seed=seed,
-                sample_every=sample_every,
-                trajectory=output,
-                log_file=log,
-                progress=progress,
-                bond_factor=DEFAULT_BOND_FACTOR if fragment_check else None,
-                keep_on_interrupt=True,
-            )
+        summary = run_md(
+            loaded,
+            atoms,
+            engine=engine.value,
+            ensemble=ensemble.value,
+            temperature_kelvin=temperature,
+            timestep_fs=timestep_fs,
+            steps=steps,
+            thermostat=thermostat.value,
+            friction_per_fs=friction_per_fs,
+            pressure_bar=pressure_bar,
+            replicas=replicas if replicas > 1 else None,
+            seed=seed,
+            sample_every=sample_every,
+            trajectory=output,
+            log_file=log,
+            progress=progress,
+            bond_factor=DEFAULT_BOND_FACTOR if fragment_check else None,
+            keep_on_interrupt=True,
+        )
     except MDInstabilityError as error:
         console.print(f"[red]MD stopped:[/] {error}")
         raise typer.Exit(code=1) from None

@@ -13,9 +13,9 @@ from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.ase_dynamics import langevin
 from jaxdistill.md.run import (
     EngineOptions,
-    Interruption,
     MDProgress,
     MDSummary,
+    StopOnSignal,
     _FragmentCheck,
     _frame,
     _initial_momenta,
@@ -132,7 +132,7 @@ def run_ase(
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
             step = steps_done = 0
-            with Interruption(options.keep_on_interrupt) as interruption:
+            with StopOnSignal(options.keep_on_interrupt) as stop:
                 while step < options.steps:
                     n = min(options.sample_every, options.steps - step)
                     before = compiled.count
@@ -185,6 +185,8 @@ def run_ase(
                         values["temperature_kelvin"],
                         values["potential_energy"],
                     )
+                    if stop.requested:
+                        break
             compilations = compiled.count
     finally:
         writer.close()
@@ -210,5 +212,5 @@ def run_ase(
         atoms=last_good,
         chunk_us=chunk_us,
         steps_done=steps_done,
-        interrupted=interruption.interrupted,
+        interrupted=steps_done < options.steps,
     )

@@ -24,9 +24,9 @@ from jaxdistill.md.jaxmd import _hashable_cell_size, box_widths, minimum_box_wid
 from jaxdistill.md.run import (
     BLOWUP_TEMPERATURE_FLOOR,
     EngineOptions,
-    Interruption,
     MDProgress,
     MDSummary,
+    StopOnSignal,
     _FragmentCheck,
     _frame,
     _initial_momenta,
@@ -605,7 +605,7 @@ def run_jaxmd(
                 writer.write(k, [last_good[k]])
             step = 0
             rebuild_total = 0
-            with Interruption(options.keep_on_interrupt) as interruption:
+            with StopOnSignal(options.keep_on_interrupt) as stop:
                 for n_samples, inner in _schedule(
                     options.steps, options.sample_every, options.chunk_steps
                 ):
@@ -689,6 +689,8 @@ def run_jaxmd(
                             us,
                         )
                     )
+                    if stop.requested:
+                        break
             compilations = compiled.count
     finally:
         writer.close()
@@ -714,7 +716,7 @@ def run_jaxmd(
         atoms=last_good if batched else last_good[0],
         chunk_us=chunk_us,
         steps_done=step,
-        interrupted=interruption.interrupted,
+        interrupted=step < options.steps,
         step_mean_temperature=(
             float(np.mean(2.0 * kinetic_total / (3 * n_atoms * units.kB * step))) if step else None
         ),

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import signal
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -97,8 +99,8 @@ class MDSummary:
     Attributes:
         steps: the steps asked for.
         steps_done: the steps run and checked (``steps`` unless interrupted).
-        interrupted: True when the run was stopped early (Ctrl-C, or SIGTERM in
-            ``jaxdistill md``); everything here covers ``steps_done``.
+        interrupted: True when the run was stopped early by Ctrl-C or SIGTERM
+            (``keep_on_interrupt``); everything here covers ``steps_done``.
         mean_temperature_kelvin: mean kinetic temperature, K, over replicas and over
             every step (jax-md) or over the samples after the first (ASE).
         energy_drift_ev_per_atom: final minus initial conserved energy per atom (NVE:
@@ -197,28 +199,42 @@ def choose_engine(engine: str, atoms: ase.Atoms, cutoff: float) -> str:
     return "jax-md" if float(np.min(box_widths(box))) > needed else "ase"
 
 
-class Interruption:
-    """Ends an MD loop on Ctrl-C (or SIGTERM in ``jaxdistill md``) without losing the run.
+class StopOnSignal:
+    """While active, Ctrl-C (SIGINT) and SIGTERM ask the MD loop to stop after its
+    current chunk instead of killing it.
 
-    The engines check and write every sample before counting its steps as done, so
-    when the loop is left here the trajectory, the thermo log and the summary all cover
-    the same ``steps_done``. Not ``enabled``, the interrupt propagates (a pipeline stage
-    must not record a cut run as finished).
+    A signal only sets ``requested``; the engines look at it once a chunk's samples are
+    checked and written, so the trajectory, the thermo log and the summary end at the
+    same ``steps_done`` (an exception raised mid-write could leave half a frame). A
+    second signal stops at once (KeyboardInterrupt). Handlers can only be installed
+    from the main thread; elsewhere, or when not ``enabled``, nothing changes (pipeline
+    stages keep the plain interrupt: a cut run must not look finished).
     """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.interrupted = False
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __enter__(self) -> Interruption:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning(
+            "%s: stopping after the current chunk (again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def __enter__(self) -> StopOnSignal:
+        if self.enabled:
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: Any, traceback: Any) -> bool:
-        if self.enabled and kind is not None and issubclass(kind, KeyboardInterrupt):
-            self.interrupted = True
-            logger.warning("MD interrupted; the summary covers the steps done so far")
-            return True
-        return False
+    def __exit__(self, *exc_info: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -686,9 +702,10 @@ def run_md(
             than it started with (atoms closer than this multiple of the sum of their
             covalent radii are bonded); None switches the check off (e.g. for a
             dissociation study).
-        keep_on_interrupt: on Ctrl-C (KeyboardInterrupt), end the run at the last
-            checked sample and return its summary (``interrupted=True``,
-            ``steps_done``) instead of raising; the trajectory is written either way.
+        keep_on_interrupt: on Ctrl-C or SIGTERM (``timeout``, a batch system's limit),
+            finish the current chunk, then return the summary (``interrupted=True``,
+            ``steps_done``) instead of raising; a second signal stops at once. Only
+            from the main thread.
 
     Returns:
         An :class:`MDSummary`.

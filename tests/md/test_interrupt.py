@@ -14,27 +14,27 @@ import pytest
 from structures import ethanol, silicon
 from test_run import MOLECULE  # sample every 50 steps, chunks of 500
 
-from jaxdistill.cli_md import _sigterm_interrupts
-from jaxdistill.md.run import run_md
+from jaxdistill.md.run import StopOnSignal, run_md
 
 pytest.importorskip("jax_md")
 
 
-def _interrupt_at(call: int):
-    """A progress callback that presses Ctrl-C on its ``call``-th call (after a chunk)."""
+def _interrupt_at(call: int, signum: int = signal.SIGINT):
+    """A progress callback (run after each chunk) that sends this process ``signum``
+    (Ctrl-C by default) on its ``call``-th call."""
     calls = []
 
     def callback(progress):
         calls.append(progress.step)
         if len(calls) == call:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signum)
 
     return callback, calls
 
 
 @pytest.mark.parametrize("engine", ["jax-md", "ase"])
 def test_an_interrupted_run_returns_what_it_did(tiny_student, tmp_path, engine):
-    callback, calls = _interrupt_at(2)
+    callback, calls = _interrupt_at(2, signal.SIGINT if engine == "ase" else signal.SIGTERM)
     trajectory = tmp_path / "run.extxyz"
     summary = run_md(
         tiny_student,
@@ -80,12 +80,17 @@ def test_without_keep_on_interrupt_the_interrupt_propagates(tiny_student, tmp_pa
     assert len(ase.io.read(trajectory, ":")) == 500 // 50 + 1  # written so far, closed
 
 
-def test_sigterm_becomes_an_interrupt_only_inside_the_context():
-    before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+def test_a_signal_only_asks_to_stop_and_a_second_one_stops_at_once():
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with StopOnSignal(True) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler raises before this ends
-    assert signal.getsignal(signal.SIGTERM) == before
+        assert stop.requested  # the handler ran; nothing was raised
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    with StopOnSignal(False) as stop, pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)  # not enabled: Python's own Ctrl-C
+    assert not stop.requested
 
 
 def test_md_command_saves_its_summary_when_terminated(tiny_student, tmp_path):
