@@ -32,6 +32,15 @@ def _interrupt_at(call: int, signum: int = signal.SIGINT):
     return callback, calls
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own Ctrl-C handler for the test: a shell starts background jobs (a CI
+    script's, ``nohup ... &``) with SIGINT ignored, and Python keeps it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("engine", ["jax-md", "ase"])
 def test_an_interrupted_run_returns_what_it_did(tiny_student, tmp_path, engine):
     callback, calls = _interrupt_at(2, signal.SIGINT if engine == "ase" else signal.SIGTERM)
@@ -62,7 +71,7 @@ def test_an_interrupted_run_returns_what_it_did(tiny_student, tmp_path, engine):
     assert f"interrupted after {summary.steps_done} of 100000 steps" in summary.describe()
 
 
-def test_without_keep_on_interrupt_the_interrupt_propagates(tiny_student, tmp_path):
+def test_without_keep_on_interrupt_the_interrupt_propagates(tiny_student, tmp_path, ctrl_c_raises):
     # what pipeline stages rely on: a cut run must not look finished
     callback, _ = _interrupt_at(1)
     trajectory = tmp_path / "run.extxyz"
@@ -80,7 +89,7 @@ def test_without_keep_on_interrupt_the_interrupt_propagates(tiny_student, tmp_pa
     assert len(ase.io.read(trajectory, ":")) == 500 // 50 + 1  # written so far, closed
 
 
-def test_a_signal_only_asks_to_stop_and_a_second_one_stops_at_once():
+def test_a_signal_only_asks_to_stop_and_a_second_one_stops_at_once(ctrl_c_raises):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with StopOnSignal(True) as stop:
         os.kill(os.getpid(), signal.SIGTERM)
