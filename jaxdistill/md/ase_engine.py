@@ -212,5 +212,4 @@ def run_ase(
         atoms=last_good,
         chunk_us=chunk_us,
         steps_done=steps_done,
-        interrupted=steps_done < options.steps,
     )

@@ -716,7 +716,6 @@ def run_jaxmd(
         atoms=last_good if batched else last_good[0],
         chunk_us=chunk_us,
         steps_done=step,
-        interrupted=step < options.steps,
         step_mean_temperature=(
             float(np.mean(2.0 * kinetic_total / (3 * n_atoms * units.kB * step))) if step else None
         ),

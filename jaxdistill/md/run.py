@@ -560,7 +560,6 @@ def _summarise(
     atoms: Any,
     chunk_us: list[float],
     steps_done: int,
-    interrupted: bool = False,
     step_mean_temperature: float | None = None,
 ) -> MDSummary:
     """The run's summary; ``step_mean_temperature`` (K), the mean over every step when
@@ -607,7 +606,8 @@ def _summarise(
         chunks_redone=redone,
         compilations=compilations,
         trajectory=", ".join(str(p) for p in trajectory) if trajectory else None,
-        interrupted=interrupted,
+        # blow-ups raise, so only a stop request ends a run short
+        interrupted=steps_done < steps,
         chunk_us_per_step=chunk_us,
         thermo=data,
         atoms=atoms,
