@@ -61,7 +61,7 @@ from structures import hexanol, silicon_cell, water_box  # noqa: E402
 import jaxdistill  # noqa: E402
 from jaxdistill import StudentCalculator, create_student  # noqa: E402
 from jaxdistill.diagnostics import count_compilations  # noqa: E402
-from jaxdistill.md.run import run_md  # noqa: E402
+from jaxdistill.md import run_md  # noqa: E402
 
 DEFAULT_FENNOL = "../shared/teachers/fennol-ani1x/ani1x_model0.fnx"
 
@@ -406,6 +406,153 @@ def cost_split(student, atoms, name: str, args) -> dict:
     return out
 
 
+# -- fused vs reference message passing (issue 13) ------------------------------------
+
+#: Targets of issue 13, µs per NVE step on one H200 (Si 64, 512, 4096 atoms).
+FUSED_TARGETS_US = {
+    "painn 64x3": {64: 80.0, 512: 200.0, 4096: 1000.0},
+    "painn 128x3 + ZBL": {64: 120.0, 512: 350.0, 4096: 1800.0},
+    "schnet 64x3": {64: 50.0, 512: 100.0, 4096: 500.0},
+}
+FUSED_STUDENTS = {
+    "painn 64x3": ("painn", {}),
+    "painn 128x3 + ZBL": ("painn", {"features": 128, "repulsion": "zbl"}),
+    "schnet 64x3": ("schnet", {}),
+}
+
+
+def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dict:
+    """A user's own jax-md NVE loop: ``nbrs.update`` + ``apply_fn`` inside ``lax.scan``.
+
+    µs per step = chunk time / steps, one sample per chunk (first, compiling, chunk
+    excluded); the neighbour list's overflow flag is checked after the run.
+    """
+    from ase import units
+    from jax_md import simulate, space
+
+    box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
+    _, shift = space.periodic(box)
+    R0 = jnp.asarray(atoms.positions, jnp.float32)
+    masses = jnp.asarray(atoms.get_masses(), jnp.float32)
+    nbrs = neighbor_fn.allocate(R0)
+    init_fn, apply_fn = simulate.nve(energy_fn, shift, 1.0 * units.fs)
+    state = init_fn(jax.random.PRNGKey(0), R0, mass=masses, kT=units.kB * 300.0, neighbor=nbrs)
+
+    @jax.jit
+    def chunk(state, nbrs):
+        def step(carry, _):
+            state, nbrs = carry
+            nbrs = nbrs.update(state.position)
+            return (apply_fn(state, neighbor=nbrs), nbrs), None
+
+        return jax.lax.scan(step, (state, nbrs), None, length=steps)[0]
+
+    t0 = time.perf_counter()
+    state, nbrs = jax.block_until_ready(chunk(state, nbrs))
+    compile_seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(chunks):
+        t0 = time.perf_counter()
+        state, nbrs = jax.block_until_ready(chunk(state, nbrs))
+        times.append((time.perf_counter() - t0) / steps * 1e6)
+    return {
+        "us_per_step": stats(times),
+        "steps_per_chunk": steps,
+        "first_chunk_seconds_incl_compile": compile_seconds,
+        "neighbor_overflow": bool(nbrs.did_buffer_overflow),
+        "finite": bool(jnp.all(jnp.isfinite(state.position))),
+    }
+
+
+def fused_comparison(args, sizes: list[int], budget: Budget, record: dict, save) -> None:
+    """Fused vs reference message passing vs the jax-md LJ floor, side by side."""
+    from jax_md import energy, partition, space
+
+    from jaxdistill.md.jaxmd import jax_md_potential
+
+    rows = record.setdefault("fused_vs_reference", [])
+    for n in sizes:
+        atoms = silicon_cell(n)
+        steps = args.steps_per_chunk if n <= 1000 else max(10, args.steps_per_chunk // 5)
+        chunks = max(3, min(args.max_chunks, 5))
+        box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
+        displacement, _ = space.periodic(box)
+        try:  # the floor: Lennard-Jones, 5 Å cutoff, same loop and list settings
+            neighbor_fn, energy_fn = energy.lennard_jones_neighbor_list(
+                displacement, box, sigma=2.0, epsilon=0.05, r_onset=2.0, r_cutoff=2.5,
+                format=partition.Sparse, disable_cell_list=True,
+            )  # fmt: skip
+            row = {"model": "jax-md LJ", "mode": "floor", "n_atoms": n}
+            row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
+            rows.append(row)
+            print(f"[fused] LJ/{n}: {row['us_per_step']['median']:.1f} us", flush=True)
+        except Exception as error:
+            rows.append({"model": "jax-md LJ", "n_atoms": n, **error_record(error)})
+        save()
+        for label, (architecture, hyper) in FUSED_STUDENTS.items():
+            if args.fused_students and label.split()[0] + label.split()[1] not in (
+                args.fused_students
+            ):
+                continue
+            student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
+            for mode in ("fused", "reference"):
+                if budget.left() < 15:
+                    record["skipped"].append(f"fused comparison {label}/{n}/{mode}: budget")
+                    continue
+                row = {"model": label, "mode": mode, "n_atoms": n}
+                try:
+                    neighbor_fn, energy_fn = jax_md_potential(
+                        student.with_message_passing(mode), displacement, box, atoms.numbers
+                    )
+                    row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
+                    target = FUSED_TARGETS_US[label][n] if n in FUSED_TARGETS_US[label] else None
+                    median = row["us_per_step"]["median"]
+                    row["target_us"] = target
+                    row["ratio_to_target"] = None if target is None else median / target
+                    print(f"[fused] {label}/{n}/{mode}: {median:.1f} us (target {target})",
+                          flush=True)  # fmt: skip
+                except Exception as error:
+                    row.update(error_record(error))
+                    print(f"[fused] {label}/{n}/{mode}: {row['error']}", flush=True)
+                rows.append(row)
+                save()
+
+
+def fused_replicas(args, budget: Budget, record: dict, save) -> None:
+    """Many replicas in one vmapped run_md, fused vs reference: atom-steps/s."""
+    rows = record.setdefault("fused_replicas", [])
+    for name, atoms in (("si64", silicon_cell(64)), ("hexanol", hexanol())):
+        student = student_for("painn", atoms)
+        for mode in ("fused", "reference"):
+            if budget.left() < 20:
+                record["skipped"].append(f"fused replicas {name}/{mode}: budget")
+                continue
+            row = {"system": name, "n_atoms": len(atoms), "mode": mode,
+                   "replicas": args.replicas}  # fmt: skip
+            try:
+                summary = run_md(
+                    student.with_message_passing(mode),
+                    atoms,
+                    replicas=args.replicas,
+                    ensemble="nvt",
+                    temperature_kelvin=300.0,
+                    timestep_fs=0.5,
+                    steps=args.replica_steps,
+                    sample_every=max(1, args.replica_steps // 4),
+                    chunk_steps=max(1, args.replica_steps // 4),
+                    max_temperature_factor=1e9,
+                )
+                row["us_per_step"] = summary.us_per_step
+                row["atom_steps_per_second"] = summary.atom_steps_per_second
+                print(f"[fused replicas] {name}/{mode}: {summary.atom_steps_per_second:.3g}",
+                      flush=True)  # fmt: skip
+            except Exception as error:
+                row.update(error_record(error))
+                print(f"[fused replicas] {name}/{mode}: {row['error']}", flush=True)
+            rows.append(row)
+            save()
+
+
 def _scan_loop(body, iterations: int):
     return jax.jit(lambda carry: jax.lax.fori_loop(0, iterations, body, carry))
 
@@ -524,6 +671,16 @@ def main() -> None:
     parser.add_argument("--skip-teachers", action="store_true")
     parser.add_argument("--skip-cost-split", action="store_true")
     parser.add_argument("--teachers-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fused-only",
+        action="store_true",
+        help="only the fused-vs-reference comparison (with the LJ floor) and replicas",
+    )
+    parser.add_argument(
+        "--fused-students",
+        default="",
+        help="subset of painn64x3,painn128x3,schnet64x3 for --fused-only (default all)",
+    )
     args = parser.parse_args()
     quick = args.quick
     defaults = dict(
@@ -586,6 +743,15 @@ def main() -> None:
         entry = {"part": part, **error_record(error)}
         record["errors"].append(entry)
         print(f"[error] {part}: {entry['error']}", flush=True)
+
+    if args.fused_only:
+        print(f"md_speed --fused-only on {device.device_kind}", flush=True)
+        fused_comparison(args, sizes, budget, record, save)
+        fused_replicas(args, budget, record, save)
+        record["memory"].append(memory_snapshot("end"))
+        save()
+        print(f"wrote {output} after {budget.elapsed():.0f} s", flush=True)
+        return
 
     structures = systems(quick, sizes)
     print(f"md_speed on {device.device_kind}; systems {list(structures)}", flush=True)

@@ -1,44 +1,70 @@
 """jaxdistill: distil machine-learned force fields into small, fast JAX students.
 
-Importing this package never imports torch or a teacher's package; teachers load
-lazily behind extras.
+The public names below load on first use (PEP 562), so ``import jaxdistill`` is cheap
+and importing one part (``jaxdistill.config`` reads a YAML without jax) does not pull
+in the rest. Importing never imports torch or a teacher's package; teachers load lazily
+behind extras.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from jaxdistill.data import LabelStore, label
-from jaxdistill.evaluate import evaluate
-from jaxdistill.graph import Graph, batch_graphs, graph_from_atoms
-from jaxdistill.md.ase_calculator import StudentCalculator
-from jaxdistill.md.jaxmd import jax_md_potential
-from jaxdistill.md.run import MDInstabilityError, MDSummary, run_md
-from jaxdistill.pipeline import DistillConfig, distill
-from jaxdistill.sampling import SamplingConfig, sample
-from jaxdistill.student import Student, create_student, load_student
-from jaxdistill.teachers import load_teacher
-from jaxdistill.train import TrainConfig, train
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "DistillConfig",
-    "Graph",
-    "LabelStore",
-    "MDInstabilityError",
-    "MDSummary",
-    "SamplingConfig",
-    "Student",
-    "StudentCalculator",
-    "TrainConfig",
-    "__version__",
-    "batch_graphs",
-    "create_student",
-    "distill",
-    "evaluate",
-    "graph_from_atoms",
-    "jax_md_potential",
-    "label",
-    "load_student",
-    "load_teacher",
-    "run_md",
-    "sample",
-    "train",
-]
+from jaxdistill._version import __version__
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "DistillConfig": "jaxdistill.config",
+    "SamplingConfig": "jaxdistill.config",
+    "TrainConfig": "jaxdistill.config",
+    "Graph": "jaxdistill.graph",
+    "batch_graphs": "jaxdistill.graph",
+    "graph_from_atoms": "jaxdistill.graph",
+    "LabelStore": "jaxdistill.data",
+    "label": "jaxdistill.labelling",
+    "evaluate": "jaxdistill.evaluate",
+    "StudentCalculator": "jaxdistill.md.ase_calculator",
+    "jax_md_potential": "jaxdistill.md.jaxmd",
+    "MDInstabilityError": "jaxdistill.md",
+    "MDSummary": "jaxdistill.md",
+    "run_md": "jaxdistill.md",
+    "distill": "jaxdistill.pipeline",
+    "sample": "jaxdistill.sampling",
+    "Student": "jaxdistill.student",
+    "create_student": "jaxdistill.student",
+    "load_student": "jaxdistill.student",
+    "load_teacher": "jaxdistill.teachers",
+    "train": "jaxdistill.train",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxdistill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from jaxdistill.config import DistillConfig, SamplingConfig, TrainConfig
+    from jaxdistill.data import LabelStore
+    from jaxdistill.evaluate import evaluate
+    from jaxdistill.graph import Graph, batch_graphs, graph_from_atoms
+    from jaxdistill.labelling import label
+    from jaxdistill.md import MDInstabilityError, MDSummary, run_md
+    from jaxdistill.md.ase_calculator import StudentCalculator
+    from jaxdistill.md.jaxmd import jax_md_potential
+    from jaxdistill.pipeline import distill
+    from jaxdistill.sampling import sample
+    from jaxdistill.student import Student, create_student, load_student
+    from jaxdistill.teachers import load_teacher
+    from jaxdistill.train import train

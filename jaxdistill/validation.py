@@ -11,8 +11,7 @@ particular at a temperature the training data never saw.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,69 +19,12 @@ from typing import Any
 import ase
 import ase.io
 import numpy as np
-from ase import units
-from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
-from ase.md.verlet import VelocityVerlet
 
-from jaxdistill.config_keys import as_temperatures, check_keys
+from jaxdistill.config.validation import MDValidationConfig
 from jaxdistill.graph import neighbour_pairs
-from jaxdistill.md.ase_dynamics import langevin
-from jaxdistill.md.topology import DEFAULT_BOND_FACTOR, bonded_fragments
-
-
-@dataclass(frozen=True)
-class MDValidationConfig:
-    """The ``md_validation`` section of a pipeline config.
-
-    Attributes:
-        temperatures_kelvin: NVT temperatures, K. Empty = the training temperatures
-            plus one between the lowest two that was not sampled.
-        student_steps: Student NVT steps per temperature (after equilibration).
-        teacher_steps: Teacher NVT steps per temperature (after equilibration); the
-            teacher is slow, so this is usually shorter.
-        equilibration_steps: Steps discarded before statistics, both models.
-        nve_steps: Student NVE steps, from the equilibrated state at the lowest
-            temperature; their total-energy drift is reported in meV/atom/ps.
-        timestep_fs: Time step, fs.
-        friction_per_fs: Langevin friction, 1/fs.
-        stride: Steps between frames kept for RDFs and held-out labels.
-        rdf_rmax_angstrom: Largest RDF distance, Å (capped by the cell).
-        rdf_bins: RDF histogram bins.
-        structure_index: Which starting structure of the sampling config to use.
-        seed: Velocity and thermostat seed.
-    """
-
-    temperatures_kelvin: tuple[float, ...] = ()
-    student_steps: int = 2000
-    teacher_steps: int = 400
-    equilibration_steps: int = 200
-    nve_steps: int = 2000
-    timestep_fs: float = 1.0
-    friction_per_fs: float = 0.01
-    stride: int = 10
-    rdf_rmax_angstrom: float = 6.0
-    rdf_bins: int = 120
-    structure_index: int = 0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if (
-            min(self.student_steps, self.teacher_steps, self.equilibration_steps, self.nve_steps)
-            < 0
-        ):
-            raise ValueError("md_validation step counts must be >= 0")
-        if self.timestep_fs <= 0 or self.stride < 1 or self.rdf_bins < 2:
-            raise ValueError("md_validation needs timestep_fs > 0, stride >= 1, rdf_bins >= 2")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> MDValidationConfig:
-        """Build from a mapping; unknown keys raise ValueError naming them."""
-        data = dict(data or {})
-        check_keys(cls, data, "md_validation")
-        if "temperatures_kelvin" in data:
-            data["temperatures_kelvin"] = as_temperatures(data["temperatures_kelvin"])
-        return cls(**data)
+from jaxdistill.md import MDInstabilityError, MDProgress, MDSummary, choose_engine, run_md
+from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
 
 
 def validation_temperatures(training: Sequence[float], configured: Sequence[float]) -> list[float]:
@@ -143,16 +85,6 @@ def rdf_difference(g_a: np.ndarray, g_b: np.ndarray, r: np.ndarray) -> float:
     return float(np.sum(np.abs(g_a - g_b)) * dr / max(np.sum(np.abs(g_b)) * dr, 1e-300))
 
 
-class MDBlowUp(RuntimeError):
-    """A run whose temperature became non-finite or far above its target, or whose
-    structure broke into more covalently bonded pieces than it started with."""
-
-    def __init__(self, step: int, reason: str) -> None:
-        super().__init__(f"MD blew up at step {step}: {reason}")
-        self.step = step
-        self.reason = reason
-
-
 @dataclass
 class NVTRun:
     """What an NVT run produced (up to a blow-up, if one happened)."""
@@ -174,19 +106,29 @@ class NVTRun:
         return float(np.std(self.temperatures)) if len(self.temperatures) else math.nan
 
 
-def _snapshot(atoms: ase.Atoms) -> ase.Atoms:
-    """A copy holding the current labels in a SinglePointCalculator."""
-    copy = atoms.copy()
-    # The model's own forces, not ones adjusted by a constraint the user's structure
-    # carries: these frames are held-out labels.
-    results = {
-        "energy": atoms.get_potential_energy(),
-        "forces": atoms.get_forces(apply_constraint=False),
-    }
-    if np.all(atoms.pbc) and "stress" in atoms.calc.results:
-        results["stress"] = atoms.calc.results["stress"]
-    copy.calc = SinglePointCalculator(copy, **results)
-    return copy
+def _progress_callback(progress: Callable[[int], None] | None):
+    """run_md's per-sample callback as a count of steps just done."""
+    if progress is None:
+        return None
+    done = [0]
+
+    def callback(update: MDProgress) -> None:
+        progress(update.step - done[0])
+        done[0] = update.step
+
+    return callback
+
+
+def _run(calculator: Any, atoms: ase.Atoms, progress, **kwargs) -> MDSummary:
+    """One ASE-engine run of the validation (no trajectory files, frames kept)."""
+    return run_md(
+        calculator,
+        atoms,
+        engine="ase",
+        initial_velocities="atoms",
+        callback=_progress_callback(progress),
+        **kwargs,
+    )
 
 
 def run_nvt(
@@ -198,84 +140,72 @@ def run_nvt(
     progress: Callable[[int], None] | None = None,
     bond_factor: float | None = DEFAULT_BOND_FACTOR,
 ) -> tuple[NVTRun, ase.Atoms]:
-    """Langevin NVT with ASE; returns the run and the final (equilibrated) state.
+    """Langevin NVT (``run_md``'s ASE engine); returns the run and its final state.
 
-    The run stops early (``blew_up_at_step``, ``failure``) on a runaway temperature or
-    when the structure breaks into more covalently bonded pieces than it started with
+    Velocities come from Maxwell-Boltzmann at the temperature (seed ``config.seed``)
+    without centre-of-mass motion (or rotation, for a molecule); the Langevin noise
+    from one generator seeded ``config.seed + 1`` through equilibration and
+    production. The run stops early (``blew_up_at_step``, ``failure``) when it breaks
+    ``run_md``'s stability rules: non-finite numbers, a runaway temperature, or a
+    structure that broke into more covalently bonded pieces than it started with
     (``bond_factor`` x the covalent radii; None: no such check).
     """
     atoms = atoms.copy()
-    atoms.calc = calculator_factory()
-    rng = np.random.default_rng(config.seed)
-    thermalize_momenta(atoms, temperature_K=temperature_kelvin, rng=rng)
+    thermalize_momenta(
+        atoms, temperature_K=temperature_kelvin, rng=np.random.default_rng(config.seed)
+    )
     Stationary(atoms)
     if not np.any(atoms.pbc):
         ZeroRotation(atoms)
-    # No FixCom constraint either: ASE 3.29's FixCom.adjust_forces removes the
-    # mass-weighted force sum, which for unequal masses changes forces whose sum is
-    # already zero (by 117 meV/Å on average for ANI-1x ethanol), distorting both the
-    # dynamics and the labels stored with each frame.
-    dynamics = langevin(
-        atoms,
-        config.timestep_fs,
-        temperature_kelvin,
-        config.friction_per_fs,
-        np.random.default_rng(config.seed + 1),
+    calculator = calculator_factory()
+    common = dict(
+        ensemble="nvt",
+        temperature_kelvin=temperature_kelvin,
+        timestep_fs=config.timestep_fs,
+        friction_per_fs=config.friction_per_fs,
+        bond_factor=bond_factor,
+        rng=np.random.default_rng(config.seed + 1),
     )
-    for _ in range(config.equilibration_steps):
-        dynamics.run(1)
-        if progress:
-            progress(1)
-    frames, temperatures = [], []
-    start = time.perf_counter()
-    blew_up, failure, done = None, None, 0
-    pieces = bonded_fragments(atoms, bond_factor) if bond_factor else None
     try:
-        _check_sane(atoms, temperature_kelvin, 0, pieces, bond_factor or 0.0)
-        for step in range(1, steps + 1):
-            dynamics.run(1)
-            done = step
-            if step % config.stride == 0:
-                _check_sane(atoms, temperature_kelvin, step, pieces, bond_factor or 0.0)
-                frames.append(_snapshot(atoms))
-                temperatures.append(atoms.get_temperature())
-            if progress:
-                progress(1)
-    except MDBlowUp as error:
-        blew_up, failure = error.step, error.reason
-        if progress:
-            progress(steps - done)
-    seconds = (time.perf_counter() - start) / max(done, 1)
-    run = NVTRun(
-        temperature_kelvin, steps, seconds, np.array(temperatures), frames, blew_up, failure
-    )
-    return run, atoms
-
-
-def _check_sane(
-    atoms: ase.Atoms,
-    target_kelvin: float,
-    step: int,
-    pieces: int | None,
-    bond_factor: float = DEFAULT_BOND_FACTOR,
-) -> None:
-    """Raise MDBlowUp on a runaway temperature or a structure that broke apart.
-
-    ``pieces`` is the starting structure's count of covalently bonded pieces (None: no
-    check): a molecule that falls apart in vacuum keeps its temperature, so only this
-    count shows it.
-    """
-    temperature = atoms.get_temperature()
-    if not math.isfinite(temperature) or temperature > 5 * target_kelvin + 500:
-        raise MDBlowUp(step, f"temperature {temperature:.0f} K (target {target_kelvin:.0f} K)")
-    if pieces is None:
-        return
-    now = bonded_fragments(atoms, bond_factor)
-    if now > pieces:
-        raise MDBlowUp(
-            step,
-            f"the structure broke apart ({now} covalently bonded pieces, {pieces} at the start)",
+        if config.equilibration_steps:
+            equilibrated = _run(
+                calculator,
+                atoms,
+                progress,
+                steps=config.equilibration_steps,
+                sample_every=config.equilibration_steps,
+                **common,
+            )
+            atoms = equilibrated.atoms
+        summary = _run(
+            calculator,
+            atoms,
+            progress,
+            steps=steps,
+            sample_every=config.stride,
+            keep_frames=True,
+            **common,
         )
+        blew_up, failure = None, None
+    except MDInstabilityError as error:
+        if progress:
+            progress(steps - (error.summary.steps_done if error.summary else 0))
+        summary = error.summary
+        blew_up, failure = error.step, error.reason
+        if summary is None or not summary.frames:  # blown up during equilibration
+            run = NVTRun(temperature_kelvin, steps, math.nan, np.array([]), [], blew_up, failure)
+            return run, atoms
+    frames = summary.frames[0]
+    run = NVTRun(
+        temperature_kelvin,
+        steps,
+        summary.us_per_step * 1e-6,
+        np.array([frame.info["temperature_K"] for frame in frames]),
+        frames,
+        blew_up,
+        failure,
+    )
+    return run, summary.atoms
 
 
 def run_nve(
@@ -284,34 +214,31 @@ def run_nve(
     config: MDValidationConfig,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Velocity-Verlet NVE from a thermalised state; drift in meV/atom/ps.
+    """Velocity-Verlet NVE (``run_md``'s ASE engine) from a thermalised state with its
+    momenta; drift in meV/atom/ps.
 
     The drift is the slope of a least-squares line through the total energy per atom
-    against time, so that fluctuations do not count as drift.
+    (every ``config.stride`` steps from step 0) against time, so that fluctuations do
+    not count as drift.
     """
-    atoms = atoms.copy()
-    atoms.calc = calculator_factory()
-    dynamics = VelocityVerlet(atoms, timestep=config.timestep_fs * units.fs)
-    times, energies, temperatures = [], [], []
-    start = time.perf_counter()
     blew_up, failure = None, None
-    pieces = bonded_fragments(atoms)
-    for step in range(1, config.nve_steps + 1):
-        dynamics.run(1)
-        if not math.isfinite(atoms.get_temperature()) or atoms.get_temperature() > 1e5:
-            blew_up, failure = step, f"temperature {atoms.get_temperature():.0f} K"
-            break
-        if step % config.stride == 0 and bonded_fragments(atoms) > pieces:
-            blew_up, failure = step, "the structure broke apart"
-            break
-        if step % config.stride == 0 or step == 1:
-            times.append(step * config.timestep_fs / 1000.0)  # ps
-            energies.append(atoms.get_total_energy() / len(atoms))
-            temperatures.append(atoms.get_temperature())
-        if progress:
-            progress(1)
-    seconds = (time.perf_counter() - start) / max(config.nve_steps, 1)
-    times, energies = np.array(times), np.array(energies)
+    try:
+        summary = _run(
+            calculator_factory(),
+            atoms,
+            progress,
+            ensemble="nve",
+            temperature_kelvin=atoms.get_temperature(),
+            timestep_fs=config.timestep_fs,
+            steps=config.nve_steps,
+            sample_every=config.stride,
+        )
+    except MDInstabilityError as error:
+        blew_up, failure, summary = error.step, error.reason, error.summary
+    thermo = summary.thermo if summary is not None else {}
+    times = np.asarray(thermo.get("time_fs", []), dtype=np.float64) / 1000.0  # ps
+    energies = np.asarray(thermo.get("conserved_energy", np.zeros((0, 1))))[:, 0] / len(atoms)
+    temperatures = np.asarray(thermo.get("temperature_kelvin", np.zeros((0, 1))))[:, 0]
     slope = float(np.polyfit(times, energies, 1)[0]) if len(times) > 2 else math.nan
     return {
         "steps": config.nve_steps,
@@ -319,12 +246,12 @@ def run_nve(
         "failure": failure,
         "duration_ps": config.nve_steps * config.timestep_fs / 1000.0,
         "drift_mev_per_atom_per_ps": 1e3 * slope,
-        "energy_std_mev_per_atom": 1e3 * float(np.std(energies)),
-        "mean_temperature_kelvin": float(np.mean(temperatures)),
-        "seconds_per_step": seconds,
+        "energy_std_mev_per_atom": 1e3 * float(np.std(energies)) if len(energies) else math.nan,
+        "mean_temperature_kelvin": float(np.mean(temperatures)) if len(temperatures) else math.nan,
+        "seconds_per_step": summary.us_per_step * 1e-6 if summary is not None else math.nan,
         "time_ps": times.tolist(),
         "total_energy_ev_per_atom": energies.tolist(),
-        "temperature_kelvin": temperatures,
+        "temperature_kelvin": temperatures.tolist(),
     }
 
 
@@ -475,8 +402,6 @@ def time_student_jaxmd(
         ``{"skipped": reason}`` when jax-md cannot run this structure (a periodic cell
         narrower than twice the cutoff plus skin) or the student blew up.
     """
-    from jaxdistill.md.run import MDInstabilityError, choose_engine, run_md
-
     if choose_engine("auto", structure, student.cutoff) != "jax-md":
         return {"skipped": "periodic cell narrower than twice the cutoff plus skin"}
     steps = max(config.student_steps, 1000)

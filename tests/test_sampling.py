@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
+from jaxdistill.config import MDConfig, RattleConfig, SamplingConfig
 from jaxdistill.sampling import (
-    MDConfig,
-    RattleConfig,
-    SamplingConfig,
     check_element_coverage,
     deduplicate,
     element_counts,

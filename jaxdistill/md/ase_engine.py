@@ -1,137 +1,168 @@
-"""The ASE engine of ``run_md``: StudentCalculator with ASE's integrators."""
+"""The ASE engine of ``run_md``: a StudentCalculator, or any ASE calculator (a teacher),
+with ASE's integrators; one model call per step, checked between samples."""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import ase
 import numpy as np
 from ase import units
+from ase.calculators.calculator import BaseCalculator
 
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.ase_dynamics import langevin
-from jaxdistill.md.run import (
-    EngineOptions,
-    MDProgress,
-    MDSummary,
-    StopOnSignal,
-    _FragmentCheck,
-    _frame,
-    _initial_momenta,
-    _Progress,
-    _raise_blowup,
-    _summarise,
-    _temperature_limits,
-    _ThermoLog,
-    _TrajectoryWriter,
+from jaxdistill.md.checks import FragmentCheck, raise_blowup
+from jaxdistill.md.initial import initial_momenta
+from jaxdistill.md.recording import (
+    ProgressReporter,
+    ThermoLog,
+    TrajectoryWriter,
+    make_frame,
+    summarise,
 )
+from jaxdistill.md.signals import StopOnSignal
+from jaxdistill.md.types import EngineOptions, MDProgress, MDSummary
 from jaxdistill.student import Student
 
 logger = logging.getLogger("jaxdistill.md")
 
 
-def run_ase(
-    student: Student,
-    atoms: ase.Atoms,
-    options: EngineOptions,
-) -> MDSummary:
+def _dynamics(atoms: ase.Atoms, options: EngineOptions, temperature: float) -> Any:
+    """ASE's integrator for the options' ensemble (and whether it conserves anything)."""
     from ase.md.nose_hoover_chain import IsotropicMTKNPT, NoseHooverChainNVT
     from ase.md.verlet import VelocityVerlet
 
-    from jaxdistill.md.ase_calculator import StudentCalculator
-
-    # options.chunk_steps is unused: one call per step, nothing to chunk
-    start_wall = time.perf_counter()
-    temperature = float(options.temperatures[0])
-    atoms = atoms.copy()
-    atoms.set_momenta(
-        _initial_momenta(atoms, temperature, options.seed, options.initial_velocities)
-    )
-    calculator = StudentCalculator(student, dtype=student.dtype, skin=options.skin)
-    atoms.calc = calculator
     dt = options.timestep_fs * units.fs
-    conserved = True
     if options.ensemble == "nve":
-        dynamics = VelocityVerlet(atoms, timestep=dt)
-    elif options.ensemble == "nvt" and options.thermostat == "langevin":
-        dynamics = langevin(
-            atoms,
-            options.timestep_fs,
-            temperature,
-            options.friction_per_fs,
-            np.random.default_rng(options.seed),
-        )
-        conserved = False
-    elif options.ensemble == "nvt":
-        dynamics = NoseHooverChainNVT(
-            atoms,
-            timestep=dt,
-            temperature_K=temperature,
-            tdamp=options.thermostat_time_fs * units.fs,
-        )
-    else:
-        dynamics = IsotropicMTKNPT(
+        return VelocityVerlet(atoms, timestep=dt), True
+    if options.ensemble == "nvt" and options.thermostat == "langevin":
+        rng = options.rng if options.rng is not None else np.random.default_rng(options.seed)
+        return langevin(
+            atoms, options.timestep_fs, temperature, options.friction_per_fs, rng
+        ), False
+    if options.ensemble == "nvt":
+        tdamp = options.thermostat_time_fs * units.fs
+        return NoseHooverChainNVT(atoms, timestep=dt, temperature_K=temperature, tdamp=tdamp), True
+    return (
+        IsotropicMTKNPT(
             atoms,
             timestep=dt,
             temperature_K=temperature,
             pressure_au=options.pressure_bar * units.bar,
             tdamp=options.thermostat_time_fs * units.fs,
             pdamp=options.barostat_time_fs * units.fs,
-        )
-    periodic = bool(np.all(atoms.pbc))
-    limit = float(_temperature_limits(options.temperatures, options.max_temperature_factor)[0])
-    writer = _TrajectoryWriter(options.trajectory, 1)
-    thermo = _ThermoLog(options.log_file)
-    bar = _Progress(
-        options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (ase)"
+        ),
+        True,
     )
 
-    def observe(step: int) -> tuple[dict, ase.Atoms]:
-        energy = atoms.get_potential_energy()
-        kinetic = atoms.get_kinetic_energy()
-        if hasattr(dynamics, "get_conserved_energy"):
-            total = dynamics.get_conserved_energy()
-        else:
-            total = energy + kinetic
-        values = {
-            "temperature_kelvin": atoms.get_temperature(),
-            "potential_energy": energy,
-            "kinetic_energy": kinetic,
-            "conserved_energy": total,
-            "pressure_bar": (
-                -np.trace(atoms.get_stress(voigt=False, include_ideal_gas=True)) / 3 / units.bar
-                if periodic
-                else np.nan
-            ),
-            "volume": atoms.get_volume() if periodic else np.nan,
-        }
-        frame = _frame(
-            atoms.numbers,
-            atoms.positions,
-            atoms.get_momenta(),
-            atoms.cell.array,
-            atoms.pbc,
-            energy,
-            atoms.get_forces(),
-            step,
-            step * options.timestep_fs,
-            values["temperature_kelvin"],
-        )
-        return values, frame
 
-    compilations = 0
+def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
+    """Thermo values and the frame of the current state (no extra model call: the
+    pressure comes from a stress the calculator already computed, else NaN)."""
+    periodic = bool(np.all(atoms.pbc))
+    energy = atoms.get_potential_energy()
+    kinetic = atoms.get_kinetic_energy()
+    if hasattr(dynamics, "get_conserved_energy"):
+        total = dynamics.get_conserved_energy()
+    else:
+        total = energy + kinetic
+    stress = atoms.calc.results.get("stress") if periodic else None
+    pressure = np.nan
+    if stress is not None:
+        full = atoms.get_stress(voigt=False, include_ideal_gas=True)
+        pressure = -np.trace(full) / 3 / units.bar
+    values = {
+        "temperature_kelvin": atoms.get_temperature(),
+        "potential_energy": energy,
+        "kinetic_energy": kinetic,
+        "conserved_energy": total,
+        "pressure_bar": pressure,
+        "volume": atoms.get_volume() if periodic else np.nan,
+    }
+    frame = make_frame(
+        atoms.numbers,
+        atoms.positions,
+        atoms.get_momenta(),
+        atoms.cell.array,
+        atoms.pbc,
+        energy,
+        # the model's own forces (labels), not ones adjusted by a user's constraint
+        atoms.get_forces(apply_constraint=False),
+        step,
+        step * timestep_fs,
+        values["temperature_kelvin"],
+        stress,
+    )
+    return values, frame
+
+
+def run_ase(model: Student | BaseCalculator, atoms: ase.Atoms, options: EngineOptions) -> MDSummary:
+    """One run with ASE's integrators (``options.chunk_steps`` is unused: one call per
+    step, nothing to chunk). ``model``: a Student (wrapped in a StudentCalculator) or a
+    ready ASE calculator."""
+    start_wall = time.perf_counter()
+    temperature = float(options.temperatures[0])
+    atoms = atoms.copy()
+    atoms.set_momenta(
+        initial_momenta(atoms, temperature, options.seed, options.initial_velocities, options.rng)
+    )
+    if isinstance(model, Student):
+        from jaxdistill.md.ase_calculator import StudentCalculator
+
+        calculator = StudentCalculator(model, dtype=model.dtype, skin=options.skin)
+    else:
+        calculator = model
+    atoms.calc = calculator
+    dynamics, conserved = _dynamics(atoms, options, temperature)
+    periodic = bool(np.all(atoms.pbc))
+    rules = options.stability
+    writer = TrajectoryWriter(options.trajectory, 1)
+    thermo = ThermoLog(options.log_file)
+    bar = ProgressReporter(
+        options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (ase)"
+    )
+    kept: list[ase.Atoms] = []
     timed_seconds, timed_steps, compile_seconds = 0.0, 0, 0.0
     chunk_us: list[float] = []
+    steps_done = compilations = 0
+    last_good = None
+
+    def summary() -> MDSummary:
+        return summarise(
+            "ase",
+            options,
+            conserved=conserved,
+            periodic=periodic,
+            n_atoms=len(atoms),
+            n_replicas=1,
+            wall=time.perf_counter() - start_wall,
+            compile_seconds=compile_seconds,
+            timed_seconds=timed_seconds,
+            timed_steps=timed_steps,
+            thermo=thermo,
+            rebuilds=getattr(calculator, "neighbour_list_builds", 0),
+            reallocations=0,
+            redone=0,
+            compilations=compilations,
+            trajectory=writer.paths,
+            atoms=last_good,
+            chunk_us=chunk_us,
+            steps_done=steps_done,
+            frames=[kept] if options.keep_frames else None,
+        )
+
     try:
         with count_compilations() as compiled:
             t0 = time.perf_counter()
-            values, last_good = observe(0)
-            fragments = _FragmentCheck(options.bond_factor, [last_good])
+            values, last_good = _observe(atoms, dynamics, 0, options.timestep_fs)
+            fragments = FragmentCheck(rules.bond_factor, [last_good])
             compile_seconds = time.perf_counter() - t0
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
-            step = steps_done = 0
+            step = 0
             with StopOnSignal(options.keep_on_interrupt) as stop:
                 while step < options.steps:
                     n = min(options.sample_every, options.steps - step)
@@ -145,20 +176,20 @@ def run_ase(
                     elapsed = time.perf_counter() - t0
                     step += n
                     if reason is None:
-                        values, frame = observe(step)
-                        if not np.all(np.isfinite(frame.positions)) or not np.isfinite(
-                            values["potential_energy"]
-                        ):
-                            reason = "non-finite positions or energy"
-                        elif values["temperature_kelvin"] > limit:
-                            reason = (
-                                f"temperature {values['temperature_kelvin']:.4g} K exceeds "
-                                f"{limit:.4g} K ({options.max_temperature_factor:g} x the target)"
-                            )
-                        else:
+                        values, frame = _observe(atoms, dynamics, step, options.timestep_fs)
+                        reason, _ = rules.check_thermo(
+                            values["temperature_kelvin"],
+                            values["potential_energy"],
+                            np.all(np.isfinite(frame.positions)),
+                            options.temperatures[:1],
+                        )
+                        if reason is None:
                             reason = fragments([frame])[0]
                     if reason is not None:
-                        _raise_blowup(reason, step, [last_good], [0], options.last_good_path)
+                        compilations = compiled.count
+                        raise_blowup(
+                            reason, step, [last_good], [0], options.last_good_path, summary
+                        )
                     if compiled.count == before:
                         timed_seconds += elapsed
                         timed_steps += n
@@ -167,6 +198,8 @@ def run_ase(
                         compile_seconds += elapsed
                     thermo.add(step, step * options.timestep_fs, values)
                     writer.write(0, [frame])
+                    if options.keep_frames:
+                        kept.append(frame)
                     last_good = frame
                     steps_done = step  # checked and written up to here
                     us = 1e6 * timed_seconds / timed_steps if timed_steps else None
@@ -192,24 +225,4 @@ def run_ase(
         writer.close()
         thermo.close()
         bar.close()
-    return _summarise(
-        "ase",
-        options,
-        conserved=conserved,
-        periodic=periodic,
-        n_atoms=len(atoms),
-        n_replicas=1,
-        wall=time.perf_counter() - start_wall,
-        compile_seconds=compile_seconds,
-        timed_seconds=timed_seconds,
-        timed_steps=timed_steps,
-        thermo=thermo,
-        rebuilds=calculator.neighbour_list_builds,
-        reallocations=0,
-        redone=0,
-        compilations=compilations,
-        trajectory=writer.paths,
-        atoms=last_good,
-        chunk_us=chunk_us,
-        steps_done=steps_done,
-    )
+    return summary()

@@ -14,7 +14,8 @@ import pytest
 from structures import ethanol, silicon
 from test_run import MOLECULE  # sample every 50 steps, chunks of 500
 
-from jaxdistill.md.run import StopOnSignal, run_md
+from jaxdistill.md import run_md
+from jaxdistill.md.signals import StopOnSignal
 
 pytest.importorskip("jax_md")
 

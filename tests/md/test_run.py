@@ -12,7 +12,7 @@ from structures import ethanol, hydrogen_and_its_carbon, silicon
 
 from jaxdistill import StudentCalculator
 from jaxdistill.diagnostics import count_compilations
-from jaxdistill.md.run import MDInstabilityError, MDSummary, run_md
+from jaxdistill.md import MDInstabilityError, MDSummary, run_md
 
 pytest.importorskip("jax_md")
 
