@@ -21,11 +21,11 @@ import ase.io
 from rich.console import Console
 
 from jaxdistill import StudentCalculator
-from jaxdistill.active import refine
+from jaxdistill.config import DistillConfig
 from jaxdistill.evaluate import evaluate
-from jaxdistill.pipeline import DistillConfig
+from jaxdistill.pipeline import refine
 from jaxdistill.student import load_student
-from jaxdistill.teachers.base import load_teacher
+from jaxdistill.teachers import load_teacher
 from jaxdistill.validation import force_errors
 
 

@@ -47,7 +47,7 @@ def make_frames(n_frames: int, seed: int = 0):
 def label_store(path: Path, n_frames: int) -> Path:
     from ase.calculators.lj import LennardJones
 
-    from jaxdistill.data.store import label
+    from jaxdistill.labelling import label
     from jaxdistill.teachers import load_teacher
 
     teacher = load_teacher(LennardJones(sigma=2.1, epsilon=0.1, rc=5.0, smooth=True))

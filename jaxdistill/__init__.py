@@ -9,6 +9,8 @@ behind extras.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 from jaxdistill._version import __version__
@@ -38,7 +40,30 @@ _EXPORTS = {
     "train": "jaxdistill.train",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [
+    "DistillConfig",
+    "Graph",
+    "LabelStore",
+    "MDInstabilityError",
+    "MDSummary",
+    "SamplingConfig",
+    "Student",
+    "StudentCalculator",
+    "TrainConfig",
+    "__version__",
+    "batch_graphs",
+    "create_student",
+    "distill",
+    "evaluate",
+    "graph_from_atoms",
+    "jax_md_potential",
+    "label",
+    "load_student",
+    "load_teacher",
+    "run_md",
+    "sample",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -52,6 +77,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """``jaxdistill.train`` and ``jaxdistill.evaluate`` are functions, as the API says,
+    although submodules carry the same names: importing such a submodule must not
+    replace the package's attribute with the module (Python's import system would)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly

@@ -34,9 +34,10 @@ import jax
 import numpy as np
 from ase.data import chemical_symbols
 
-from jaxdistill import __version__
+from jaxdistill._version import __version__
+from jaxdistill.data.arrays import LabelArrays
 from jaxdistill.data.batching import Capacity, make_batch, precompute_neighbours
-from jaxdistill.data.store import LabelArrays, LabelStore
+from jaxdistill.data.store import LabelStore
 from jaxdistill.graph import bucket_capacity
 from jaxdistill.models import build_model
 from jaxdistill.potential import make_potential, voigt_stress

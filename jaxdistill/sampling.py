@@ -57,7 +57,7 @@ from jaxdistill.config.sampling import (
     MeltConfig,
     SamplingConfig,
 )
-from jaxdistill.data.store import frame_hash
+from jaxdistill.data.arrays import frame_hash
 from jaxdistill.teachers.base import Teacher
 
 __all__ = [

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
-from jaxdistill import __version__
+from jaxdistill._version import __version__
 from jaxdistill.graph import Graph, batch_graphs, validate_atoms
 from jaxdistill.models import DEFAULT_ARCHITECTURE, build_model
 from jaxdistill.potential import Potential, Prediction, make_potential

@@ -139,6 +139,7 @@ def run_nvt(
     steps: int,
     progress: Callable[[int], None] | None = None,
     bond_factor: float | None = DEFAULT_BOND_FACTOR,
+    max_temperature_factor: float = 5.0,
 ) -> tuple[NVTRun, ase.Atoms]:
     """Langevin NVT (``run_md``'s ASE engine); returns the run and its final state.
 
@@ -148,7 +149,8 @@ def run_nvt(
     production. The run stops early (``blew_up_at_step``, ``failure``) when it breaks
     ``run_md``'s stability rules: non-finite numbers, a runaway temperature, or a
     structure that broke into more covalently bonded pieces than it started with
-    (``bond_factor`` x the covalent radii; None: no such check).
+    (``bond_factor`` x the covalent radii; None: no such check). The temperature limit
+    is ``max_temperature_factor`` x max(target, 100 K).
     """
     atoms = atoms.copy()
     thermalize_momenta(
@@ -164,6 +166,7 @@ def run_nvt(
         timestep_fs=config.timestep_fs,
         friction_per_fs=config.friction_per_fs,
         bond_factor=bond_factor,
+        max_temperature_factor=max_temperature_factor,
         rng=np.random.default_rng(config.seed + 1),
     )
     try:

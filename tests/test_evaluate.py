@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from jaxdistill import create_student
-from jaxdistill.data.store import LabelStore, label
+from jaxdistill.data.store import LabelStore
 from jaxdistill.evaluate import EV_PER_A3_TO_GPA, evaluate
+from jaxdistill.labelling import label
 from jaxdistill.potential import voigt_stress
 
 FRACTIONS = {"train": 0.5, "validation": 0.25, "test": 0.25}

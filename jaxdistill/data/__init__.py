@@ -1,29 +1,54 @@
-"""Data: the HDF5 label store and resumable labelling.
+"""Data: labelled frames as numpy arrays, the HDF5 label store, and padded batches.
 
-``LabelStore`` reads and appends labelled frames; ``label(teacher, frames, path)``
-labels frames into a store, resuming where a previous run stopped.
+- :mod:`~jaxdistill.data.arrays`: :class:`LabelArrays`, frame hashes, units (pure numpy);
+- :mod:`~jaxdistill.data.store`: :class:`LabelStore`, append-only and crash-safe (HDF5);
+- :mod:`~jaxdistill.data.batching`: fixed-shape padded batches for jitted training.
+
+Labelling (a teacher × frames → a store) is :func:`jaxdistill.labelling.label`. The
+names below load on first use (PEP 562): importing ``jaxdistill.data.arrays`` (as the
+training core does) imports neither h5py nor a teacher.
 """
 
-from jaxdistill.data.store import (
-    UNITS,
-    LabelArrays,
-    LabelStore,
-    LabelStoreError,
-    LabelSummary,
-    copy_frames,
-    frame_hash,
-    frames_fingerprint,
-    label,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS = {
+    "UNITS": "jaxdistill.data.arrays",
+    "LabelArrays": "jaxdistill.data.arrays",
+    "frame_hash": "jaxdistill.data.arrays",
+    "frames_fingerprint": "jaxdistill.data.arrays",
+    "LabelStore": "jaxdistill.data.store",
+    "LabelStoreError": "jaxdistill.data.store",
+    "copy_frames": "jaxdistill.data.store",
+}
 
 __all__ = [
     "UNITS",
     "LabelArrays",
     "LabelStore",
     "LabelStoreError",
-    "LabelSummary",
     "copy_frames",
     "frame_hash",
     "frames_fingerprint",
-    "label",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'jaxdistill.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from jaxdistill.data.arrays import UNITS, LabelArrays, frame_hash, frames_fingerprint
+    from jaxdistill.data.store import LabelStore, LabelStoreError, copy_frames

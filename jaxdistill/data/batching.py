@@ -26,7 +26,7 @@ from typing import NamedTuple
 import ase
 import numpy as np
 
-from jaxdistill.data.store import LabelArrays
+from jaxdistill.data.arrays import LabelArrays
 from jaxdistill.graph import Graph, bucket_capacity, neighbour_pairs
 
 __all__ = [

@@ -1,5 +1,9 @@
 """HDF5 label store: frames + teacher labels, append-only, crash-safe, resumable.
 
+This module only stores: :func:`jaxdistill.labelling.label` labels frames into a store,
+and :mod:`jaxdistill.data.arrays` holds the numpy side (:class:`LabelArrays`, frame
+hashes, units).
+
 Layout (readable with plain h5py; see docs/data.md for the full table). All datasets
 live at the root, are contiguous and are *preallocated* to a capacity when the file is
 created, so appending a frame only overwrites bytes inside existing datasets and never
@@ -26,13 +30,11 @@ store's path never holds a half-made file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,40 +45,15 @@ import h5py
 import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from jaxdistill.progress import progress_bar
-from jaxdistill.teachers.base import Teacher, TeacherLabels
+from jaxdistill.data.arrays import HASH_LEN, UNITS, LabelArrays, frame_hash, frames_fingerprint
+from jaxdistill.teachers.base import TeacherLabels
 
-__all__ = [
-    "FORMAT_NAME",
-    "FORMAT_VERSION",
-    "UNITS",
-    "LabelArrays",
-    "LabelStore",
-    "LabelStoreError",
-    "LabelSummary",
-    "copy_frames",
-    "frame_hash",
-    "frames_fingerprint",
-    "label",
-]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LabelStore", "LabelStoreError", "copy_frames"]
 
 FORMAT_NAME = "jaxdistill-label-store"
 FORMAT_VERSION = 1
 
-#: Units of every stored quantity (also written into the file's ``units`` attribute).
-UNITS: dict[str, str] = {
-    "positions": "Å",
-    "cell": "Å",
-    "energy": "eV",
-    "forces": "eV/Å",
-    "stress": "eV/Å³ (Voigt xx yy zz yz xz xy, ASE sign: (1/V) dE/dstrain)",
-    "force_disagreement": "eV/Å",
-    "energy_disagreement": "eV",
-    "temperature_kelvin": "K",
-}
-
 SAMPLER_LEN = 32  # bytes of the fixed-length sampler-name field
-HASH_LEN = 32  # hex characters of a frame's content hash (128-bit BLAKE2b)
 
 # name -> (dtype, trailing shape, fill value); per-atom and per-frame datasets.
 _ATOM_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
@@ -102,153 +79,6 @@ _FRAME_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
 class LabelStoreError(ValueError):
     """A file is not a valid label store (foreign, truncated, inconsistent), or a resume
     would mix incompatible inputs or teachers."""
-
-
-def frame_hash(atoms: ase.Atoms) -> str:
-    """Content hash of a structure: atomic numbers, positions, cell and pbc (exact bits).
-
-    Args:
-        atoms: The structure.
-
-    Returns:
-        A 32-character hex string (128-bit BLAKE2b). Equal structures, bit for bit,
-        give equal hashes; labels and ``info`` are not included.
-    """
-    digest = hashlib.blake2b(digest_size=HASH_LEN // 2)
-    digest.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
-    digest.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
-    digest.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
-    digest.update(np.ascontiguousarray(atoms.pbc, dtype=np.bool_).tobytes())
-    return digest.hexdigest()
-
-
-def frames_fingerprint(hashes: Sequence[str]) -> str:
-    """Fingerprint of an ordered list of frame hashes (identifies a whole input file)."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(str(len(hashes)).encode())
-    for h in hashes:
-        digest.update(h.encode())
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class LabelArrays:
-    """All (or selected) frames of a store as numpy arrays, for training.
-
-    Per-atom arrays are flat; frame ``i`` owns rows ``offsets[i]:offsets[i+1]``.
-
-    Attributes:
-        positions: ``[n_atoms_total, 3]`` float64, Å.
-        numbers: ``[n_atoms_total]`` int32, atomic numbers.
-        forces: ``[n_atoms_total, 3]`` float64, eV/Å.
-        offsets: ``[n_frames + 1]`` int64, starting at 0.
-        cell: ``[n_frames, 3, 3]`` float64, Å (rows are cell vectors).
-        pbc: ``[n_frames, 3]`` bool.
-        energy: ``[n_frames]`` float64, eV.
-        stress: ``[n_frames, 6]`` float64, eV/Å³ (Voigt, ASE sign); NaN = not labelled.
-        force_disagreement: ``[n_frames]`` float64, eV/Å; NaN for a single teacher.
-        energy_disagreement: ``[n_frames]`` float64, eV; NaN for a single teacher.
-        sampler: ``[n_frames]`` str.
-        temperature_kelvin: ``[n_frames]`` float64, K; NaN when not from MD.
-        seed: ``[n_frames]`` int64; -1 when unknown.
-        input_index: ``[n_frames]`` int64, index of the frame in the labelled input.
-        frame_index: ``[n_frames]`` int64, index of the frame in the store.
-    """
-
-    positions: np.ndarray
-    numbers: np.ndarray
-    forces: np.ndarray
-    offsets: np.ndarray
-    cell: np.ndarray
-    pbc: np.ndarray
-    energy: np.ndarray
-    stress: np.ndarray
-    force_disagreement: np.ndarray
-    energy_disagreement: np.ndarray
-    sampler: np.ndarray
-    temperature_kelvin: np.ndarray
-    seed: np.ndarray
-    input_index: np.ndarray
-    frame_index: np.ndarray
-
-    @property
-    def n_frames(self) -> int:
-        """Number of frames."""
-        return len(self.energy)
-
-    @property
-    def n_atoms(self) -> np.ndarray:
-        """``[n_frames]`` atoms per frame."""
-        return np.diff(self.offsets)
-
-    @property
-    def atom_frame(self) -> np.ndarray:
-        """``[n_atoms_total]`` the frame (0..n_frames-1) each atom row belongs to."""
-        return np.repeat(np.arange(self.n_frames), self.n_atoms)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> LabelArrays:
-        """The arrays of the frames ``indices`` (positions in this object), in that order."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        starts, stops = self.offsets[idx], self.offsets[idx + 1]
-        rows = (
-            np.concatenate([np.arange(a, b) for a, b in zip(starts, stops, strict=True)])
-            if len(idx)
-            else np.zeros(0, dtype=np.int64)
-        )
-        offsets = np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64)
-        per_atom = {"positions", "numbers", "forces"}
-        values: dict[str, np.ndarray] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "offsets":
-                values[f.name] = offsets
-            elif f.name in per_atom:
-                values[f.name] = value[rows]
-            else:
-                values[f.name] = value[idx]
-        return LabelArrays(**values)
-
-    @staticmethod
-    def concatenate(parts: Sequence[LabelArrays]) -> LabelArrays:
-        """The frames of several objects, one after another (``frame_index`` is kept:
-        it points into each part's own store)."""
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        if len(parts) == 1:
-            return parts[0]
-        values: dict[str, np.ndarray] = {}
-        for f in fields(LabelArrays):
-            if f.name == "offsets":
-                counts = np.concatenate([p.n_atoms for p in parts])
-                values[f.name] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            else:
-                values[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
-        return LabelArrays(**values)
-
-
-@dataclass(frozen=True)
-class LabelSummary:
-    """What :func:`label` did.
-
-    Attributes:
-        path: The store.
-        n_frames: Frames in the store after the run (= frames in the input).
-        n_labelled: Frames labelled by this run.
-        n_resumed: Frames found already labelled (skipped).
-        n_atoms: Atoms in the store.
-        elements: Atom counts per element symbol over the store.
-        seconds: Wall time of this run's labelling, s.
-        seconds_per_frame: ``seconds / n_labelled`` (NaN when nothing was labelled).
-    """
-
-    path: Path
-    n_frames: int
-    n_labelled: int
-    n_resumed: int
-    n_atoms: int
-    elements: dict[str, int]
-    seconds: float
-    seconds_per_frame: float
 
 
 def _new_dcpl() -> h5py.h5p.PropDCID:
@@ -326,21 +156,12 @@ def _create_file(
     return file
 
 
-def _labels_provenance_mismatch(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    keys = ("name", "spec", "package", "version", "weights_sha256", "precision", "ensemble_size")
-    return [
-        f"{k}: store has {stored.get(k)!r}, teacher has {new.get(k)!r}"
-        for k in keys
-        if json.loads(_json_attr(stored.get(k))) != json.loads(_json_attr(new.get(k)))
-    ]
-
-
 class LabelStore:
     """An HDF5 file of labelled frames (see the module docstring for the layout).
 
     Open an existing store with ``LabelStore(path)`` (read-only) or
     ``LabelStore(path, mode="a")`` (append); create one with :meth:`LabelStore.create`
-    or through :func:`label`.
+    or through :func:`jaxdistill.labelling.label`.
 
     Args:
         path: The ``.h5`` file.
@@ -413,7 +234,7 @@ class LabelStore:
             capacity_frames: Frames preallocated (the store grows automatically).
             capacity_atoms: Atoms preallocated (the store grows automatically).
             input_info: Description of the labelled input (``n_frames``, ``fingerprint``,
-                ``source``), used by :func:`label` to resume safely.
+                ``source``), used by :func:`~jaxdistill.labelling.label` to resume safely.
             metadata: Free-form JSON-serialisable metadata (``metadata`` attribute).
             overwrite: Replace an existing file.
             durable: fsync after every commit.
@@ -425,7 +246,7 @@ class LabelStore:
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path} exists (pass overwrite=True to replace it)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        from jaxdistill import __version__
+        from jaxdistill._version import __version__
 
         attrs = {
             "teacher": _json_attr(dict(teacher or {})),
@@ -583,6 +404,10 @@ class LabelStore:
     def input_hashes(self) -> list[str]:
         """Content hashes of the committed frames' inputs (see :func:`frame_hash`)."""
         return [h.decode() for h in self._file["input_hash"][: len(self)]]
+
+    def input_indices(self) -> np.ndarray:
+        """``[n_frames]`` int64: each committed frame's index in the labelled input."""
+        return self._file["input_index"][: len(self)]
 
     @staticmethod
     def _atoms_from_arrays(arr: LabelArrays, i: int) -> ase.Atoms:
@@ -856,8 +681,6 @@ def copy_frames(
     Returns:
         The new store's path.
     """
-    from jaxdistill.teachers.base import TeacherLabels
-
     destination = Path(destination)
     with LabelStore(source) as store:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -888,140 +711,3 @@ def copy_frames(
         ) as copy:
             copy.append(frames, labels, input_indices=idx.tolist(), input_hashes=hashes)
     return destination
-
-
-def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
-    if isinstance(frames, (str, Path)):
-        path = Path(frames)
-        if not path.is_file():
-            raise FileNotFoundError(f"input frames not found: {path}")
-        read = ase.io.read(path, index=":")
-        return (list(read) if isinstance(read, list) else [read]), str(path)
-    return list(frames), "<in-memory frames>"
-
-
-def label(
-    teacher: Teacher | str,
-    frames: Sequence[ase.Atoms] | str | Path,
-    store_path: str | Path,
-    batch_size: int | None = None,
-    progress: bool = True,
-    durable: bool = True,
-    console: Any | None = None,
-) -> LabelSummary:
-    """Label frames with a teacher into a store; resumable and crash-safe.
-
-    Frames are labelled in input order and committed in batches. If ``store_path``
-    exists, it must have been made from the same input (same frames, bit for bit, in
-    the same order: checked by content hash) and the same teacher (name, weights
-    SHA-256, precision, package version); labelling then resumes after the last
-    committed frame, so no frame is labelled twice and none is lost. A different input
-    or teacher is refused with :class:`LabelStoreError`.
-
-    Args:
-        teacher: A :class:`~jaxdistill.teachers.Teacher` or a spec for
-            :func:`~jaxdistill.teachers.load_teacher`.
-        frames: Structures, or a file ``ase.io.read`` can read (all frames).
-        store_path: The HDF5 store (created when absent).
-        batch_size: Frames per teacher call and per commit (default: the teacher's
-            ``batch_size``, at least 8). A kill loses at most one batch of work.
-        progress: Show a rich progress bar.
-        durable: fsync after each commit (protects against power loss too).
-        console: A ``rich.console.Console`` for the progress bar (default: stderr).
-
-    Returns:
-        A :class:`LabelSummary`.
-    """
-    from jaxdistill.teachers.base import load_teacher
-
-    if isinstance(teacher, str):
-        teacher = load_teacher(teacher)
-    items, source = _read_frames(frames)
-    if not items:
-        raise ValueError("no frames to label")
-    hashes = [frame_hash(x) for x in items]
-    fingerprint = frames_fingerprint(hashes)
-    input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": source}
-    provenance = teacher.provenance()
-    store_path = Path(store_path)
-
-    if store_path.exists():
-        store = LabelStore(store_path, mode="a", durable=durable)
-        try:
-            _check_resume(store, input_info, hashes, provenance)
-        except Exception:
-            store.close()
-            raise
-    else:
-        store = LabelStore.create(
-            store_path,
-            teacher=provenance,
-            capacity_frames=len(items),
-            capacity_atoms=sum(len(x) for x in items),
-            input_info=input_info,
-            durable=durable,
-        )
-
-    size = int(batch_size or max(int(getattr(teacher, "batch_size", 1)), 8))
-    done_before = len(store)
-    start = time.perf_counter()
-    try:
-        with progress_bar(console, enabled=progress) as bar:
-            task = bar.add_task(
-                f"labelling ({teacher.name})", total=len(items), completed=done_before
-            )
-            for lo in range(done_before, len(items), size):
-                hi = min(lo + size, len(items))
-                chunk = items[lo:hi]
-                labels = teacher.label(chunk)
-                store.append(chunk, labels, input_indices=range(lo, hi), input_hashes=hashes[lo:hi])
-                bar.update(task, completed=hi)
-        seconds = time.perf_counter() - start
-        n_new = len(store) - done_before
-        return LabelSummary(
-            path=store_path,
-            n_frames=len(store),
-            n_labelled=n_new,
-            n_resumed=done_before,
-            n_atoms=store.n_atoms_total,
-            elements=store.element_counts(),
-            seconds=seconds,
-            seconds_per_frame=seconds / n_new if n_new else math.nan,
-        )
-    finally:
-        store.close()
-
-
-def _check_resume(
-    store: LabelStore,
-    input_info: Mapping[str, Any],
-    hashes: Sequence[str],
-    provenance: Mapping[str, Any],
-) -> None:
-    stored = store.input_info
-    if stored.get("fingerprint") != input_info["fingerprint"]:
-        raise LabelStoreError(
-            f"{store.path} was labelled from a different input "
-            f"({stored.get('n_frames')} frames from "
-            f"{stored.get('source')!r}, fingerprint {stored.get('fingerprint')}); this input has "
-            f"{input_info['n_frames']} frames (fingerprint {input_info['fingerprint']}). "
-            "Use a new output path, or the original input."
-        )
-    done = len(store)
-    if done > len(hashes):
-        raise LabelStoreError(
-            f"{store.path} holds {done} frames but the input has only {len(hashes)}"
-        )
-    indices = store._file["input_index"][:done]
-    if done and (
-        not np.array_equal(indices, np.arange(done)) or store.input_hashes() != list(hashes[:done])
-    ):
-        raise LabelStoreError(
-            f"{store.path}: stored frames do not match the input's first {done} frames"
-        )
-    mismatch = _labels_provenance_mismatch(store.teacher, provenance)
-    if mismatch:
-        raise LabelStoreError(
-            f"{store.path} was labelled by a different teacher; refusing to mix labels:\n  "
-            + "\n  ".join(mismatch)
-        )

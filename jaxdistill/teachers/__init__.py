@@ -14,8 +14,8 @@ from jaxdistill.teachers.base import (
     TeacherLabels,
     combine_ensemble,
     file_sha256,
-    load_teacher,
 )
+from jaxdistill.teachers.registry import load_teacher
 
 __all__ = [
     "AseTeacher",

@@ -1,4 +1,4 @@
-"""The teacher protocol, shared helpers, ensembles and :func:`load_teacher`.
+"""The teacher protocol, shared helpers and ensembles.
 
 A *teacher* labels structures with energy, forces and (for periodic cells) stress.
 Every teacher, whatever its package, answers through the same small interface:
@@ -26,7 +26,7 @@ import importlib
 import importlib.metadata
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,19 +41,9 @@ __all__ = [
     "TeacherCalculator",
     "TeacherLabels",
     "file_sha256",
-    "load_teacher",
     "package_version",
     "require_package",
 ]
-
-#: The spec forms :func:`load_teacher` understands, shown in error messages.
-SPEC_FORMS = (
-    "orb:<model-name>  (e.g. orb:orb-v3-conservative-inf-omat)",
-    "orb:<model-name>@/path/to/weights.ckpt",
-    "fennol:/path/model.fnx  (several comma-separated paths or a glob = ensemble)",
-    "sevennet:<name-or-path>  (e.g. sevennet:7net-0)",
-    "ase:<module>:<factory>  (e.g. ase:ase.calculators.emt:EMT)",
-)
 
 
 @dataclass(frozen=True)
@@ -344,96 +334,3 @@ class EnsembleTeacher(BaseTeacher):
     def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
         per_member = [member.label(frames) for member in self.members]
         return [combine_ensemble([labels[i] for labels in per_member]) for i in range(len(frames))]
-
-
-@dataclass
-class _ParsedSpec:
-    kind: str
-    body: str
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _parse_spec(spec: str) -> _ParsedSpec:
-    kind, sep, body = spec.partition(":")
-    if not sep or not body:
-        raise ValueError(
-            f"cannot parse teacher spec {spec!r}; expected one of:\n  " + "\n  ".join(SPEC_FORMS)
-        )
-    return _ParsedSpec(kind.strip().lower(), body.strip())
-
-
-def load_teacher(
-    spec: str | Calculator | Teacher,
-    device: str = "cpu",
-    **kwargs: Any,
-) -> Teacher:
-    """Load a teacher from a spec string, an ASE calculator or a ready teacher.
-
-    Spec strings:
-
-    - ``orb:<model-name>`` — Orb-v3 (or v2) through orb-models' own pretrained loader,
-      which downloads the weights; ``orb:<model-name>@/path/weights.ckpt`` loads local
-      weights through the same loader. Keyword arguments: ``precision``
-      (``"float32-high"``, ``"float32-highest"``, ``"float64"``), ``compile`` (default
-      False), ``batch_size`` (frames per Orb call, default 8), ``max_batch_atoms``,
-      ``charge``/``spin`` (defaults for OMol models).
-    - ``fennol:/path/model.fnx`` — a FeNNol model; several comma-separated paths or a
-      glob make an ensemble (labels are the mean; disagreement is reported).
-    - ``sevennet:<name-or-path>`` — SevenNet (``7net-0`` ships inside the sevenn wheel);
-      keyword ``modal`` for multi-fidelity models.
-    - ``ase:<module>:<factory>`` — ``factory(**kwargs)`` must return an ASE calculator,
-      e.g. ``ase:ase.calculators.emt:EMT``.
-
-    Args:
-        spec: The spec string, an ``ase.calculators.calculator.Calculator`` instance
-            (wrapped as an :class:`~jaxdistill.teachers.ase.AseTeacher`), or an object
-            that already satisfies :class:`Teacher` (returned unchanged).
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``, for torch teachers; recorded in
-            the provenance of every teacher.
-        **kwargs: Passed to the adapter (see above).
-
-    Returns:
-        A :class:`Teacher`.
-
-    Raises:
-        ValueError: An unknown spec form.
-        ImportError: The teacher's package is not installed (the message names the
-            ``pip install 'jaxdistill[...]'`` to run).
-        FileNotFoundError: A weights file is missing (the message names it).
-    """
-    if isinstance(spec, Calculator):
-        from jaxdistill.teachers.ase import AseTeacher
-
-        return AseTeacher(spec, device=device, **kwargs)
-    if not isinstance(spec, str):
-        if isinstance(spec, Teacher):
-            return spec
-        raise TypeError(
-            "load_teacher expects a spec string, an ASE Calculator or a Teacher, "
-            f"got {type(spec)!r}"
-        )
-
-    parsed = _parse_spec(spec)
-    if parsed.kind == "orb":
-        from jaxdistill.teachers.orb import load_orb_teacher
-
-        name, _, weights = parsed.body.partition("@")
-        return load_orb_teacher(
-            name.strip(), weights_path=weights.strip() or None, device=device, **kwargs
-        )
-    if parsed.kind == "fennol":
-        from jaxdistill.teachers.fennol import load_fennol_teacher
-
-        return load_fennol_teacher(parsed.body, device=device, **kwargs)
-    if parsed.kind == "sevennet":
-        from jaxdistill.teachers.sevennet import load_sevennet_teacher
-
-        return load_sevennet_teacher(parsed.body, device=device, **kwargs)
-    if parsed.kind == "ase":
-        from jaxdistill.teachers.ase import load_ase_teacher
-
-        return load_ase_teacher(parsed.body, device=device, **kwargs)
-    raise ValueError(
-        f"unknown teacher kind {parsed.kind!r} in spec {spec!r}; expected one of:\n  "
-        + "\n  ".join(SPEC_FORMS)
-    )

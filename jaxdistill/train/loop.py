@@ -37,6 +37,8 @@ import jax
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
+from jaxdistill.config.train import RESUMABLE_KEYS, TrainConfig, resolve_config
+from jaxdistill.data.arrays import LabelArrays
 from jaxdistill.data.batching import (
     Batch,
     CapacityPlan,
@@ -45,13 +47,12 @@ from jaxdistill.data.batching import (
     precompute_neighbours,
     shard_indices,
 )
-from jaxdistill.data.store import LabelArrays, LabelStore
+from jaxdistill.data.store import LabelStore
 from jaxdistill.models import build_model
 from jaxdistill.potential import make_potential
 from jaxdistill.progress import progress_bar
 from jaxdistill.student import CONFIG_FILE, PARAMS_DIR, Student, create_student, load_student
 from jaxdistill.train.checkpoint import RunCheckpoints
-from jaxdistill.train.config import RESUMABLE_KEYS, TrainConfig, resolve_config
 from jaxdistill.train.loss import LossWeights, disagreement_weights, metrics_from_sums
 from jaxdistill.train.optimizer import make_optimizer, make_schedule
 from jaxdistill.train.reference import (

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdistill.data.arrays import LabelArrays
 from jaxdistill.data.batching import Batch
-from jaxdistill.data.store import LabelArrays
 from jaxdistill.potential import Prediction, voigt_stress
 
 # Names of the error sums; metrics are derived from them (see `metrics_from_sums`).

@@ -12,7 +12,7 @@ from typing import Any
 import jax
 import optax
 
-from jaxdistill.train.config import TrainConfig
+from jaxdistill.config.train import TrainConfig
 
 FROZEN_PARAMETERS = ("atomic_shift", "atomic_scale")
 

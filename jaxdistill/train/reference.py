@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
-from jaxdistill.data.store import LabelArrays
+from jaxdistill.data.arrays import LabelArrays
 
 
 class HeadStatistics(NamedTuple):

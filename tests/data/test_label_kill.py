@@ -37,7 +37,7 @@ SLOW_EMT = textwrap.dedent(
 RUNNER = textwrap.dedent(
     """
     import sys
-    from jaxdistill.data import label
+    from jaxdistill.labelling import label
     from jaxdistill.teachers import load_teacher
 
     teacher = load_teacher("ase:slow_emt_teacher:SlowEMT")

@@ -13,7 +13,8 @@ import pytest
 from ase.calculators.emt import EMT
 from ase.calculators.lj import LennardJones
 
-from jaxdistill.data import LabelStore, LabelStoreError, frame_hash, label
+from jaxdistill.data import LabelStore, LabelStoreError, frame_hash
+from jaxdistill.labelling import label
 from jaxdistill.teachers import AseTeacher, TeacherLabels
 
 

@@ -10,7 +10,7 @@ import typer
 from structures import ethanol, silicon
 from typer.testing import CliRunner
 
-from jaxdistill.cli_md import md_command
+from jaxdistill.cli.md import md_command
 
 app = typer.Typer()
 app.command("md")(md_command)

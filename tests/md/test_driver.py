@@ -120,3 +120,11 @@ def test_a_blow_up_carries_the_run_so_far():
     assert summary.steps_done < error.step <= 400
     assert len(summary.frames[0]) == summary.steps_done // 2
     assert len(summary.thermo["step"]) == summary.steps_done // 2 + 1
+
+
+def test_the_config_knows_the_drivers_engines():
+    """config.active keeps its own copy (configs import without jax): it must match."""
+    from jaxdistill.config.active import ENGINES as CONFIG_ENGINES
+    from jaxdistill.md import ENGINES
+
+    assert CONFIG_ENGINES == ENGINES

@@ -32,7 +32,7 @@ def copper(seed: int = 0, repeat=(1, 1, 1)) -> ase.Atoms:
 def test_import_does_not_load_torch_or_teacher_packages():
     code = (
         "import sys, jaxdistill.teachers, jaxdistill.data, jaxdistill.sampling, "
-        "jaxdistill.cli_data\n"
+        "jaxdistill.cli.data, jaxdistill.labelling\n"
         "bad = [m for m in ('torch', 'orb_models', 'fennol', 'sevenn') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )

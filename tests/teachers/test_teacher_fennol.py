@@ -7,7 +7,8 @@ import ase.build
 import numpy as np
 import pytest
 
-from jaxdistill.data import LabelStore, label
+from jaxdistill.data import LabelStore
+from jaxdistill.labelling import label
 from jaxdistill.teachers import EnsembleTeacher, load_teacher
 
 pytest.importorskip("fennol", reason="fennol not installed (pip install 'jaxdistill[fennol]')")

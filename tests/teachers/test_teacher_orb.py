@@ -14,7 +14,8 @@ import ase.build
 import numpy as np
 import pytest
 
-from jaxdistill.data import LabelStore, label
+from jaxdistill.data import LabelStore
+from jaxdistill.labelling import label
 from jaxdistill.teachers import load_teacher
 
 torch = pytest.importorskip("torch", reason="torch not installed (pip install 'jaxdistill[orb]')")

@@ -6,7 +6,8 @@ import ase.build
 import numpy as np
 import pytest
 
-from jaxdistill.data import LabelStore, label
+from jaxdistill.data import LabelStore
+from jaxdistill.labelling import label
 from jaxdistill.teachers import load_teacher
 
 pytest.importorskip("sevenn", reason="sevenn not installed (pip install 'jaxdistill[sevennet]')")

@@ -1,7 +1,7 @@
 """Small label stores made by real teachers, shared by the training tests.
 
 Stores are labelled once per session into a temporary folder through the store's own
-API (``jaxdistill.data.store.label``): SevenNet-0 on rattled and strained 8-atom
+API (``jaxdistill.labelling.label``): SevenNet-0 on rattled and strained 8-atom
 silicon cells (with stress), and FeNNol ANI-1x (one member) on distorted ethanol.
 """
 
@@ -13,7 +13,7 @@ import pytest
 from structures import shared_path
 from train_helpers import SI_CONFIG, ethanol_frames, read_metrics, silicon_frames
 
-from jaxdistill.data.store import label
+from jaxdistill.labelling import label
 from jaxdistill.train import train
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from structures import ethanol, silicon, triclinic_si
 
+from jaxdistill.data.arrays import LabelArrays
 from jaxdistill.data.batching import (
     Capacity,
     make_batch,
@@ -14,7 +15,6 @@ from jaxdistill.data.batching import (
     shard_indices,
     voigt_to_matrix,
 )
-from jaxdistill.data.store import LabelArrays
 from jaxdistill.graph import Graph, batch_graphs, bucket_capacity
 from jaxdistill.train import BatchOrder
 

@@ -9,7 +9,8 @@ import pytest
 from ase.calculators.emt import EMT
 
 from jaxdistill import create_student
-from jaxdistill.data.store import LabelStore, label
+from jaxdistill.data.store import LabelStore
+from jaxdistill.labelling import label
 from jaxdistill.train import apply_head_statistics, fit_head_statistics
 
 ELEMENTS = ("Al", "Ni", "Cu", "Ag")

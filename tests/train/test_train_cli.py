@@ -10,7 +10,7 @@ from train_helpers import TINY
 from typer.testing import CliRunner
 
 from jaxdistill import load_student
-from jaxdistill.cli_train import evaluate_command, train_command
+from jaxdistill.cli.train import evaluate_command, train_command
 
 app = typer.Typer()
 app.command("train")(train_command)

@@ -1,6 +1,6 @@
 """``jaxdistill md``: molecular dynamics with a student from the command line.
 
-A plain function with typer annotations; ``cli.py`` registers it::
+A plain function with typer annotations; ``jaxdistill.cli.main`` registers it::
 
     app.command("md")(md_command)
 """
@@ -85,7 +85,7 @@ def md_command(
     """Run molecular dynamics with a trained student (jax-md on the GPU, or ASE)."""
     import ase.io
 
-    from jaxdistill.md.run import MDInstabilityError, run_md
+    from jaxdistill.md import MDInstabilityError, run_md
     from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
     from jaxdistill.student import load_student
 

@@ -1,9 +1,9 @@
 """CLI commands of the data stage: ``jaxdistill sample`` and ``jaxdistill label``.
 
-Plain functions with typer annotations; ``jaxdistill.cli`` registers them with
+Plain functions with typer annotations; ``jaxdistill.cli.main`` registers them with
 ``app.command("sample")(sample_command)`` and ``app.command("label")(label_command)``.
 Each is a thin shell over :func:`jaxdistill.sampling.sample` and
-:func:`jaxdistill.data.label`.
+:func:`jaxdistill.labelling.label`.
 """
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def sample_command(
 
     import ase.io
 
-    from jaxdistill.sampling import SamplingConfig, element_counts, sample, sampler_counts
+    from jaxdistill.config import SamplingConfig
+    from jaxdistill.sampling import element_counts, sample, sampler_counts
 
     with _user_errors():
         if output.exists() and not overwrite:
@@ -163,7 +164,7 @@ def label_command(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Label frames with a teacher into an HDF5 store (resumes an interrupted run)."""
-    from jaxdistill.data import label
+    from jaxdistill.labelling import label
     from jaxdistill.teachers import load_teacher
 
     with _user_errors():

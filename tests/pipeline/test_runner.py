@@ -10,7 +10,8 @@ import yaml
 from rich.console import Console
 
 from jaxdistill import load_student
-from jaxdistill.pipeline import DistillConfig, RunDirectory, distill, stage_hashes
+from jaxdistill.config import DistillConfig, stage_hashes
+from jaxdistill.pipeline import RunDirectory, distill
 
 TINY = {
     "name": "tiny-cu",
@@ -78,9 +79,9 @@ def test_tiny_distillation_runs_resumes_and_reports(tmp_path):
 
     # Where jax-md can run, the report sets the student's jax-md step against the
     # teacher's ASE step (here a 108-atom cell, timed for real, written into the record).
-    from jaxdistill.report import write_report
-    from jaxdistill.stages import StageContext
-    from jaxdistill.validation import MDValidationConfig, time_student_jaxmd
+    from jaxdistill.config import MDValidationConfig
+    from jaxdistill.pipeline.stages import StageContext, report_stage
+    from jaxdistill.validation import time_student_jaxmd
 
     results = json.loads((run_dir / "md" / "results.json").read_text())
     teacher_seconds = [entry["teacher"]["seconds_per_step"] for entry in results["temperatures"]]
@@ -91,7 +92,7 @@ def test_tiny_distillation_runs_resumes_and_reports(tmp_path):
     (run_dir / "md" / "results.json").write_text(json.dumps(results))
     config = DistillConfig.from_dict(TINY)
     run = RunDirectory(run_dir)
-    write_report(StageContext(config=config, run=run, console=Console(), device="cpu"))
+    report_stage(StageContext(config=config, run=run, console=Console(), device="cpu"))
     report = (run_dir / "report.md").read_text()
     us = results["student_jaxmd"]["us_per_step"]
     assert f"{us:.1f} µs/step" in report and "faster than the teacher's ASE step" in report
@@ -134,7 +135,7 @@ def test_config_errors_name_the_key():
 def test_shipped_configs_parse(name):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    path = Path(__file__).resolve().parents[2] / "configs" / name
     config = DistillConfig.from_yaml(path)
     assert config.name and config.teacher
     assert config.sampling.structures

@@ -1,4 +1,5 @@
-"""Command-line interface: ``jaxdistill COMMAND``; each command a thin shell over the library."""
+"""The typer app ``jaxdistill COMMAND``: ``demo``, ``distill`` and ``info`` here; the stage
+commands (``sample``, ``label``, ``train``, ``evaluate``, ``md``) from their modules."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from jaxdistill import __version__
+from jaxdistill._version import __version__
+from jaxdistill.cli.data import label_command, sample_command
+from jaxdistill.cli.md import md_command
+from jaxdistill.cli.train import evaluate_command, train_command
 
 app = typer.Typer(
     name="jaxdistill",
@@ -55,7 +59,8 @@ def demo(
     from ase.md.verlet import VelocityVerlet
     from rich.progress import track
 
-    from jaxdistill import StudentCalculator, create_student
+    from jaxdistill.md.ase_calculator import StudentCalculator
+    from jaxdistill.student import create_student
 
     atoms = ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (2, 2, 2)
     student = create_student(architecture, ["Si"], cutoff=5.0)
@@ -97,7 +102,7 @@ def distill(
     ] = None,
 ) -> None:
     """Sample, label, train, evaluate, validate by MD and report; resumes when re-run."""
-    from jaxdistill.pipeline import STAGES
+    from jaxdistill.config import STAGES
     from jaxdistill.pipeline import distill as run_distill
 
     try:
@@ -110,27 +115,16 @@ def distill(
 @app.command()
 def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) -> None:
     """Describe a saved student."""
-    from jaxdistill import load_student
+    from jaxdistill.student import load_student
 
     loaded = load_student(student)
     for key, value in loaded.config().items():
         console.print(f"[bold]{key}[/]: {value}")
 
 
-def _register_stage_commands() -> None:
-    """Commands defined beside the library code they wrap."""
-    from jaxdistill.cli_data import label_command, sample_command
-    from jaxdistill.cli_md import md_command
-    from jaxdistill.cli_train import evaluate_command, train_command
-
-    app.command("sample")(sample_command)
-    app.command("label")(label_command)
-    app.command("train")(train_command)
-    app.command("evaluate")(evaluate_command)
-    app.command("md")(md_command)
-
-
-_register_stage_commands()
-
-if __name__ == "__main__":
-    app()
+# The stage commands, defined beside one another in cli/data.py, cli/train.py, cli/md.py.
+app.command("sample")(sample_command)
+app.command("label")(label_command)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("md")(md_command)

@@ -1,4 +1,5 @@
-"""The stages of ``jaxdistill distill``; each returns a JSON-able summary of what it did."""
+"""The stages of ``jaxdistill distill``: each a thin shell over the library function that
+does the work, taking the :class:`StageContext` and returning a JSON-able summary."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ase.io
 import numpy as np
 from rich.console import Console
 
+from jaxdistill.config.distill import DistillConfig
+from jaxdistill.pipeline.report import write_report
+from jaxdistill.pipeline.rundir import RunDirectory
 from jaxdistill.progress import JaxdistillProgress, progress_bar
-
-if TYPE_CHECKING:
-    from jaxdistill.pipeline import DistillConfig, RunDirectory
 
 
 def hardware_description(device: str = "cpu") -> str:
@@ -126,7 +127,7 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
 
 def label_stage(context: StageContext) -> dict[str, Any]:
     """Label the frames with the teacher into labels.h5 (resumes a killed run)."""
-    from jaxdistill.data.store import label
+    from jaxdistill.labelling import label
 
     result = label(
         context.teacher,
@@ -166,7 +167,7 @@ def train_stage(context: StageContext) -> dict[str, Any]:
 
 def refine_stage(context: StageContext) -> dict[str, Any]:
     """Active learning: student MD finds weak spots, the teacher labels them, fine-tune."""
-    from jaxdistill.active import refine
+    from jaxdistill.pipeline.refine import refine
 
     result = refine(
         context.run.student,
@@ -200,8 +201,9 @@ def evaluate_stage(context: StageContext) -> dict[str, Any]:
 
 def md_stage(context: StageContext) -> dict[str, Any]:
     """Student and teacher MD side by side; held-out frames at an unseen temperature."""
-    from jaxdistill import StudentCalculator, load_student
+    from jaxdistill.md.ase_calculator import StudentCalculator
     from jaxdistill.sampling import load_structures
+    from jaxdistill.student import load_student
     from jaxdistill.validation import (
         time_student_jaxmd,
         total_steps,
@@ -258,6 +260,12 @@ def md_stage(context: StageContext) -> dict[str, Any]:
     }
 
 
+def report_stage(context: StageContext) -> dict[str, Any]:
+    """Write report.md (+ plots) from the stage records and print a summary table."""
+    return write_report(context.run, context.config, context.console)
+
+
+#: stage name -> its function, one for every name of :data:`~jaxdistill.config.STAGES`
 STAGE_FUNCTIONS = {
     "sample": sample_stage,
     "label": label_stage,
@@ -265,4 +273,5 @@ STAGE_FUNCTIONS = {
     "refine": refine_stage,
     "evaluate": evaluate_stage,
     "md": md_stage,
+    "report": report_stage,
 }

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from jaxdistill.stages import StageContext
+from jaxdistill.config.distill import DistillConfig
+from jaxdistill.pipeline.rundir import RunDirectory
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
@@ -93,9 +94,8 @@ def plot_md(results: dict[str, Any], output_dir: Path) -> dict[str, str]:
     return files
 
 
-def write_report(context: StageContext) -> dict[str, Any]:
+def write_report(run: RunDirectory, config: DistillConfig, console: Console) -> dict[str, Any]:
     """Write report.md (+ plots) from the stage records and print a summary table."""
-    run = context.run
     record = run.record()
     sample = record.get("sample", {}).get("summary", {})
     label = record.get("label", {}).get("summary", {})
@@ -106,10 +106,10 @@ def write_report(context: StageContext) -> dict[str, Any]:
     md = json.loads(md_file.read_text()) if md_file.is_file() else {}
     plots = plot_md(md, run.path) if md else {}
 
-    lines = [f"# Distillation report: {context.config.name}", ""]
+    lines = [f"# Distillation report: {config.name}", ""]
     teacher = label.get("teacher", {})
     lines += [
-        f"Teacher: `{context.config.teacher}` ({teacher.get('package', '')} "
+        f"Teacher: `{config.teacher}` ({teacher.get('package', '')} "
         f"{teacher.get('version', '')}). Student: {training.get('architecture', '?')} with "
         f"{training.get('parameters', '?')} parameters.",
         "",
@@ -123,7 +123,7 @@ def write_report(context: StageContext) -> dict[str, Any]:
         f"{label.get('hardware', '?')}",
         "",
     ]
-    table = Table(title=f"jaxdistill: {context.config.name}")
+    table = Table(title=f"jaxdistill: {config.name}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
     refine = record.get("refine", {}).get("summary", {})
@@ -237,6 +237,6 @@ def write_report(context: StageContext) -> dict[str, Any]:
         "",
     ]
     run.report.write_text("\n".join(lines))
-    context.console.print(table)
-    context.console.print(f"report: {run.report}")
+    console.print(table)
+    console.print(f"report: {run.report}")
     return {"report": str(run.report), "plots": sorted(plots.values())}

@@ -10,7 +10,7 @@ import yaml
 from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
-from jaxdistill.cli_data import label_command, sample_command
+from jaxdistill.cli.data import label_command, sample_command
 from jaxdistill.data import LabelStore
 
 EMT_SPEC = "ase:ase.calculators.emt:EMT"
@@ -18,7 +18,7 @@ EMT_SPEC = "ase:ase.calculators.emt:EMT"
 
 @pytest.fixture(scope="module")
 def app() -> typer.Typer:
-    # The same registration jaxdistill.cli does.
+    # The same registration jaxdistill.cli.main does.
     app = typer.Typer()
     app.command("sample")(sample_command)
     app.command("label")(label_command)

@@ -10,19 +10,23 @@ import ase.build
 import jax
 import numpy as np
 import pytest
-from test_pipeline import TINY
+from test_runner import TINY
 
 from jaxdistill import create_student, load_student
-from jaxdistill.active import (
+from jaxdistill.config import (
     FINE_TUNE_DEFAULTS,
     ActiveLearningConfig,
+    DistillConfig,
+    SamplingConfig,
+    TrainConfig,
+    stage_hashes,
+)
+from jaxdistill.pipeline import distill
+from jaxdistill.pipeline.refine import (
     exploration_temperatures,
     explore,
     select_frames,
 )
-from jaxdistill.pipeline import DistillConfig, distill, stage_hashes
-from jaxdistill.sampling import SamplingConfig
-from jaxdistill.train.config import TrainConfig
 
 pytest.importorskip("jax_md")
 
@@ -156,7 +160,7 @@ def test_refine_stage_adds_frames_fine_tunes_and_resumes(tmp_path):
     (run_dir / "refine" / "round-2" / "round.json").unlink()
     again = distill(config, run_dir, stages=("sample", "label", "train"))
     assert again["train"]["seconds"] == record["train"]["seconds"]
-    from jaxdistill.active import refine
+    from jaxdistill.pipeline import refine
 
     cfg = DistillConfig.from_dict(config)
     redone = refine(
@@ -187,7 +191,7 @@ def test_refine_stage_adds_frames_fine_tunes_and_resumes(tmp_path):
 
 
 def test_only_a_change_of_rounds_keeps_finished_rounds():
-    from jaxdistill.pipeline import _only_rounds_changed
+    from jaxdistill.pipeline.runner import _only_rounds_changed
 
     def config(**active):
         return DistillConfig.from_dict({**TINY, "active_learning": {**ACTIVE, **active}})
@@ -216,7 +220,7 @@ def test_without_active_learning_the_hashes_are_unchanged():
 
 
 def test_auto_engine_falls_back_to_ase_for_small_cells():
-    from jaxdistill.md.run import choose_engine as _engine
+    from jaxdistill.md import choose_engine as _engine
 
     small = ase.build.bulk("Si", "diamond", a=5.43, cubic=True)
     assert _engine("auto", small, 5.0) == "ase"  # 5.43 Å < 2 x 5 Å
@@ -250,8 +254,8 @@ def _store_with_disagreements(path, disagreements):
 
 
 def test_frames_the_teacher_is_unsure_of_are_not_trained_on(tmp_path):
-    from jaxdistill.active import _keep_confident
     from jaxdistill.data.store import LabelStore
+    from jaxdistill.pipeline.refine import _keep_confident
 
     source = _store_with_disagreements(tmp_path / "labels.h5", [0.2, 5.0, 0.4, 1.5])
     dropped = _keep_confident(source, tmp_path / "confident.h5", limit=1.0)

@@ -1,6 +1,6 @@
 """``jaxdistill train`` and ``jaxdistill evaluate``: thin shells over the library.
 
-Plain functions with typer annotations, registered in ``jaxdistill.cli``::
+Plain functions with typer annotations, registered in ``jaxdistill.cli.main``::
 
     app.command("train")(train_command)
     app.command("evaluate")(evaluate_command)

@@ -1,0 +1,204 @@
+"""Labelling: a teacher × frames → a label store, resumable and crash-safe.
+
+:func:`label` reads the frames (a list or any file ``ase.io.read`` reads), asks the
+teacher for energy, forces and stress in batches and appends each batch to an HDF5
+:class:`~jaxdistill.data.store.LabelStore`, committing it atomically. Re-run on the same
+input and teacher, it resumes after the last committed frame; a different input or
+teacher is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ase
+import ase.io
+import numpy as np
+
+from jaxdistill.data.arrays import frame_hash, frames_fingerprint
+from jaxdistill.data.store import LabelStore, LabelStoreError
+from jaxdistill.progress import progress_bar
+from jaxdistill.teachers.base import Teacher
+from jaxdistill.teachers.registry import load_teacher
+
+__all__ = ["LabelSummary", "label"]
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """What :func:`label` did.
+
+    Attributes:
+        path: The store.
+        n_frames: Frames in the store after the run (= frames in the input).
+        n_labelled: Frames labelled by this run.
+        n_resumed: Frames found already labelled (skipped).
+        n_atoms: Atoms in the store.
+        elements: Atom counts per element symbol over the store.
+        seconds: Wall time of this run's labelling, s.
+        seconds_per_frame: ``seconds / n_labelled`` (NaN when nothing was labelled).
+    """
+
+    path: Path
+    n_frames: int
+    n_labelled: int
+    n_resumed: int
+    n_atoms: int
+    elements: dict[str, int]
+    seconds: float
+    seconds_per_frame: float
+
+
+def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
+    if isinstance(frames, (str, Path)):
+        path = Path(frames)
+        if not path.is_file():
+            raise FileNotFoundError(f"input frames not found: {path}")
+        read = ase.io.read(path, index=":")
+        return (list(read) if isinstance(read, list) else [read]), str(path)
+    return list(frames), "<in-memory frames>"
+
+
+def label(
+    teacher: Teacher | str,
+    frames: Sequence[ase.Atoms] | str | Path,
+    store_path: str | Path,
+    batch_size: int | None = None,
+    progress: bool = True,
+    durable: bool = True,
+    console: Any | None = None,
+) -> LabelSummary:
+    """Label frames with a teacher into a store; resumable and crash-safe.
+
+    Frames are labelled in input order and committed in batches. If ``store_path``
+    exists, it must have been made from the same input (same frames, bit for bit, in
+    the same order: checked by content hash) and the same teacher (name, weights
+    SHA-256, precision, package version); labelling then resumes after the last
+    committed frame, so no frame is labelled twice and none is lost. A different input
+    or teacher is refused with :class:`LabelStoreError`.
+
+    Args:
+        teacher: A :class:`~jaxdistill.teachers.Teacher` or a spec for
+            :func:`~jaxdistill.teachers.load_teacher`.
+        frames: Structures, or a file ``ase.io.read`` can read (all frames).
+        store_path: The HDF5 store (created when absent).
+        batch_size: Frames per teacher call and per commit (default: the teacher's
+            ``batch_size``, at least 8). A kill loses at most one batch of work.
+        progress: Show a rich progress bar.
+        durable: fsync after each commit (protects against power loss too).
+        console: A ``rich.console.Console`` for the progress bar (default: stderr).
+
+    Returns:
+        A :class:`LabelSummary`.
+    """
+    if isinstance(teacher, str):
+        teacher = load_teacher(teacher)
+    items, source = _read_frames(frames)
+    if not items:
+        raise ValueError("no frames to label")
+    hashes = [frame_hash(x) for x in items]
+    fingerprint = frames_fingerprint(hashes)
+    input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": source}
+    provenance = teacher.provenance()
+    store_path = Path(store_path)
+
+    if store_path.exists():
+        store = LabelStore(store_path, mode="a", durable=durable)
+        try:
+            _check_resume(store, input_info, hashes, provenance)
+        except Exception:
+            store.close()
+            raise
+    else:
+        store = LabelStore.create(
+            store_path,
+            teacher=provenance,
+            capacity_frames=len(items),
+            capacity_atoms=sum(len(x) for x in items),
+            input_info=input_info,
+            durable=durable,
+        )
+
+    size = int(batch_size or max(int(getattr(teacher, "batch_size", 1)), 8))
+    done_before = len(store)
+    start = time.perf_counter()
+    try:
+        with progress_bar(console, enabled=progress) as bar:
+            task = bar.add_task(
+                f"labelling ({teacher.name})", total=len(items), completed=done_before
+            )
+            for lo in range(done_before, len(items), size):
+                hi = min(lo + size, len(items))
+                chunk = items[lo:hi]
+                labels = teacher.label(chunk)
+                store.append(chunk, labels, input_indices=range(lo, hi), input_hashes=hashes[lo:hi])
+                bar.update(task, completed=hi)
+        seconds = time.perf_counter() - start
+        n_new = len(store) - done_before
+        return LabelSummary(
+            path=store_path,
+            n_frames=len(store),
+            n_labelled=n_new,
+            n_resumed=done_before,
+            n_atoms=store.n_atoms_total,
+            elements=store.element_counts(),
+            seconds=seconds,
+            seconds_per_frame=seconds / n_new if n_new else math.nan,
+        )
+    finally:
+        store.close()
+
+
+def _check_resume(
+    store: LabelStore,
+    input_info: Mapping[str, Any],
+    hashes: Sequence[str],
+    provenance: Mapping[str, Any],
+) -> None:
+    stored = store.input_info
+    if stored.get("fingerprint") != input_info["fingerprint"]:
+        raise LabelStoreError(
+            f"{store.path} was labelled from a different input "
+            f"({stored.get('n_frames')} frames from "
+            f"{stored.get('source')!r}, fingerprint {stored.get('fingerprint')}); this input has "
+            f"{input_info['n_frames']} frames (fingerprint {input_info['fingerprint']}). "
+            "Use a new output path, or the original input."
+        )
+    done = len(store)
+    if done > len(hashes):
+        raise LabelStoreError(
+            f"{store.path} holds {done} frames but the input has only {len(hashes)}"
+        )
+    indices = store.input_indices()
+    if done and (
+        not np.array_equal(indices, np.arange(done)) or store.input_hashes() != list(hashes[:done])
+    ):
+        raise LabelStoreError(
+            f"{store.path}: stored frames do not match the input's first {done} frames"
+        )
+    mismatch = _labels_provenance_mismatch(store.teacher, provenance)
+    if mismatch:
+        raise LabelStoreError(
+            f"{store.path} was labelled by a different teacher; refusing to mix labels:\n  "
+            + "\n  ".join(mismatch)
+        )
+
+
+def _as_json(value: Any) -> Any:
+    """A value as the store keeps it (through JSON), so stored and new ones compare."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def _labels_provenance_mismatch(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    keys = ("name", "spec", "package", "version", "weights_sha256", "precision", "ensemble_size")
+    return [
+        f"{k}: store has {stored.get(k)!r}, teacher has {new.get(k)!r}"
+        for k in keys
+        if _as_json(stored.get(k)) != _as_json(new.get(k))
+    ]
