@@ -1,10 +1,24 @@
-"""Per-call time of each student architecture through StudentCalculator.
+"""Per-call cost of StudentCalculator, against the floors of the machine.
 
-    python benchmarks/student_call.py [--repeats 200] [--output benchmarks/results/F.json]
+    python benchmarks/student_call.py --output benchmarks/results/student_call_h200.json
+    python benchmarks/student_call.py --quick --output /tmp/student_call.json   # a CPU check
 
-Default (untrained) students; timing does not depend on parameter values. Each call
-moves the atoms slightly (as MD does), so the numbers include the host-side work of a
-real MD step: padding positions, one jitted evaluation, one transfer back.
+For each student (default PaiNN and SchNet, untrained: timing does not depend on the
+weights), each structure (ethanol 9, hexanol 21, Si 64, Si 512, water 648, Si 1000 atoms)
+and each device (cpu, and gpu when JAX has one), with the atoms moved slightly before
+every call as MD does:
+
+- ``forces``: ``atoms.get_forces()`` (energy + forces: what ASE's integrators ask for);
+- ``all``: one calculation of energy, forces and stress;
+- ``bare``: the same jitted packed evaluation called directly with a ready buffer (no
+  ASE, no neighbour check): ``forces - bare`` is the calculator's own overhead;
+- ``null``: a jitted function that takes the packed buffer and returns a vector of the
+  result's size (the transfer floor of the device);
+- ``neighbours``: one host neighbour-list build (vesin) and one jax-md device rebuild of
+  the same structure (an alternative the calculator does not use: measured to show
+  which is faster at that size);
+
+median, p99 and the p99/median ratio; compilations after the first call (expected 0).
 """
 
 from __future__ import annotations
@@ -12,73 +26,182 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+import ase.build
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from structures import hexanol, silicon_cell
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from structures import hexanol, silicon_cell, water_box
 
 import jaxdistill
 from jaxdistill import StudentCalculator, create_student
 from jaxdistill.diagnostics import count_compilations
-from jaxdistill.models import ARCHITECTURES
+from jaxdistill.graph import neighbour_pairs
+from jaxdistill.md import ase_calculator
 
 
-def time_calls(atoms, calculator, repeats: int) -> dict:
+def structures(quick: bool) -> dict[str, ase.Atoms]:
+    ethanol = ase.build.molecule("CH3CH2OH")
+    ethanol.center(vacuum=5.0)
+    ethanol.pbc = False
+    systems = {"ethanol9": ethanol, "hexanol21": hexanol(), "si64": silicon_cell(64)}
+    if not quick:
+        systems.update(
+            si512=silicon_cell(512),
+            water648=water_box(216),
+            si1000=ase.build.bulk("Si", "diamond", a=5.43, cubic=True) * (5, 5, 5),
+        )
+    return systems
+
+
+def stats(times_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(times_s) * 1e3
+    median = float(np.median(ms))
+    p99 = float(np.percentile(ms, 99))
+    return {"median_ms": median, "p99_ms": p99, "p99_over_median": p99 / median}
+
+
+def time_calculator(atoms, calculator, repeats: int, properties: list[str]) -> dict:
+    atoms = atoms.copy()
     atoms.calc = calculator
-    atoms.get_forces()  # compile
+    base = atoms.positions.copy()
     rng = np.random.default_rng(0)
+    calculator.calculate(atoms, properties)  # compile
     times = []
     with count_compilations() as compiled:
         for _ in range(repeats):
-            atoms.positions += rng.normal(scale=1e-3, size=atoms.positions.shape)
+            # small moves around the start (no drift): the list is kept, as in MD
+            atoms.positions = base + rng.normal(scale=0.01, size=base.shape)
             start = time.perf_counter()
-            atoms.get_forces()
+            if properties == ["forces"]:
+                atoms.get_forces()
+            else:
+                calculator.calculate(atoms, properties)
             times.append(time.perf_counter() - start)
-    times = np.array(times) * 1e3
-    return {
-        "n_atoms": len(atoms),
-        "median_ms": float(np.median(times)),
-        "p95_ms": float(np.percentile(times, 95)),
-        "compilations_after_first": compiled.count,
-        "neighbour_list_builds": calculator.neighbour_list_builds,
-    }
+    return {**stats(times), "compilations_after_first": compiled.count}
+
+
+def time_floors(calculator, atoms, repeats: int) -> dict:
+    """The bare jitted evaluation and a null call of the same input/output sizes."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    atoms.get_forces()  # builds the graph and compiles
+    packed = calculator._input_buffer.copy()
+    graph, params, potential = calculator._graph, calculator._params, calculator._potential
+    evaluate = ase_calculator._evaluate_forces_jit
+    n_out = 1 + 3 * graph.positions.shape[0]
+    device = calculator.jax_device
+
+    @jax.jit
+    def null(x):
+        return jnp.zeros((n_out,), x.dtype) + x[0, 0]
+
+    np.asarray(null(jax.device_put(packed, device)))
+    np.asarray(evaluate(potential, params, graph, packed))
+    bare, floor = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.asarray(evaluate(potential, params, graph, packed))
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        np.asarray(null(packed))
+        floor.append(time.perf_counter() - start)
+    return {"bare": stats(bare), "null": stats(floor)}
+
+
+def time_neighbours(atoms, cutoff: float, repeats: int) -> dict:
+    host = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        neighbour_pairs(atoms, cutoff)
+        host.append(time.perf_counter() - start)
+    out = {"host_vesin": stats(host)}
+    if np.all(atoms.pbc) and min(atoms.cell.lengths()) > 2 * cutoff:
+        from jax_md import partition, space
+
+        box = jnp.asarray(atoms.cell.array.T, dtype=jnp.float32)
+        displacement, _ = space.periodic_general(box, fractional_coordinates=True)
+        fn = partition.neighbor_list(
+            displacement,
+            box,
+            cutoff,
+            dr_threshold=0.0,
+            fractional_coordinates=True,
+            format=partition.Sparse,
+            disable_cell_list=True,
+        )
+        scaled = jnp.asarray(atoms.get_scaled_positions(), dtype=jnp.float32)
+        nbrs = fn.allocate(scaled)
+        update = jax.jit(lambda r, n: n.update(r))
+        jax.block_until_ready(update(scaled, nbrs).idx)
+        device = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(update(scaled, nbrs).idx)
+            device.append(time.perf_counter() - start)
+        out["device_jax_md"] = stats(device)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=500)
+    parser.add_argument("--quick", action="store_true", help="small systems, few repeats")
+    parser.add_argument("--architectures", default="painn,schnet")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    systems = {"si64": silicon_cell(64), "hexanol21": hexanol()}
+    repeats = 50 if args.quick else args.repeats
+    devices = ["cpu"] + (["gpu"] if any(d.platform == "gpu" for d in jax.devices()) else [])
     results = []
-    for architecture in sorted(ARCHITECTURES):
-        for name, atoms in systems.items():
-            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-            student = create_student(architecture, species, cutoff=5.0)
-            row = time_calls(atoms.copy(), StudentCalculator(student), args.repeats)
-            row.update(architecture=architecture, system=name, parameters=student.num_parameters)
-            results.append(row)
-            print(json.dumps(row))
     record = {
         "benchmark": "student_call",
-        "date": datetime.date.today().isoformat(),
-        "device": str(jax.devices()[0].device_kind),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "devices": [str(d.device_kind) for d in jax.devices()],
         "platform": platform.platform(),
-        "cpu_count": __import__("os").cpu_count(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
         "jax": jax.__version__,
         "jaxdistill": jaxdistill.__version__,
         "command": " ".join(sys.argv),
         "results": results,
+        "neighbours": {},
     }
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
+    for name, atoms in structures(args.quick).items():
+        record["neighbours"][name] = time_neighbours(atoms, 5.5, max(10, repeats // 10))
+        print(name, json.dumps(record["neighbours"][name]), flush=True)
+        for architecture in args.architectures.split(","):
+            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
+            student = create_student(architecture, species, cutoff=5.0)
+            for device in devices:
+                row = {
+                    "architecture": architecture,
+                    "system": name,
+                    "n_atoms": len(atoms),
+                    "device": device,
+                }
+                try:
+                    calculator = StudentCalculator(student, device=device)
+                    row["forces"] = time_calculator(atoms, calculator, repeats, ["forces"])
+                    properties = ["energy", "forces"] + (["stress"] if all(atoms.pbc) else [])
+                    row["all"] = time_calculator(atoms, calculator, repeats, properties)
+                    row.update(time_floors(calculator, atoms, repeats))
+                    row["overhead_ms"] = row["forces"]["median_ms"] - row["bare"]["median_ms"]
+                    row["neighbour_list_builds"] = calculator.neighbour_list_builds
+                except Exception as error:  # record and go on: one failure, not the run
+                    row["error"] = repr(error)
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                if args.output:
+                    args.output.parent.mkdir(parents=True, exist_ok=True)
+                    args.output.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":

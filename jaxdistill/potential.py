@@ -40,10 +40,18 @@ class Prediction(NamedTuple):
 
 
 class Potential(NamedTuple):
-    """Functions of ``(params, graph)``; jit them (or use the pre-jitted ``predict``)."""
+    """Functions of ``(params, graph)``; jit them.
+
+    Attributes:
+        energy: per-graph energies, eV, ``[n_graph]``.
+        predict: energies, forces and stress (a :class:`Prediction`).
+        energy_and_forces: energies ``[n_graph]`` and forces ``[n_node, 3]`` without
+            the strain derivative (cheaper: what MD needs at a fixed cell).
+    """
 
     energy: Callable[[Any, Graph], jax.Array]
     predict: Callable[[Any, Graph], Prediction]
+    energy_and_forces: Callable[[Any, Graph], tuple[jax.Array, jax.Array]]
 
 
 def edge_vectors(
@@ -126,7 +134,18 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
             energy=jnp.where(graph.graph_mask, energies, 0.0), forces=forces, stress=stress
         )
 
-    return Potential(energy=energy, predict=predict)
+    def energy_and_forces(params, graph: Graph) -> tuple[jax.Array, jax.Array]:
+        def total(positions):
+            energies = graph_energies(params, graph, positions, None)
+            return jnp.sum(jnp.where(graph.graph_mask, energies, 0.0)), energies
+
+        (_, energies), d_positions = jax.value_and_grad(total, has_aux=True)(
+            jnp.asarray(graph.positions)
+        )
+        forces = jnp.where(graph.node_mask[:, None], -d_positions, 0.0)
+        return jnp.where(graph.graph_mask, energies, 0.0), forces
+
+    return Potential(energy=energy, predict=predict, energy_and_forces=energy_and_forces)
 
 
 def voigt_stress(stress: jax.Array) -> jax.Array:

@@ -5,8 +5,14 @@ An existing ASE script changes one line::
     atoms.calc = jaxdistill.StudentCalculator("runs/si/student")
 
 Everything else (VelocityVerlet, Langevin, NPT integrators, optimisers, cell filters)
-runs unchanged. Per call the calculator does one jitted evaluation and one
-device-to-host transfer of energy, forces and stress.
+runs unchanged. Per call the calculator moves one array each way: positions and cell
+packed into one buffer in, energy, forces (and stress) packed into one vector out, around
+one jitted evaluation. When ASE asks only for energy and forces (as its integrators do)
+the strain derivative is skipped; stress is computed when asked for.
+
+Device: ``device="auto"`` runs small structures on the CPU, where a call costs less
+than the round trip to a GPU, and larger ones on the GPU (the crossover,
+``AUTO_GPU_MIN_ATOMS``, is measured: docs/benchmarks.md); "cpu" and "gpu" force one.
 
 Neighbour list: built for ``cutoff + skin`` and reused while it is provably complete.
 An atom pair missing from the list was at least ``cutoff + skin`` apart when the
@@ -31,11 +37,12 @@ from typing import ClassVar, NamedTuple
 
 import ase
 import jax
+import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from jaxdistill.graph import Graph, batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
-from jaxdistill.potential import voigt_stress
+from jaxdistill.potential import Potential, voigt_stress
 from jaxdistill.student import Student, as_student
 
 
@@ -49,15 +56,71 @@ class _Reference(NamedTuple):
     numbers: np.ndarray
 
 
-def _evaluate(predict, params, graph: Graph, positions, cell):
-    """Energy, padded forces and Voigt stress of the first graph, in one jitted call."""
-    prediction = predict(params, graph._replace(positions=positions, cell=cell))
-    return prediction.energy[0], prediction.forces, voigt_stress(prediction.stress[0])
+#: Structures with fewer atoms run on the CPU under ``device="auto"`` (a GPU call's
+#: fixed cost, the transfer round trip, outweighs its speed below this size; measured
+#: on one H200 and its host, docs/benchmarks.md).
+AUTO_GPU_MIN_ATOMS = 0
+DEVICES = ("auto", "cpu", "gpu")
 
 
-# One jitted function for all calculators; ``predict`` (static, hashed by identity) is
-# cached per Student, so calculators sharing a student share compilations.
+def _unpack_input(graph: Graph, packed: jax.Array) -> Graph:
+    """The graph with positions and the first cell taken from one packed buffer
+    ``[n_node + 3, 3]`` (positions, then the cell's rows)."""
+    n_node = graph.positions.shape[0]
+    cell = jnp.zeros_like(graph.cell).at[0].set(packed[n_node:])
+    return graph._replace(positions=packed[:n_node], cell=cell)
+
+
+def _evaluate(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
+    """``[energy, forces (n_node x 3), Voigt stress (6)]`` of the first graph, flat."""
+    prediction = potential.predict(params, _unpack_input(graph, packed))
+    stress = voigt_stress(prediction.stress[0])
+    return jnp.concatenate([prediction.energy[:1], prediction.forces.reshape(-1), stress])
+
+
+def _evaluate_forces(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
+    """``[energy, forces (n_node x 3)]`` of the first graph, flat (no strain derivative)."""
+    energies, forces = potential.energy_and_forces(params, _unpack_input(graph, packed))
+    return jnp.concatenate([energies[:1], forces.reshape(-1)])
+
+
+# One jitted function each for all calculators; the potential (static, hashed by
+# identity) is cached per Student, so calculators sharing a student share compilations.
 _evaluate_jit = jax.jit(_evaluate, static_argnums=0)
+_evaluate_forces_jit = jax.jit(_evaluate_forces, static_argnums=0)
+
+
+def _gpu() -> jax.Device | None:
+    try:
+        return jax.devices("gpu")[0]
+    except RuntimeError:
+        return None
+
+
+def resolve_device(device: str, n_atoms: int) -> jax.Device:
+    """The JAX device a calculator uses for ``n_atoms`` atoms.
+
+    Args:
+        device: "auto" (the GPU from ``AUTO_GPU_MIN_ATOMS`` atoms on, if there is one),
+            "cpu" or "gpu".
+        n_atoms: the structure's size.
+
+    Raises:
+        ValueError: an unknown name, or "gpu" on a machine where JAX sees none.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    gpu = _gpu()
+    if device == "gpu":
+        if gpu is None:
+            raise ValueError(
+                "device='gpu' but JAX sees no GPU (jax.devices() lists "
+                f"{[d.platform for d in jax.devices()]}); use device='cpu' or 'auto'"
+            )
+        return gpu
+    if device == "auto" and gpu is not None and n_atoms >= AUTO_GPU_MIN_ATOMS:
+        return gpu
+    return jax.devices("cpu")[0]
 
 
 def strained_displacement(
@@ -94,31 +157,44 @@ class StudentCalculator(Calculator):
             switches JAX to 64-bit mode).
         skin: extra neighbour-list radius in Å; larger means fewer rebuilds but more
             edges per call.
+        device: "auto" (default: the CPU for structures under ``AUTO_GPU_MIN_ATOMS``
+            atoms, else the GPU when JAX has one), "cpu" or "gpu".
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions).
 
     Attributes:
         neighbour_list_builds: how many times the neighbour list was built.
+        jax_device: the device of the current structure (None before the first call).
     """
 
     implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(
-        self, student: Student | str | Path, dtype: str = "float32", skin: float = 0.5, **kwargs
+        self,
+        student: Student | str | Path,
+        dtype: str = "float32",
+        skin: float = 0.5,
+        device: str = "auto",
+        **kwargs,
     ):
         super().__init__(**kwargs)
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         self.student = as_student(student, dtype)
         self.dtype = self.student.dtype
         self.skin = float(skin)
-        self._predict = self.student.potential.predict
-        self._graph: Graph | None = None  # device-resident; positions and cell replaced per call
+        self.device = device
+        self.jax_device: jax.Device | None = None
+        self._potential = self.student.potential
+        self._params = None  # the parameters on jax_device
+        self._graph: Graph | None = None  # on jax_device; positions and cell come per call
         self._reference: _Reference | None = None
         self._node_capacity = 0
         self._edge_capacity = 0
-        self._positions_buffer: np.ndarray | None = None
+        self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
         self.neighbour_list_builds = 0
 
     # -- neighbour list -------------------------------------------------------------
@@ -169,8 +245,12 @@ class StudentCalculator(Calculator):
             graph_capacity=2,
             dtype=self.dtype,
         )
-        self._graph = jax.device_put(graph)
-        self._positions_buffer = np.zeros((self._node_capacity, 3), dtype=self.dtype)
+        device = resolve_device(self.device, n_atoms)
+        if device != self.jax_device:
+            self._params = jax.device_put(self.student.params, device)
+            self.jax_device = device
+        self._graph = jax.device_put(graph, device)
+        self._input_buffer = np.zeros((self._node_capacity + 3, 3), dtype=self.dtype)
         pbc = atoms.pbc.copy()
         cell = atoms.cell.array.copy()
         self._reference = _Reference(
@@ -195,19 +275,19 @@ class StudentCalculator(Calculator):
         if self._needs_rebuild(atoms):
             self._rebuild(atoms)
         n_atoms = len(atoms)
-        positions = self._positions_buffer
-        positions[:n_atoms] = atoms.positions
-        cell = np.zeros((2, 3, 3), dtype=self.dtype)
-        if np.any(atoms.pbc):
-            cell[0] = atoms.cell.array
-        energy, forces, stress = jax.device_get(
-            _evaluate_jit(self._predict, self.student.params, self._graph, positions, cell)
-        )
-        energy = float(energy)
+        packed = self._input_buffer
+        packed[:n_atoms] = atoms.positions
+        packed[self._node_capacity :] = atoms.cell.array if np.any(atoms.pbc) else 0.0
+        with_stress = periodic and "stress" in properties
+        evaluate = _evaluate_jit if with_stress else _evaluate_forces_jit
+        # one transfer in (the packed buffer), one out (the packed result)
+        out = np.asarray(evaluate(self._potential, self._params, self._graph, packed))
+        out = out.astype(np.float64)
+        energy = float(out[0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "forces": np.asarray(forces[:n_atoms], dtype=np.float64),
+            "forces": out[1 : 1 + 3 * n_atoms].reshape(n_atoms, 3),
         }
-        if periodic:
-            self.results["stress"] = np.asarray(stress, dtype=np.float64)
+        if with_stress:
+            self.results["stress"] = out[-6:]

@@ -60,8 +60,10 @@ def _dynamics(atoms: ase.Atoms, options: EngineOptions, temperature: float) -> A
 
 
 def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
-    """Thermo values and the frame of the current state (no extra model call: the
-    pressure comes from a stress the calculator already computed, else NaN)."""
+    """Thermo values and the frame of the current state. A periodic cell's pressure
+    comes from the calculator's stress: the one it computed with the forces, or asked
+    for now when it implements stress (a StudentCalculator skips the strain
+    derivative when an integrator asks for forces alone); else NaN."""
     periodic = bool(np.all(atoms.pbc))
     energy = atoms.get_potential_energy()
     kinetic = atoms.get_kinetic_energy()
@@ -69,7 +71,11 @@ def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
         total = dynamics.get_conserved_energy()
     else:
         total = energy + kinetic
-    stress = atoms.calc.results.get("stress") if periodic else None
+    stress = None
+    if periodic:
+        stress = atoms.calc.results.get("stress")
+        if stress is None and "stress" in getattr(atoms.calc, "implemented_properties", ()):
+            stress = atoms.get_stress()
     pressure = np.nan
     if stress is not None:
         full = atoms.get_stress(voigt=False, include_ideal_gas=True)

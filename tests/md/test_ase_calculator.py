@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from ase import units
@@ -72,7 +73,8 @@ def test_skin_reuse_and_changes_of_system(small_student):
 def test_no_recompilation_when_atoms_move(small_student):
     atoms = silicon(repeat=(2, 1, 1))
     atoms.calc = StudentCalculator(small_student, dtype="float64")
-    atoms.get_forces()  # compiles
+    atoms.get_forces()  # compiles the forces-only program
+    atoms.get_stress()  # and the one with the strain derivative
     rng = np.random.default_rng(0)
     with count_compilations() as compiled:
         for _ in range(5):
@@ -258,3 +260,41 @@ def test_bfgs_with_frechet_cell_filter(small_student):
     np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-10)
     np.testing.assert_allclose(atoms.get_stress(), stress, atol=1e-12)
     assert calc.neighbour_list_builds < optimiser.nsteps + 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forces_only_and_full_paths_agree_with_the_student(small_student, dtype):
+    """One packed buffer in, one packed vector out; the forces-only program (what ASE's
+    integrators ask for) and the full one give the student's own numbers."""
+    atoms = silicon(repeat=(2, 1, 1), rattle=0.1, seed=5)
+    calc = StudentCalculator(small_student, dtype=dtype)
+    reference = calc.student.predict([atoms])
+    tolerance = {"float32": 2e-5, "float64": 1e-10}[dtype]
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    assert "stress" not in calc.results  # the strain derivative was skipped
+    energy = atoms.get_potential_energy()
+    stress = atoms.get_stress()  # a second call, with the strain derivative
+    scale = max(1.0, float(np.abs(reference.forces).max()))
+    np.testing.assert_allclose(
+        forces, np.asarray(reference.forces[: len(atoms)]), atol=tolerance * scale
+    )
+    np.testing.assert_allclose(atoms.get_forces(), forces, atol=tolerance * scale)
+    assert energy == pytest.approx(float(reference.energy[0]), rel=tolerance, abs=tolerance)
+    expected_stress = np.asarray(voigt_stress(reference.stress[0]))
+    np.testing.assert_allclose(
+        stress, expected_stress, atol=tolerance * max(1.0, np.abs(expected_stress).max())
+    )
+
+
+def test_device_choice(small_student):
+    atoms = silicon()
+    atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu")
+    atoms.get_forces()
+    assert atoms.calc.jax_device.platform == "cpu"
+    with pytest.raises(ValueError, match="device must be one of"):
+        StudentCalculator(small_student, device="tpu0")
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        atoms.calc = StudentCalculator(small_student, dtype="float64", device="gpu")
+        with pytest.raises(ValueError, match="device='cpu'"):
+            atoms.get_forces()
