@@ -75,8 +75,11 @@ def soak_ase(args, record) -> None:
             atoms.get_forces()
             if call % every == 0:
                 points.append([call, rss_mb(), device_bytes(), compiled.count])
+                if time.perf_counter() - start > args.max_seconds:
+                    break  # the JSON says how far it got
+    record["calls_done"] = call
     record["seconds"] = time.perf_counter() - start
-    record["us_per_call"] = 1e6 * record["seconds"] / args.calls
+    record["us_per_call"] = 1e6 * record["seconds"] / max(call, 1)
     record["jax_device"] = str(atoms.calc.jax_device)
 
 
@@ -84,11 +87,18 @@ def soak_jaxmd(args, record) -> None:
     atoms = system(args.system)
     student = create_student("painn", ["H", "C", "O", "Si"], cutoff=5.0)
     points = record["points"]
+    counter = count_compilations()
 
     def callback(progress) -> None:
-        points.append([progress.step, rss_mb(), device_bytes(), None])
+        points.append([progress.step, rss_mb(), device_bytes(), compiled.count])
 
-    summary = run_md(
+    with counter as compiled:
+        summary = _soak_run(student, atoms, args, callback)
+    record["summary"] = summary.as_dict()
+
+
+def _soak_run(student, atoms, args, callback):
+    return run_md(
         student,
         atoms,
         ensemble="nvt",
@@ -103,7 +113,6 @@ def soak_jaxmd(args, record) -> None:
         bond_factor=None,
         callback=callback,
     )
-    record["summary"] = summary.as_dict()
 
 
 def growth(points: list[list], warmup_fraction: float = 0.05) -> dict:
@@ -153,6 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="StudentCalculator device (ase mode)")
     parser.add_argument("--calls", type=int, default=1_000_000)
     parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--max-seconds", type=float, default=1e9, help="ase mode: stop then")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()

@@ -47,6 +47,9 @@ from jaxdistill.diagnostics import count_compilations
 from jaxdistill.graph import neighbour_pairs
 from jaxdistill.md import ase_calculator
 
+#: seconds of timed calls per case at most (beyond 30 calls)
+BUDGET_S = 1.5
+
 
 def structures(quick: bool) -> dict[str, ase.Atoms]:
     ethanol = ase.build.molecule("CH3CH2OH")
@@ -75,6 +78,11 @@ def time_calculator(atoms, calculator, repeats: int, properties: list[str]) -> d
     base = atoms.positions.copy()
     rng = np.random.default_rng(0)
     calculator.calculate(atoms, properties)  # compile
+    start = time.perf_counter()
+    for _ in range(3):
+        calculator.calculate(atoms, properties)
+    per_call = (time.perf_counter() - start) / 3
+    repeats = min(repeats, max(30, int(BUDGET_S / per_call)))  # large CPU cases: fewer
     times = []
     with count_compilations() as compiled:
         for _ in range(repeats):
@@ -86,7 +94,7 @@ def time_calculator(atoms, calculator, repeats: int, properties: list[str]) -> d
             else:
                 calculator.calculate(atoms, properties)
             times.append(time.perf_counter() - start)
-    return {**stats(times), "compilations_after_first": compiled.count}
+    return {**stats(times), "calls": repeats, "compilations_after_first": compiled.count}
 
 
 def time_floors(calculator, atoms, repeats: int) -> dict:
@@ -104,16 +112,19 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     def null(x):
         return jnp.zeros((n_out,), x.dtype) + x[0, 0]
 
-    np.asarray(null(jax.device_put(packed, device)))
+    start = time.perf_counter()
     np.asarray(evaluate(potential, params, graph, packed))
+    repeats = min(repeats, max(30, int(BUDGET_S / (time.perf_counter() - start))))
     bare, floor = [], []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        np.asarray(evaluate(potential, params, graph, packed))
-        bare.append(time.perf_counter() - start)
-        start = time.perf_counter()
+    with jax.default_device(device):  # the null call runs where the model does
         np.asarray(null(packed))
-        floor.append(time.perf_counter() - start)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            np.asarray(evaluate(potential, params, graph, packed))
+            bare.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            np.asarray(null(packed))
+            floor.append(time.perf_counter() - start)
     return {"bare": stats(bare), "null": stats(floor)}
 
 

@@ -192,16 +192,8 @@ def _run_md(
         steps = md.frames_per_temperature * md.stride
         frames = phase(work, temperature, steps, md.stride, True).frames[0] if steps else []
     except MDInstabilityError as error:
-        raise MDInstabilityError(
-            f"teacher MD at {temperature} K (seed {seed}): {error}",
-            step=error.step,
-            last_good_step=error.last_good_step,
-            atoms=error.atoms,
-            path=error.path,
-            replicas=error.replicas,
-            reason=error.reason,
-            summary=error.summary,
-        ) from error
+        error.args = (f"teacher MD at {temperature} K (seed {seed}): {error}",)
+        raise
     offset = (melt.steps if melt is not None else 0) + md.equilibration_steps
     for k, frame in enumerate(frames):
         frame.calc = None  # frames are unlabelled until the teacher labels them

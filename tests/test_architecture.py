@@ -40,7 +40,7 @@ FLOORS = [
     "student | data",
     "config | potential | teachers",
     "models | graph | progress | diagnostics",
-    "_version | runtime",
+    "_version | _lazy | runtime",
 ]
 
 
