@@ -464,7 +464,65 @@ def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dic
     }
 
 
-def fused_comparison(args, sizes: list[int], budget: Budget, record: dict, save) -> None:
+SWEEP_BLOCKS = ("16,32,4", "16,16,4", "16,32,2", "16,64,4", "16,64,8", "32,32,4", "16,16,2")
+
+
+def fused_sweep(sizes: list[int], budget: Budget, record: dict, save) -> dict:
+    """Time the fused PaiNN 64x3 force call per block configuration; best per size.
+
+    Returns ``{n_atoms: "block_nodes,block_edges,num_warps"}``.
+    """
+    from jax_md import quantity, space
+
+    from jaxdistill.md.jaxmd import jax_md_potential
+    from jaxdistill.models.fused import BLOCKS_ENV_VAR
+
+    rows = record.setdefault("fused_sweep", [])
+    student = create_student("painn", ["Si"], cutoff=5.0).with_message_passing("fused")
+    best = {}
+    sweep_start = budget.elapsed()
+    for n in [n for n in sizes if n in (64, 4096)]:  # the ends; 512 takes the nearer
+        atoms = silicon_cell(n)
+        box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
+        displacement, _ = space.periodic(box)
+        R0 = jnp.asarray(atoms.positions, jnp.float32)
+        iterations = 200 if n <= 1000 else 40
+        for blocks in SWEEP_BLOCKS:
+            if budget.left() < 10 or budget.elapsed() - sweep_start > 110:
+                break
+            os.environ[BLOCKS_ENV_VAR] = blocks
+            try:
+                neighbor_fn, energy_fn = jax_md_potential(student, displacement, box, atoms.numbers)
+                nbrs = neighbor_fn.allocate(R0)
+                force_fn = quantity.force(energy_fn)
+                body = lambda i, c, f=force_fn, nb=nbrs: (c[0] + 1e-7, c[1] + f(c[0], neighbor=nb))  # noqa: E731
+                run = _scan_loop(body, iterations)
+                jax.block_until_ready(run((R0, jnp.zeros_like(R0))))
+                times = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(run((R0, jnp.zeros_like(R0))))
+                    times.append((time.perf_counter() - t0) / iterations * 1e6)
+                row = {"n_atoms": n, "blocks": blocks, "force_call_us": float(np.median(times))}
+                if n not in best or row["force_call_us"] < best[n][1]:
+                    best[n] = (blocks, row["force_call_us"])
+            except Exception as error:
+                row = {"n_atoms": n, "blocks": blocks, **error_record(error)}
+            rows.append(row)
+            print(f"[sweep] {row}", flush=True)
+            save()
+    os.environ.pop(BLOCKS_ENV_VAR, None)
+    chosen = {n: b for n, (b, _) in best.items()}
+    for n in sizes:
+        if n not in chosen and chosen:
+            chosen[n] = chosen[min(chosen, key=lambda m: abs(np.log(m / n)))]
+    record["fused_blocks_chosen"] = chosen
+    return record["fused_blocks_chosen"]
+
+
+def fused_comparison(
+    args, sizes: list[int], budget: Budget, record: dict, save, blocks: dict | None = None
+) -> None:
     """Fused vs reference message passing vs the jax-md LJ floor, side by side."""
     from jax_md import energy, partition, space
 
@@ -495,11 +553,16 @@ def fused_comparison(args, sizes: list[int], budget: Budget, record: dict, save)
             ):
                 continue
             student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
+            from jaxdistill.models.fused import BLOCKS_ENV_VAR
+
             for mode in ("fused", "reference"):
                 if budget.left() < 15:
                     record["skipped"].append(f"fused comparison {label}/{n}/{mode}: budget")
                     continue
                 row = {"model": label, "mode": mode, "n_atoms": n}
+                if blocks and n in blocks:  # read when the loop is traced
+                    os.environ[BLOCKS_ENV_VAR] = blocks[n]
+                    row["blocks"] = blocks[n]
                 try:
                     neighbor_fn, energy_fn = jax_md_potential(
                         student.with_message_passing(mode), displacement, box, atoms.numbers
@@ -677,6 +740,11 @@ def main() -> None:
         help="only the fused-vs-reference comparison (with the LJ floor) and replicas",
     )
     parser.add_argument(
+        "--fused-sweep",
+        action="store_true",
+        help="with --fused-only: first time block configurations, then use the best per size",
+    )
+    parser.add_argument(
         "--fused-students",
         default="",
         help="subset of painn64x3,painn128x3,schnet64x3 for --fused-only (default all)",
@@ -746,7 +814,12 @@ def main() -> None:
 
     if args.fused_only:
         print(f"md_speed --fused-only on {device.device_kind}", flush=True)
-        fused_comparison(args, sizes, budget, record, save)
+        blocks = fused_sweep(sizes, budget, record, save) if args.fused_sweep else None
+        fused_comparison(args, sizes, budget, record, save, blocks)
+        if blocks and 64 in blocks:
+            from jaxdistill.models.fused import BLOCKS_ENV_VAR
+
+            os.environ[BLOCKS_ENV_VAR] = blocks[64]
         fused_replicas(args, budget, record, save)
         record["memory"].append(memory_snapshot("end"))
         save()

@@ -20,6 +20,7 @@ from jaxdistill.models.common import (
     safe_norm,
     species_index_table,
 )
+from jaxdistill.models.fused import FusedEdges, edge_layouts, use_fused
 from jaxdistill.models.repulsion import zbl_atomic_energies
 
 
@@ -68,6 +69,15 @@ class StudentModule(nn.Module):
         num_radial: Bessel functions in the radial basis.
         repulsion: "zbl" adds the ZBL screened nuclear repulsion for compressed
             pairs (see ``jaxdistill.models.repulsion``); None for none.
+        message_passing: how the message-passing layers are evaluated, with the same
+            parameters either way: "reference" (pure JAX, the default of a bare
+            module: training and any derivative order), "fused" (the Pallas kernels
+            of ``jaxdistill.models.fused``: energies, forces and stress without
+            per-edge arrays) or "auto" (fused on a GPU in float32 for graphs of at
+            least ``fused.AUTO_MIN_NODES`` nodes, else reference; the environment
+            variable ``JAXDISTILL_MESSAGE_PASSING`` overrides it).
+            A :class:`~jaxdistill.student.Student` builds its module with its own
+            ``message_passing`` ("auto" unless set).
     """
 
     species: Sequence[int]
@@ -76,6 +86,26 @@ class StudentModule(nn.Module):
     num_layers: int = 3
     num_radial: int = 16
     repulsion: str | None = None
+    message_passing: str = "reference"
+
+    def fused_edges(
+        self,
+        edge_vectors: jax.Array,
+        edge_mask: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        n_node: int,
+    ) -> FusedEdges | None:
+        """Edge layouts for the fused kernels, or None where the reference path runs.
+
+        Decided at trace time from ``message_passing``, the backend, the dtype and the
+        sizes (see :func:`jaxdistill.models.fused.use_fused`).
+        """
+        if not use_fused(
+            self.message_passing, edge_vectors.dtype, self.features, self.num_radial, n_node
+        ):
+            return None
+        return edge_layouts(edge_vectors, edge_mask, senders, receivers, n_node, self.cutoff)
 
     def readout(
         self,

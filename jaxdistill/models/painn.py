@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule, edge_geometry
+from jaxdistill.models.fused import FusedEdges, painn_messages
 
 
 class PaiNNMessage(nn.Module):
@@ -22,12 +23,55 @@ class PaiNNMessage(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, s, v, radial, envelope, unit_vectors, senders, receivers):
+    def __call__(
+        self,
+        s: jax.Array,
+        v: jax.Array,
+        radial: jax.Array,
+        envelope: jax.Array,
+        unit_vectors: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        fused: FusedEdges | None = None,
+        edge_vectors: jax.Array | None = None,
+        edge_mask: jax.Array | None = None,
+        cutoff: float | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Updated ``(s [n_node, F], v [n_node, 3, F])``.
+
+        Args:
+            s, v: scalar and vector features.
+            radial: ``[n_edge, num_radial]`` basis; envelope ``[n_edge]``;
+                unit_vectors ``[n_edge, 3]``.
+            senders, receivers: ``[n_edge]``.
+            fused: layouts of the fused path, or None for the reference path; then
+                ``edge_vectors`` (Å), ``edge_mask`` and ``cutoff`` (Å) are needed.
+        """
         n_node = s.shape[0]
         phi = nn.Dense(3 * self.features)(nn.silu(nn.Dense(self.features)(s)))
+        filter_layer = nn.Dense(3 * self.features)
+        if fused is not None:
+            # A dummy call creates (at init) and binds the filter's parameters; the
+            # kernel builds each edge's filter itself.
+            filter_layer(jnp.zeros((1, radial.shape[-1]), s.dtype))
+            weights = filter_layer.variables["params"]
+            ds, dv = painn_messages(
+                phi,
+                v,
+                edge_vectors,
+                edge_mask,
+                weights["kernel"],
+                weights["bias"],
+                senders,
+                receivers,
+                fused,
+                cutoff,
+                radial.shape[-1],
+            )
+            return s + ds, v + dv
         # The envelope multiplies after the dense layer so that its bias, too, goes
         # smoothly to zero at the cutoff (and is exactly zero on padding edges).
-        filters = nn.Dense(3 * self.features)(radial) * envelope[:, None]
+        filters = filter_layer(radial) * envelope[:, None]
         x = phi[senders] * filters
         gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
         ds = jax.ops.segment_sum(gate_s, receivers, num_segments=n_node)
@@ -68,11 +112,22 @@ class PaiNN(StudentModule):
             numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
         )
         unit_vectors = edge_vectors / geometry.distances[:, None]
+        fused = self.fused_edges(edge_vectors, edge_mask, senders, receivers, numbers.shape[0])
         s = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
         for layer in range(self.num_layers):
             s, v = PaiNNMessage(self.features, name=f"message_{layer}")(
-                s, v, geometry.radial, geometry.envelope, unit_vectors, senders, receivers
+                s,
+                v,
+                geometry.radial,
+                geometry.envelope,
+                unit_vectors,
+                senders,
+                receivers,
+                fused,
+                edge_vectors,
+                edge_mask,
+                self.cutoff,
             )
             s, v = PaiNNUpdate(self.features, name=f"update_{layer}")(s, v)
         return self.readout(

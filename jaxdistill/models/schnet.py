@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule, edge_geometry
+from jaxdistill.models.fused import FusedEdges, schnet_messages
 
 
 class SchNetInteraction(nn.Module):
@@ -19,11 +21,55 @@ class SchNetInteraction(nn.Module):
     features: int
 
     @nn.compact
-    def __call__(self, h, radial, envelope, senders, receivers):
-        filters = nn.Dense(self.features)(nn.silu(nn.Dense(self.features)(radial)))
-        filters = filters * envelope[:, None]
+    def __call__(
+        self,
+        h: jax.Array,
+        radial: jax.Array,
+        envelope: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        fused: FusedEdges | None = None,
+        edge_vectors: jax.Array | None = None,
+        edge_mask: jax.Array | None = None,
+        cutoff: float | None = None,
+    ) -> jax.Array:
+        """Updated features ``[n_node, F]``.
+
+        Args:
+            h: ``[n_node, F]`` features.
+            radial: ``[n_edge, num_radial]`` basis; envelope ``[n_edge]``.
+            senders, receivers: ``[n_edge]``.
+            fused: layouts of the fused path, or None for the reference path; then
+                ``edge_vectors`` (Å), ``edge_mask`` and ``cutoff`` (Å) are needed.
+        """
+        # Constructed outer-first, as the reference expression always did, so both
+        # paths name the filter network's layers alike (Dense_0 outer, Dense_1 inner).
+        outer = nn.Dense(self.features)
+        inner = nn.Dense(self.features)
         x = nn.Dense(self.features, use_bias=False)(h)
-        messages = jax.ops.segment_sum(x[senders] * filters, receivers, num_segments=h.shape[0])
+        if fused is None:
+            filters = outer(nn.silu(inner(radial))) * envelope[:, None]
+            messages = jax.ops.segment_sum(x[senders] * filters, receivers, num_segments=h.shape[0])
+        else:
+            # Called once on a dummy row so the parameters exist (at init) and are
+            # bound; the result is unused and XLA drops it.
+            inner(jnp.zeros((1, radial.shape[-1]), h.dtype))
+            outer(jnp.zeros((1, self.features), h.dtype))
+            w_in, w_out = inner.variables["params"], outer.variables["params"]
+            messages = schnet_messages(
+                x,
+                edge_vectors,
+                edge_mask,
+                w_in["kernel"],
+                w_in["bias"],
+                w_out["kernel"],
+                w_out["bias"],
+                senders,
+                receivers,
+                fused,
+                cutoff,
+                radial.shape[-1],
+            )
         return h + nn.Dense(self.features)(nn.silu(nn.Dense(self.features)(messages)))
 
 
@@ -37,10 +83,19 @@ class SchNet(StudentModule):
         geometry = edge_geometry(
             numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
         )
+        fused = self.fused_edges(edge_vectors, edge_mask, senders, receivers, numbers.shape[0])
         h = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         for layer in range(self.num_layers):
             h = SchNetInteraction(self.features, name=f"interaction_{layer}")(
-                h, geometry.radial, geometry.envelope, senders, receivers
+                h,
+                geometry.radial,
+                geometry.envelope,
+                senders,
+                receivers,
+                fused,
+                edge_vectors,
+                edge_mask,
+                self.cutoff,
             )
         return self.readout(
             h, geometry, numbers, edge_vectors, senders, receivers, node_mask, edge_mask
