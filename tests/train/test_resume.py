@@ -47,6 +47,14 @@ def test_stop_and_resume_equals_an_uninterrupted_run(si_store, si_run, tmp_path)
     assert without_times(read_metrics(output)) == without_times(reference_lines)
 
 
+def test_two_runs_with_one_seed_are_identical_to_the_bit(si_store, si_run, tmp_path):
+    """Same data, config and seed: the same parameters and metrics, to the bit (CPU)."""
+    _, reference, reference_lines = si_run
+    again = train(si_store, tmp_path / "student", SI_CONFIG, progress=False)
+    assert_same_params(again.params, reference.params)
+    assert without_times(read_metrics(tmp_path / "student")) == without_times(reference_lines)
+
+
 def test_resume_refuses_a_different_run_and_restart_starts_afresh(si_store, tmp_path):
     output = tmp_path / "student"
     train(si_store, output, SI_CONFIG, stop_after=5, progress=False)
