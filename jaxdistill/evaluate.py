@@ -35,7 +35,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from jaxdistill._version import __version__
-from jaxdistill.data.arrays import LabelArrays
+from jaxdistill.data.arrays import LabelArrays, usable_frames
 from jaxdistill.data.batching import Capacity, make_batch, precompute_neighbours
 from jaxdistill.data.store import LabelStore
 from jaxdistill.graph import bucket_capacity
@@ -133,7 +133,7 @@ def split_indices(student: Student, store: LabelStore, split: str) -> np.ndarray
     if not info:
         raise ValueError(
             "this student has no training split in its metadata (it was not trained by "
-            "jaxdistill.train); evaluate it with split='all'"
+            "jaxdistill.train); evaluate it on all frames: --split all (split='all')"
         )
     mismatch = []
     if info.get("n_frames") is not None and int(info["n_frames"]) != len(store):
@@ -144,11 +144,12 @@ def split_indices(student: Student, store: LabelStore, split: str) -> np.ndarray
     if mismatch:
         raise ValueError(
             f"{store.path} is not the store this student was trained on ({'; '.join(mismatch)}), "
-            f"so its '{split}' split would not be held out; use split='all'"
+            f"so its '{split}' split would not be held out; evaluate on all frames: "
+            "--split all (split='all')"
         )
     parts = store.split(info["fractions"], seed=int(info["seed"]))
     if split not in parts:
-        raise ValueError(f"unknown split {split!r}; choose one of {[*parts, 'all']}")
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join([*parts, 'all'])}")
     return np.asarray(parts[split])
 
 
@@ -246,6 +247,7 @@ def evaluate(
     batch_size: int = 16,
     angle_min_force: float = 0.05,
     plots: bool = True,
+    skip_bad_frames: bool = False,
 ) -> dict[str, Any]:
     """Compare a student with the teacher labels of a store.
 
@@ -259,6 +261,8 @@ def evaluate(
         angle_min_force: teacher force (eV/Å) below which an atom is left out of the
             force-angle statistics.
         plots: write the plots (with ``output_dir``).
+        skip_bad_frames: leave out frames with non-finite or absurd positions or labels
+            (named in a warning) instead of refusing the store.
 
     Returns:
         The metrics (see the module docstring), plus ``provenance`` (student, teacher,
@@ -274,7 +278,17 @@ def evaluate(
         indices = split_indices(student, store, split)
         if len(indices) == 0:
             raise ValueError(f"the '{split}' split of {store.path} is empty")
-        labels = store.arrays(indices)
+        labels = usable_frames(
+            store.arrays(indices), f"the '{split}' frames of {store.path}", skip_bad_frames
+        )
+        if labels.n_frames == 0:
+            raise ValueError(f"no usable frames in the '{split}' split of {store.path}")
+        unknown = sorted(set(np.unique(labels.numbers).tolist()) - set(student.species))
+        if unknown:
+            raise ValueError(
+                f"{store.path} has element(s) {', '.join(chemical_symbols[z] for z in unknown)}"
+                f" unknown to the student (it knows {', '.join(student.symbols)})"
+            )
         predictions = predict_frames(student, labels, batch_size=batch_size)
         result = compute_metrics(predictions, angle_min_force)
         training_teacher = student.metadata.get("teacher")

@@ -109,25 +109,57 @@ def bucket_capacity(count: int, minimum: int = 8) -> int:
     return three_quarters if three_quarters >= count else power
 
 
-def validate_atoms(atoms: ase.Atoms, known_numbers: Sequence[int] | None = None) -> None:
-    """Raise a clear ValueError for inputs that would give meaningless results.
+#: Atoms closer than this (Å) are coincident: no structure a force field describes.
+MIN_DISTANCE_ANGSTROM = 0.1
+#: Coordinates farther than this from the origin (Å) are refused (float32 keeps
+#: 0.06 Å there; beyond it squared distances overflow).
+MAX_COORDINATE_ANGSTROM = 1e6
+_COINCIDENCE_SEARCH_ANGSTROM = 1.0
+
+
+def atoms_problem(
+    atoms: ase.Atoms,
+    known_numbers: Sequence[int] | None = None,
+    neighbours: Neighbours | None = None,
+    coincident: bool = True,
+) -> str | None:
+    """What makes a structure unusable, in words, or None when it is fine.
+
+    Checked: finite positions within :data:`MAX_COORDINATE_ANGSTROM` of the origin, a
+    finite non-singular cell along periodic directions, elements known to a student
+    (``known_numbers``), and no two atoms (periodic images included) closer than
+    :data:`MIN_DISTANCE_ANGSTROM`.
 
     Args:
         atoms: the structure.
         known_numbers: atomic numbers a student knows; None skips that check.
+        neighbours: pairs already found at a cutoff of at least
+            :data:`MIN_DISTANCE_ANGSTROM` (saves a neighbour search); None searches.
+        coincident: check for coincident atoms (False: leave that to
+            :func:`coincident_atoms` with the pairs found later).
     """
     positions = atoms.get_positions()
-    if not np.all(np.isfinite(positions)):
-        bad = np.where(~np.all(np.isfinite(positions), axis=1))[0]
-        raise ValueError(f"positions of atoms {bad[:10].tolist()} are NaN or infinite")
+    if len(positions) == 0:
+        return "it has no atoms"
+    finite = np.all(np.isfinite(positions), axis=1)
+    if not np.all(finite):
+        bad = np.where(~finite)[0]
+        return f"positions of atoms {bad[:10].tolist()} are NaN or infinite"
+    far = np.max(np.abs(positions), axis=1) > MAX_COORDINATE_ANGSTROM
+    if np.any(far):
+        bad = np.where(far)[0]
+        return (
+            f"positions of atoms {bad[:10].tolist()} are farther than "
+            f"{MAX_COORDINATE_ANGSTROM:g} Å from the origin (e.g. {positions[bad[0]].tolist()})"
+        )
     if np.any(atoms.pbc):
         cell = atoms.cell.array
         if not np.all(np.isfinite(cell)):
-            raise ValueError("the cell contains NaN or infinite entries")
+            return "the cell contains NaN or infinite entries"
         periodic_vectors = cell[np.asarray(atoms.pbc)]
         gram = periodic_vectors @ periodic_vectors.T
         if np.linalg.det(gram) <= 1e-12 * max(1.0, float(np.trace(gram))) ** len(gram):
-            raise ValueError(
+            return (
                 f"the cell is singular along its periodic directions (pbc={atoms.pbc.tolist()},"
                 f" cell={cell.tolist()})"
             )
@@ -136,7 +168,60 @@ def validate_atoms(atoms: ase.Atoms, known_numbers: Sequence[int] | None = None)
         if unknown:
             names = ", ".join(chemical_symbols[z] for z in unknown)
             known = ", ".join(chemical_symbols[int(z)] for z in known_numbers)
-            raise ValueError(f"element(s) {names} unknown to this student (it knows {known})")
+            return f"element(s) {names} unknown to this student (it knows {known})"
+    return coincident_atoms(atoms, neighbours) if coincident else None
+
+
+def coincident_atoms(atoms: ase.Atoms, neighbours: Neighbours | None = None) -> str | None:
+    """The closest pair in words when two atoms (or periodic images) are closer than
+    :data:`MIN_DISTANCE_ANGSTROM`, else None.
+
+    Args:
+        atoms: the structure (finite positions, a valid cell).
+        neighbours: pairs found at a cutoff of at least :data:`MIN_DISTANCE_ANGSTROM`;
+            None searches.
+    """
+    if neighbours is None:
+        # vesin's cell list at a 0.1 Å cutoff has a cell per 0.1 Å (9 ms for a 4-atom
+        # cell); at 1 Å it costs 0.1 ms, and the few pairs found are filtered below
+        neighbours = neighbour_pairs(atoms, _COINCIDENCE_SEARCH_ANGSTROM)
+    if len(neighbours.senders) == 0:
+        return None
+    positions = atoms.positions
+    vectors = positions[neighbours.senders] - positions[neighbours.receivers]
+    if np.any(neighbours.shifts):
+        vectors = vectors + neighbours.shifts @ atoms.cell.array
+    lengths = np.linalg.norm(vectors, axis=1)
+    k = int(np.argmin(lengths))
+    if lengths[k] >= MIN_DISTANCE_ANGSTROM:
+        return None
+    i, j = sorted((int(neighbours.receivers[k]), int(neighbours.senders[k])))
+    image = " (periodic images)" if i == j or np.any(neighbours.shifts[k]) else ""
+    return (
+        f"atoms {i} and {j}{image} are {lengths[k]:.3g} Å apart (coincident: closer than "
+        f"{MIN_DISTANCE_ANGSTROM} Å)"
+    )
+
+
+def validate_atoms(
+    atoms: ase.Atoms,
+    known_numbers: Sequence[int] | None = None,
+    neighbours: Neighbours | None = None,
+    coincident: bool = True,
+) -> None:
+    """Raise a clear ValueError for inputs that would give meaningless results
+    (the checks of :func:`atoms_problem`).
+
+    Args:
+        atoms: the structure.
+        known_numbers: atomic numbers a student knows; None skips that check.
+        neighbours: pairs already found at a cutoff of at least
+            :data:`MIN_DISTANCE_ANGSTROM` (saves a neighbour search); None searches.
+        coincident: check for coincident atoms.
+    """
+    problem = atoms_problem(atoms, known_numbers, neighbours, coincident)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def neighbour_pairs(atoms: ase.Atoms, cutoff: float) -> Neighbours:

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxdistill.data.arrays import frame_hash, frames_fingerprint
 from jaxdistill.data.store import LabelStore, LabelStoreError
+from jaxdistill.graph import atoms_problem
 from jaxdistill.progress import progress_bar
 from jaxdistill.teachers.base import Teacher
 from jaxdistill.teachers.registry import load_teacher
@@ -43,6 +44,8 @@ class LabelSummary:
         elements: Atom counts per element symbol over the store.
         seconds: Wall time of this run's labelling, s.
         seconds_per_frame: ``seconds / n_labelled`` (NaN when nothing was labelled).
+        skipped: One line per input frame left out by ``skip_bad_frames`` (its index
+            in the input and what is wrong with it).
     """
 
     path: Path
@@ -53,6 +56,7 @@ class LabelSummary:
     elements: dict[str, int]
     seconds: float
     seconds_per_frame: float
+    skipped: tuple[str, ...] = ()
 
 
 def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
@@ -60,9 +64,49 @@ def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Ato
         path = Path(frames)
         if not path.is_file():
             raise FileNotFoundError(f"input frames not found: {path}")
-        read = ase.io.read(path, index=":")
+        if path.stat().st_size == 0:
+            raise ValueError(f"input frames {path} is an empty file")
+        try:
+            read = ase.io.read(path, index=":")
+        except Exception as error:  # ase raises many kinds for a file it cannot parse
+            text = " ".join(str(error).split()) or type(error).__name__
+            raise ValueError(f"cannot read frames from {path}: {text}") from None
         return (list(read) if isinstance(read, list) else [read]), str(path)
     return list(frames), "<in-memory frames>"
+
+
+def frame_problems(frames: Sequence[ase.Atoms]) -> dict[int, str]:
+    """What is wrong with each frame a teacher should not see (index → reason): empty,
+    non-finite or absurd positions, a singular cell, coincident atoms
+    (:func:`jaxdistill.graph.atoms_problem`)."""
+    problems = {}
+    for i, atoms in enumerate(frames):
+        problem = atoms_problem(atoms)
+        if problem is not None:
+            problems[i] = problem
+    return problems
+
+
+def labels_problem(labels: Any, n_atoms: int) -> str | None:
+    """What is wrong with a teacher's labels of one frame, or None: non-finite energy,
+    forces of the wrong shape or non-finite, an infinite stress (NaN = not labelled)."""
+    energy = np.asarray(labels.energy, dtype=np.float64)
+    forces = np.asarray(labels.forces, dtype=np.float64)
+    if energy.shape != () or not np.isfinite(energy):
+        return f"the teacher's energy is {energy.tolist()}"
+    if forces.shape != (n_atoms, 3):
+        return f"the teacher's forces have shape {forces.shape}, expected ({n_atoms}, 3)"
+    if not np.all(np.isfinite(forces)):
+        bad = np.where(~np.all(np.isfinite(forces), axis=1))[0]
+        return f"the teacher's forces on atoms {bad[:10].tolist()} are NaN or infinite"
+    stress = np.asarray(labels.stress, dtype=np.float64)
+    if np.any(np.isinf(stress)) or (np.any(np.isnan(stress)) and not np.all(np.isnan(stress))):
+        return f"the teacher's stress is {stress.tolist()}"
+    return None
+
+
+def _frame_name(source: str, index: int) -> str:
+    return f"frame {index} of {source}"
 
 
 def label(
@@ -73,6 +117,7 @@ def label(
     progress: bool = True,
     durable: bool = True,
     console: Any | None = None,
+    skip_bad_frames: bool = False,
 ) -> LabelSummary:
     """Label frames with a teacher into a store; resumable and crash-safe.
 
@@ -93,18 +138,44 @@ def label(
         progress: Show a rich progress bar.
         durable: fsync after each commit (protects against power loss too).
         console: A ``rich.console.Console`` for the progress bar (default: stderr).
+        skip_bad_frames: Leave out input frames a teacher should not see (see
+            :func:`frame_problems`) instead of refusing them; they are named in
+            :attr:`LabelSummary.skipped`. Frames are numbered as in the input either way.
 
     Returns:
         A :class:`LabelSummary`.
+
+    Raises:
+        ValueError: naming the frame (its index in the input) when a frame cannot be
+            labelled (unless ``skip_bad_frames``; nothing is written then) or when the
+            teacher returns non-finite labels for it (frames before it stay stored).
     """
     if isinstance(teacher, str):
         teacher = load_teacher(teacher)
     items, source = _read_frames(frames)
     if not items:
-        raise ValueError("no frames to label")
+        raise ValueError(f"no frames to label in {source}")
+    problems = frame_problems(items)
+    skipped: tuple[str, ...] = ()
+    if problems and not skip_bad_frames:
+        first = min(problems)
+        more = f" (and {len(problems) - 1} more bad frames)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"{_frame_name(source, first)}: {problems[first]}{more}; nothing labelled. "
+            "Fix or remove it, or pass --skip-bad-frames (skip_bad_frames=True)"
+        )
+    if problems:
+        skipped = tuple(f"{_frame_name(source, i)}: {why}" for i, why in sorted(problems.items()))
+        kept = [i for i in range(len(items)) if i not in problems]
+        items = [items[i] for i in kept]
+        if not items:
+            raise ValueError(f"every frame of {source} is bad; nothing to label")
+        stored_source = f"{source} (less {len(problems)} bad frames)"
+    else:
+        kept, stored_source = list(range(len(items))), source
     hashes = [frame_hash(x) for x in items]
     fingerprint = frames_fingerprint(hashes)
-    input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": source}
+    input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": stored_source}
     provenance = teacher.provenance()
     store_path = Path(store_path)
 
@@ -137,6 +208,14 @@ def label(
                 hi = min(lo + size, len(items))
                 chunk = items[lo:hi]
                 labels = teacher.label(chunk)
+                for k, (atoms, frame_labels) in enumerate(zip(chunk, labels, strict=True)):
+                    problem = labels_problem(frame_labels, len(atoms))
+                    if problem is not None:
+                        raise ValueError(
+                            f"{_frame_name(source, kept[lo + k])}: {problem}; not stored (the "
+                            f"{lo} frames before its batch are). Remove the frame from "
+                            "the input and label into a new store"
+                        )
                 store.append(chunk, labels, input_indices=range(lo, hi), input_hashes=hashes[lo:hi])
                 bar.update(task, completed=hi)
         seconds = time.perf_counter() - start
@@ -150,6 +229,7 @@ def label(
             elements=store.element_counts(),
             seconds=seconds,
             seconds_per_frame=seconds / n_new if n_new else math.nan,
+            skipped=skipped,
         )
     finally:
         store.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -81,6 +82,22 @@ def edge_vectors(
     return vectors, cell
 
 
+def check_graph(graph: Graph) -> None:
+    """The Graph contract (docs/architecture.md) at the entry of the pure core: shapes
+    agree with one another, indices are integers, positions floats. chex assertions on
+    static shapes run once per trace, so a jitted call pays nothing for them."""
+    n_node, n_edge, n_graph = graph.positions.shape[0], graph.senders.shape[0], graph.cell.shape[0]
+    chex.assert_shape(graph.positions, (n_node, 3))
+    chex.assert_shape([graph.numbers, graph.node_graph, graph.node_mask], (n_node,))
+    chex.assert_shape([graph.senders, graph.receivers, graph.edge_mask], (n_edge,))
+    chex.assert_shape(graph.shifts, (n_edge, 3))
+    chex.assert_shape(graph.cell, (n_graph, 3, 3))
+    chex.assert_shape(graph.pbc, (n_graph, 3))
+    chex.assert_shape([graph.n_node, graph.graph_mask], (n_graph,))
+    chex.assert_type([graph.numbers, graph.senders, graph.receivers, graph.node_graph], int)
+    chex.assert_type([graph.positions, graph.cell], float)
+
+
 def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
     """Build energy/force/stress functions from a per-atom energy function.
 
@@ -94,6 +111,7 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
     """
 
     def graph_energies(params, graph: Graph, positions, strain) -> jax.Array:
+        check_graph(graph)
         vectors, _ = edge_vectors(positions, graph, strain)
         atomic = atomic_energy_fn(
             params,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ase.data import atomic_numbers, chemical_symbols
 from jaxdistill._version import __version__
 from jaxdistill.graph import Graph, batch_graphs, validate_atoms
 from jaxdistill.models import DEFAULT_ARCHITECTURE, build_model
+from jaxdistill.models.fused import check_mode
 from jaxdistill.potential import Potential, Prediction, make_potential
 
 CONFIG_FILE = "student.json"
@@ -87,6 +88,13 @@ class Student:
         dtype: "float32" or "float64": precision of parameters and positions.
         metadata: free-form JSON-serialisable information (teacher provenance,
             reference energies, training summary).
+        message_passing: how the model evaluates its message passing, with the same
+            parameters: "auto" (default: the fused Pallas kernels on a GPU in
+            float32 for large graphs (``models.fused.AUTO_MIN_NODES``), the pure-JAX
+            reference otherwise; the environment variable
+            ``JAXDISTILL_MESSAGE_PASSING=fused|reference`` decides instead when set),
+            "fused" or "reference". A run-time choice, not saved with the student;
+            see :meth:`with_message_passing` and docs/models.md.
     """
 
     architecture: str
@@ -96,11 +104,18 @@ class Student:
     params: Any
     dtype: str = "float32"
     metadata: dict[str, Any] = field(default_factory=dict)
+    message_passing: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.message_passing = check_mode(self.message_passing)
 
     @cached_property
     def model(self):
-        """The Flax module."""
-        return build_model(self.architecture, self.species, self.cutoff, **self.hyperparameters)
+        """The Flax module (evaluated as ``message_passing`` says)."""
+        model = build_model(self.architecture, self.species, self.cutoff, **self.hyperparameters)
+        if hasattr(model, "message_passing"):  # registered architectures may lack it
+            model = model.clone(message_passing=self.message_passing)
+        return model
 
     @cached_property
     def potential(self) -> Potential:
@@ -132,7 +147,18 @@ class Student:
             cast_params(self.params, dtype),
             dtype,
             dict(self.metadata),
+            self.message_passing,
         )
+
+    def with_message_passing(self, mode: str) -> Student:
+        """A copy (same parameters) whose model evaluates message passing as ``mode``.
+
+        Args:
+            mode: "auto", "fused" (the Pallas kernels; interpreted, and slow, on a
+                CPU) or "reference" (pure JAX; needed for forward-mode derivatives
+                such as ``jax.jvp`` or ``jax.hessian`` of the forces).
+        """
+        return replace(self, message_passing=check_mode(mode))
 
     def graph(self, structures: ase.Atoms | Sequence[ase.Atoms], **kwargs) -> Graph:
         """Validate structures and batch them into a padded graph at this student's cutoff."""
@@ -220,11 +246,16 @@ def create_student(
     """
     dtype = resolve_dtype(dtype)
     numbers = as_atomic_numbers(species)
+    # A run-time choice, not an architecture option: kept out of the saved
+    # hyper-parameters.
+    message_passing = check_mode(hyper.pop("message_passing", "auto"))
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
     model = build_model(architecture, numbers, cutoff, **hyper)
     params = cast_params(_init_params(model, numbers, seed), dtype)
-    return Student(architecture, numbers, float(cutoff), dict(hyper), params, dtype)
+    return Student(
+        architecture, numbers, float(cutoff), dict(hyper), params, dtype, {}, message_passing
+    )
 
 
 def load_student(path: str | Path, dtype: str | None = None) -> Student:
@@ -238,22 +269,41 @@ def load_student(path: str | Path, dtype: str | None = None) -> Student:
 
     path = Path(path).absolute()
     config_path = path / CONFIG_FILE
+    if not path.is_dir():
+        raise FileNotFoundError(f"student directory not found: {path} (not a jaxdistill student)")
     if not config_path.is_file():
         raise FileNotFoundError(f"{path} is not a jaxdistill student (no {CONFIG_FILE})")
-    config = json.loads(config_path.read_text())
+    config = _read_student_config(config_path)
     saved_dtype = resolve_dtype(config["dtype"])
-    model = build_model(
-        config["architecture"],
-        config["species"],
-        config["cutoff_angstrom"],
-        **config["hyperparameters"],
-    )
-    abstract = jax.eval_shape(
-        lambda: cast_params(_init_params(model, tuple(config["species"]), 0), saved_dtype)
-    )
+    try:
+        model = build_model(
+            config["architecture"],
+            config["species"],
+            config["cutoff_angstrom"],
+            **config["hyperparameters"],
+        )
+        abstract = jax.eval_shape(
+            lambda: cast_params(_init_params(model, tuple(config["species"]), 0), saved_dtype)
+        )
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{config_path} describes no model this version builds: {error}") from None
+    if not (path / PARAMS_DIR).is_dir():
+        raise FileNotFoundError(f"{path} has no parameters ({PARAMS_DIR}/ is missing)")
     checkpointer = ocp.StandardCheckpointer()
-    params = checkpointer.restore(path / PARAMS_DIR, abstract)
-    checkpointer.close()
+    try:
+        params = checkpointer.restore(path / PARAMS_DIR, abstract)
+    except Exception as error:  # orbax raises many kinds for a damaged checkpoint
+        text = " ".join(str(error).split())[:300]
+        raise ValueError(
+            f"cannot read the parameters in {path / PARAMS_DIR} as {config_path} describes "
+            f"them: {text}"
+        ) from None
+    finally:
+        checkpointer.close()
+    _check_params_match(params, abstract, config_path)
+    # jax arrays, not numpy: numpy leaves captured under jit cannot be indexed by
+    # traced values (a user's own jax-md loop jits over the parameters as constants)
+    params = jax.tree_util.tree_map(jnp.asarray, params)
     student = Student(
         config["architecture"],
         tuple(config["species"]),
@@ -264,6 +314,61 @@ def load_student(path: str | Path, dtype: str | None = None) -> Student:
         dict(config.get("metadata", {})),
     )
     return student.with_dtype(dtype) if dtype and dtype != saved_dtype else student
+
+
+_CONFIG_TYPES = {
+    "architecture": (str, "a string"),
+    "species": (list, "a list of atomic numbers"),
+    "cutoff_angstrom": ((int, float), "a number"),
+    "hyperparameters": (dict, "a mapping"),
+    "dtype": (str, "a string"),
+}
+
+
+def _read_student_config(config_path: Path) -> dict[str, Any]:
+    """student.json, checked: valid JSON, every key a student needs, of its type."""
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config_path} is not valid JSON (truncated?): {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} must hold a JSON object, got {type(config).__name__}")
+    for key, (types, wanted) in _CONFIG_TYPES.items():
+        if key not in config:
+            raise ValueError(f"{config_path} lacks the key {key!r} (a student needs {key})")
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{config_path}: {key} must be {wanted}, got {value!r}")
+    species = config["species"]
+    if not species or not all(isinstance(z, int) and 1 <= z <= 118 for z in species):
+        raise ValueError(f"{config_path}: species must be atomic numbers 1..118, got {species!r}")
+    if not config["cutoff_angstrom"] > 0:
+        raise ValueError(
+            f"{config_path}: cutoff_angstrom must be > 0, got {config['cutoff_angstrom']}"
+        )
+    if config["dtype"] not in DTYPES:
+        raise ValueError(f"{config_path}: dtype must be one of {DTYPES}, got {config['dtype']!r}")
+    if not isinstance(config.get("metadata", {}), dict):
+        raise ValueError(f"{config_path}: metadata must be a mapping")
+    return config
+
+
+def _check_params_match(params: Any, abstract: Any, config_path: Path) -> None:
+    """The saved parameters must be those student.json describes (same tree, shapes)."""
+    saved = {
+        jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)
+    }
+    wanted = {
+        jax.tree_util.keystr(k): tuple(v.shape)
+        for k, v in jax.tree_util.tree_leaves_with_path(abstract)
+    }
+    for key in sorted(set(saved) | set(wanted)):
+        if saved.get(key) != wanted.get(key):
+            raise ValueError(
+                f"{config_path} disagrees with the saved parameters: {key} is "
+                f"{saved.get(key, 'missing')} in params/ but {wanted.get(key, 'absent')} by "
+                "student.json (was student.json edited?)"
+            )
 
 
 def as_student(student: Student | str | Path, dtype: str | None = None) -> Student:

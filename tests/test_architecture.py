@@ -33,6 +33,7 @@ def _top_level(modules: set[str]) -> set[str]:
 #: on one floor, separated by "|", may not import each other). Every top-level module
 #: and package of jaxdistill must appear. docs/architecture.md draws the same.
 FLOORS = [
+    "__main__",
     "cli",
     "pipeline",
     "sampling | validation | evaluate",

@@ -2,4 +2,4 @@
 
 from jaxdistill.cli.main import app
 
-app()
+app(prog_name="jaxdistill")

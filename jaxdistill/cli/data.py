@@ -8,10 +8,9 @@ Each is a thin shell over :func:`jaxdistill.sampling.sample` and
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,23 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from jaxdistill.cli.errors import report_errors
+
 __all__ = ["label_command", "sample_command"]
 
 console = Console(stderr=True)
-
-# Errors a user can fix (bad config, missing file or extra, wrong store): one red line,
-# exit code 1, no traceback.
-_USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, RuntimeError)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except _USER_ERRORS as error:
-        # escape: messages quote lists like ['H', 'O'], which rich would read as markup.
-        console.print(f"[bold red]error:[/] {escape(str(error))}")
-        raise typer.Exit(code=1) from None
 
 
 def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -52,6 +39,45 @@ def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
+def _sampling_config(path: Path):
+    """The sampling section of ``path`` and, for a whole pipeline config, that config."""
+    from jaxdistill.config import DistillConfig, SamplingConfig
+    from jaxdistill.config.keys import read_yaml
+
+    data = read_yaml(path, "sampling config")
+    if isinstance(data, dict) and "sampling" in data and "teacher" in data:
+        pipeline = DistillConfig.from_yaml(path)
+        return pipeline.sampling, pipeline
+    return SamplingConfig.from_yaml(path), None
+
+
+def _pipeline_device(device: str) -> str:
+    """A pipeline config's device, "auto" resolved as ``jaxdistill distill`` does."""
+    if device != "auto":
+        return device
+    from jaxdistill.pipeline.runner import resolve_device
+
+    return resolve_device(device)
+
+
+def write_frames_atomically(output: Path, frames) -> None:
+    """Write extxyz to a temporary file beside ``output`` and rename it into place: a
+    full disk or a read-only folder leaves ``output`` (and nothing else) as it was."""
+    import ase.io
+
+    if not output.parent.exists():
+        output.parent.mkdir(parents=True)
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.partial")
+    try:
+        ase.io.write(temporary, frames, format="extxyz")
+        temporary.replace(output)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        reason = error.strerror or str(error)
+        raise OSError(f"cannot write {output}: {reason}; nothing written") from None
+
+
+@report_errors
 def sample_command(
     config: Annotated[
         Path,
@@ -68,8 +94,12 @@ def sample_command(
         ),
     ] = None,
     device: Annotated[
-        str, typer.Option(help="Device for a torch teacher: cpu, cuda, cuda:N.")
-    ] = "cpu",
+        str | None,
+        typer.Option(
+            help="Device for a torch teacher: cpu, cuda, cuda:N (default: a pipeline "
+            "config's device, else cpu)."
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Override the config's master seed.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
@@ -83,43 +113,52 @@ def sample_command(
 ) -> None:
     """Generate configurations (teacher MD, rattles, strains) and write them to extxyz.
 
-    Finished teacher trajectories wait in OUTPUT's folder (``.<name>.cache/``) until
-    the frames are written, so a killed run resumes with the trajectory it was in.
+    The MD teacher is --teacher, else the config's md.teacher, else (for a pipeline
+    config such as configs/quickstart.yaml) its teacher with its teacher_options, so
+    the frames are those of 'jaxdistill distill'. Finished teacher trajectories wait
+    in OUTPUT's folder (.NAME.cache/) until the frames are written, so a killed run
+    resumes with the trajectory it was in.
     """
     import dataclasses
 
-    import ase.io
-
-    from jaxdistill.config import SamplingConfig
     from jaxdistill.sampling import element_counts, sample, sampler_counts
 
-    with _user_errors():
-        if output.exists() and not overwrite:
-            raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
-        cfg = SamplingConfig.from_yaml(config)
-        if seed is not None:
-            cfg = dataclasses.replace(cfg, seed=seed)
-        # --teacher wins over md.teacher; the spec is loaded with --device.
-        spec = teacher or (cfg.md.teacher if cfg.md is not None else None)
-        if teacher is not None and cfg.md is not None:
-            cfg = dataclasses.replace(cfg, md=dataclasses.replace(cfg.md, teacher=None))
-        if workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {workers}")
-        cache = output.parent / f".{output.name}.cache"
-        start = time.perf_counter()
-        frames = sample(
-            cfg,
-            teacher=spec,
-            progress=progress,
-            console=console,
-            cache_dir=cache,
-            workers=workers,
-            teacher_options={"device": device},
-        )
-        seconds = time.perf_counter() - start
-        output.parent.mkdir(parents=True, exist_ok=True)
-        ase.io.write(output, frames, format="extxyz")
-        shutil.rmtree(cache, ignore_errors=True)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
+    if output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a folder; give a file name")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    cfg, pipeline = _sampling_config(config)
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    # --teacher wins over md.teacher, which wins over a pipeline config's teacher.
+    options: dict = {}
+    spec = teacher or (cfg.md.teacher if cfg.md is not None else None)
+    if teacher is not None and cfg.md is not None:
+        cfg = dataclasses.replace(cfg, md=dataclasses.replace(cfg.md, teacher=None))
+    if spec is None and pipeline is not None:
+        spec = pipeline.teacher
+        options.update(pipeline.teacher_options)
+    if device is None:
+        device = _pipeline_device(pipeline.device) if pipeline is not None else "cpu"
+    options["device"] = device
+    cache = output.parent / f".{output.name}.cache"
+    start = time.perf_counter()
+    frames = sample(
+        cfg,
+        teacher=spec,
+        progress=progress,
+        console=console,
+        cache_dir=cache,
+        workers=workers,
+        teacher_options=options,
+    )
+    seconds = time.perf_counter() - start
+    if not frames:
+        raise ValueError(f"{config} gives no frames; nothing written to {output}")
+    write_frames_atomically(output, frames)
+    shutil.rmtree(cache, ignore_errors=True)
     n_atoms = sum(len(a) for a in frames)
     console.print(
         _summary_table(
@@ -136,6 +175,7 @@ def sample_command(
     )
 
 
+@report_errors
 def label_command(
     teacher: Annotated[
         str,
@@ -162,18 +202,39 @@ def label_command(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    skip_bad_frames: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out input frames that cannot be labelled (non-finite positions or "
+            "cell, coincident atoms) instead of refusing; each is named."
+        ),
+    ] = False,
 ) -> None:
-    """Label frames with a teacher into an HDF5 store (resumes an interrupted run)."""
+    """Label frames with a teacher into an HDF5 store (resumes an interrupted run).
+
+    Frames are checked before the teacher sees them and the teacher's labels before
+    they are stored: a bad frame stops the run with its number (frames before it stay
+    stored) unless --skip-bad-frames leaves it out.
+    """
     from jaxdistill.labelling import label
     from jaxdistill.teachers import load_teacher
 
-    with _user_errors():
-        if not input.is_file():
-            raise FileNotFoundError(f"input frames not found: {input}")
-        loaded = load_teacher(teacher, device=device)
-        summary = label(
-            loaded, input, output, batch_size=batch_size, progress=progress, console=console
-        )
+    if not input.is_file():
+        raise FileNotFoundError(f"--input {input}: file not found")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    loaded = load_teacher(teacher, device=device)
+    summary = label(
+        loaded,
+        input,
+        output,
+        batch_size=batch_size,
+        progress=progress,
+        console=console,
+        skip_bad_frames=skip_bad_frames,
+    )
+    for line in summary.skipped:
+        console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
     per_frame = (
         f"{1e3 * summary.seconds_per_frame:.1f} ms/frame"
         if summary.n_labelled

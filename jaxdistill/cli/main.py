@@ -12,6 +12,7 @@ from rich.console import Console
 
 from jaxdistill._version import __version__
 from jaxdistill.cli.data import label_command, sample_command
+from jaxdistill.cli.errors import JaxdistillGroup, report_errors, set_debug
 from jaxdistill.cli.md import md_command
 from jaxdistill.cli.train import evaluate_command, train_command
 
@@ -20,6 +21,7 @@ app = typer.Typer(
     help="Distil machine-learned force fields into small, fast JAX students.",
     no_args_is_help=True,
     add_completion=False,
+    cls=JaxdistillGroup,
 )
 console = Console()
 
@@ -36,11 +38,31 @@ def main(
         bool,
         typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="Show the full traceback of an error (accepted anywhere on the line; "
+            "also JAXDISTILL_DEBUG=1). Without it an error is one line.",
+        ),
+    ] = False,
 ) -> None:
-    """Distil machine-learned force fields into small, fast JAX students."""
+    """Distil machine-learned force fields into small, fast JAX students.
+
+    An error in the input (a file, frame, config key or flag) is one line naming it,
+    with exit code 2; an MD run that stops unstable exits with 1.
+    """
+    if debug:
+        set_debug(True)
+    # before any command imports torch or starts jax: CPU threads that sleep rather
+    # than spin when a core is busy, and bit-reproducible GPU sums (docs/training.md)
+    from jaxdistill import runtime
+
+    runtime.configure()
 
 
 @app.command()
+@report_errors
 def demo(
     architecture: Annotated[str, typer.Option(help="Student architecture.")] = "painn",
     steps: Annotated[int, typer.Option(help="Velocity-Verlet steps.")] = 200,
@@ -87,6 +109,7 @@ def demo(
 
 
 @app.command()
+@report_errors
 def distill(
     config: Annotated[
         Path, typer.Argument(help="Distillation config (YAML), e.g. configs/quickstart.yaml.")
@@ -105,14 +128,14 @@ def distill(
     from jaxdistill.config import STAGES
     from jaxdistill.pipeline import distill as run_distill
 
-    try:
-        run_distill(config, run_dir, stages=tuple(stage) if stage else STAGES, console=console)
-    except (ValueError, FileNotFoundError, ImportError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from error
+    unknown = sorted(set(stage or ()) - set(STAGES))
+    if unknown:
+        raise ValueError(f"--stage {', '.join(unknown)}: no such stage; choose from {STAGES}")
+    run_distill(config, run_dir, stages=tuple(stage) if stage else STAGES, console=console)
 
 
 @app.command()
+@report_errors
 def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) -> None:
     """Describe a saved student."""
     from jaxdistill.student import load_student

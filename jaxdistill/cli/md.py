@@ -15,6 +15,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jaxdistill.cli.errors import report_errors
+
 console = Console()
 
 
@@ -34,6 +36,7 @@ class Thermostat(enum.StrEnum):
     nose_hoover = "nose-hoover"
 
 
+@report_errors
 def md_command(
     student: Annotated[
         Path, typer.Option("--student", help="Student directory (from Student.save / train).")
@@ -49,21 +52,30 @@ def md_command(
     ] = Engine.jax_md,
     ensemble: Annotated[Ensemble, typer.Option(help="Statistical ensemble.")] = Ensemble.nvt,
     temperature: Annotated[
-        float, typer.Option(help="Target (NVT/NPT) or initial (NVE) temperature, K.")
+        float, typer.Option(help="Target (NVT/NPT) or initial (NVE) temperature, K.", min=0.0)
     ] = 300.0,
     timestep_fs: Annotated[float, typer.Option(help="Time step, fs.")] = 1.0,
-    steps: Annotated[int, typer.Option(help="Number of MD steps.")] = 1000,
+    steps: Annotated[int, typer.Option(help="Number of MD steps.", min=0)] = 1000,
     output: Annotated[
-        Path | None, typer.Option(help="Trajectory file: .traj (ASE) or extxyz (other suffixes).")
+        Path | None,
+        typer.Option(
+            help="Trajectory file: .traj (ASE) or extxyz (other suffixes); an existing "
+            "file is kept unless --overwrite."
+        ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing --output, --log and --summary-json files.")
+    ] = False,
     thermostat: Annotated[Thermostat, typer.Option(help="NVT thermostat.")] = Thermostat.langevin,
-    friction_per_fs: Annotated[float, typer.Option(help="Langevin friction, 1/fs.")] = 0.01,
+    friction_per_fs: Annotated[
+        float, typer.Option(help="Langevin friction, 1/fs.", min=0.0)
+    ] = 0.01,
     pressure_bar: Annotated[float, typer.Option(help="NPT target pressure, bar.")] = 1.0,
     sample_every: Annotated[
-        int, typer.Option(help="Steps between logged samples and trajectory frames.")
+        int, typer.Option(help="Steps between logged samples and trajectory frames.", min=1)
     ] = 100,
     replicas: Annotated[
-        int, typer.Option(help="Independent copies run together (jax-md engine).")
+        int, typer.Option(help="Independent copies run together (jax-md engine).", min=1)
     ] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (velocities, Langevin noise).")] = 0,
     dtype: Annotated[
@@ -83,18 +95,21 @@ def md_command(
     ] = True,
 ) -> None:
     """Run molecular dynamics with a trained student (jax-md on the GPU, or ASE)."""
-    import ase.io
-
     from jaxdistill.md import MDInstabilityError, run_md
     from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
     from jaxdistill.student import load_student
 
-    try:
-        loaded = load_student(student, dtype=dtype)
-        atoms = ase.io.read(structure, index=-1)
-    except (FileNotFoundError, ValueError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+    _refuse_overwrite(
+        overwrite, ("--output", output), ("--log", log), ("--summary-json", summary_json)
+    )
+    if not timestep_fs > 0:
+        raise ValueError(f"--timestep-fs must be > 0, got {timestep_fs}")
+    if dtype is not None and dtype not in ("float32", "float64"):
+        raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
+    if replicas > 1 and engine is Engine.ase:
+        raise ValueError("--replicas needs --engine jax-md (the ASE engine runs one copy)")
+    loaded = load_student(student, dtype=dtype)
+    atoms = _read_structure(structure)
     console.print(
         f"student [bold]{loaded.architecture}[/] ({loaded.num_parameters} parameters, cutoff "
         f"{loaded.cutoff} Å, {loaded.dtype}); {len(atoms)} atoms from {structure}; "
@@ -122,11 +137,12 @@ def md_command(
             keep_on_interrupt=True,
         )
     except MDInstabilityError as error:
-        console.print(f"[red]MD stopped:[/] {error}")
+        console.print(f"[red]MD stopped:[/] {error}", soft_wrap=True)
         raise typer.Exit(code=1) from None
     except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=2) from None
+        if engine is Engine.jax_md and "too small for jax-md" in str(error):
+            raise ValueError(f"{structure}: {error}") from None
+        raise
     console.print(summary.describe())
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
@@ -134,3 +150,28 @@ def md_command(
     if summary.interrupted:
         # the run is saved, but it is not the run asked for
         raise typer.Exit(code=130)
+
+
+def _refuse_overwrite(overwrite: bool, *files: tuple[str, Path | None]) -> None:
+    """Refuse, naming the flag, to replace a user's file without --overwrite."""
+    for flag, path in files:
+        if path is not None and path.exists() and not overwrite:
+            raise FileExistsError(f"{flag} {path} exists; pass --overwrite to replace it")
+        if path is not None and path.is_dir():
+            raise IsADirectoryError(f"{flag} {path} is a folder; give a file name")
+
+
+def _read_structure(structure: Path):
+    """The last frame of ``structure``, with one-line errors for a missing, empty or
+    unreadable file."""
+    import ase.io
+
+    if not structure.is_file():
+        raise FileNotFoundError(f"--structure {structure}: file not found")
+    if structure.stat().st_size == 0:
+        raise ValueError(f"--structure {structure} is an empty file")
+    try:
+        return ase.io.read(structure, index=-1)
+    except Exception as error:  # ase raises many kinds for a file it cannot parse
+        text = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"--structure {structure}: cannot read it ({text})") from None

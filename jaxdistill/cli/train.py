@@ -14,9 +14,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jaxdistill.cli.errors import report_errors
+
 console = Console()
 
 
+@report_errors
 def train_command(
     data: Annotated[
         Path,
@@ -41,16 +44,22 @@ def train_command(
         typer.Option("--restart", help="Ignore and delete checkpoints in OUTPUT; start afresh."),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    skip_bad_frames: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out frames with non-finite (or absurd) positions, cell, energy or "
+            "forces, each named, instead of refusing the store."
+        ),
+    ] = False,
 ) -> None:
     """Train a student on a label store (resumes from OUTPUT's last checkpoint)."""
     from jaxdistill.train import TrainConfig, train
 
     if not data.is_file():
-        raise typer.BadParameter(f"label store not found: {data}", param_hint="--data")
-    try:
-        train_config = TrainConfig.from_yaml(config) if config else TrainConfig()
-    except (ValueError, FileNotFoundError) as error:
-        raise typer.BadParameter(str(error), param_hint="--config") from None
+        raise FileNotFoundError(f"--data {data}: label store not found")
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"--output {output} is a file; training writes a folder")
+    train_config = TrainConfig.from_yaml(config) if config else TrainConfig()
     student = train(
         data,
         output,
@@ -59,6 +68,7 @@ def train_command(
         resume=not restart,
         progress=progress,
         console=console,
+        skip_bad_frames=skip_bad_frames,
     )
     summary = student.metadata["training"]
     best = summary.get("best_validation_force_mae_meV_per_A")
@@ -70,6 +80,7 @@ def train_command(
     )
 
 
+@report_errors
 def evaluate_command(
     student: Annotated[Path, typer.Option("--student", help="Student directory.")],
     data: Annotated[Path, typer.Option("--data", help="Label store (HDF5).")],
@@ -81,21 +92,36 @@ def evaluate_command(
         Path | None,
         typer.Option(
             "--output",
-            help="Folder for evaluation.json and plots [default: STUDENT/evaluation-SPLIT].",
+            help="Folder for evaluation.json and plots (default: STUDENT/evaluation-SPLIT).",
         ),
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an earlier evaluation.json in the output folder.")
+    ] = False,
+    skip_bad_frames: Annotated[
+        bool,
+        typer.Option(
+            help="Leave out frames with non-finite (or absurd) positions or labels, each "
+            "named, instead of refusing the store."
+        ),
+    ] = False,
 ) -> None:
     """Compare a student with the teacher labels of a store (JSON + parity plots)."""
     from jaxdistill.evaluate import evaluate, summary_lines
 
+    if not student.is_dir():
+        raise FileNotFoundError(f"--student {student}: student directory not found")
     if not data.is_file():
-        raise typer.BadParameter(f"label store not found: {data}", param_hint="--data")
+        raise FileNotFoundError(f"--data {data}: label store not found")
     output = output or student / f"evaluation-{split}"
-    try:
-        result = evaluate(student, data, split=split, output_dir=output)
-    except (ValueError, FileNotFoundError) as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(code=1) from None
+    if (output / "evaluation.json").exists() and not overwrite:
+        raise FileExistsError(
+            f"{output / 'evaluation.json'} exists; pass --overwrite to replace it "
+            "(or --output for another folder)"
+        )
+    result = evaluate(
+        student, data, split=split, output_dir=output, skip_bad_frames=skip_bad_frames
+    )
     for line in summary_lines(result):
         console.print(line)
     console.print(f"results and plots written to {output}")

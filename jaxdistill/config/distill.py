@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from jaxdistill.config.active import ActiveLearningConfig
-from jaxdistill.config.keys import check_keys
+from jaxdistill.config.keys import check_keys, read_yaml
 from jaxdistill.config.sampling import SamplingConfig
 from jaxdistill.config.train import TrainConfig, resolve_config
 from jaxdistill.config.validation import MDValidationConfig
@@ -96,10 +94,10 @@ class DistillConfig:
     def from_yaml(cls, path: str | Path) -> DistillConfig:
         """Load a YAML file (relative structure paths resolve against its folder)."""
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            return cls.from_dict(yaml.safe_load(handle), base_dir=path.parent)
+        data = read_yaml(path, "config")
+        if data is None:
+            raise ValueError(f"config {path} is empty")
+        return cls.from_dict(data, base_dir=path.parent)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict that :meth:`from_dict` reads back."""

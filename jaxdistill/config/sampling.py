@@ -16,7 +16,7 @@ import ase
 import ase.build
 import ase.io
 
-from jaxdistill.config.keys import as_temperatures, check_keys
+from jaxdistill.config.keys import as_temperatures, check_keys, read_yaml
 
 #: Generator names, in the order they run; also the ``sampler`` tag of their frames.
 GENERATORS = ("md", "rattle", "strain")
@@ -293,11 +293,10 @@ class SamplingConfig:
         A file whose top level has a ``sampling`` key (a whole pipeline config) is
         accepted too; that section is used.
         """
-        import yaml
-
         path = Path(path)
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
+        data = read_yaml(path, "sampling config")
+        if data is None:
+            raise ValueError(f"sampling config {path} is empty")
         if isinstance(data, Mapping) and "sampling" in data and "structures" not in data:
             data = data["sampling"]
         return cls.from_dict(data, base_dir=path.parent)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jaxdistill.config.keys import check_types, read_yaml
+
 SCHEDULES = ("cosine", "linear", "constant")
 OPTIMIZERS = ("adam", "adamw", "amsgrad")
 CAPACITY_MODES = ("auto", "single", "bucket")
@@ -209,17 +211,14 @@ class TrainConfig:
             raise ValueError(
                 f"unknown training config key(s): {', '.join(hints)}; known keys: {sorted(known)}"
             )
+        check_types(cls, values, "the training config")
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
         """Read a YAML file: either the keys at top level, or under a ``train:`` section."""
-        import yaml
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"training config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = read_yaml(path, "training config") or {}
         if not isinstance(values, Mapping):
             raise ValueError(f"{path} must hold a mapping of training config keys")
         if set(values) == {"train"} and isinstance(values["train"], Mapping):

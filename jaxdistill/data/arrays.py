@@ -9,7 +9,8 @@ Pure numpy (no HDF5, no teacher, no jax): the training core (``train/loss.py``,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -18,7 +19,21 @@ import numpy as np
 if TYPE_CHECKING:
     import ase
 
-__all__ = ["HASH_LEN", "UNITS", "LabelArrays", "frame_hash", "frames_fingerprint"]
+__all__ = [
+    "HASH_LEN",
+    "MAX_COORDINATE_ANGSTROM",
+    "UNITS",
+    "LabelArrays",
+    "bad_frames",
+    "describe_bad_frames",
+    "frame_hash",
+    "frames_fingerprint",
+    "usable_frames",
+]
+
+#: Stored coordinates farther than this from the origin (Å) make a frame bad (the
+#: same bound as :data:`jaxdistill.graph.MAX_COORDINATE_ANGSTROM`).
+MAX_COORDINATE_ANGSTROM = 1e6
 
 #: Units of every stored quantity (also written into the file's ``units`` attribute).
 UNITS: dict[str, str] = {
@@ -155,3 +170,77 @@ class LabelArrays:
             else:
                 values[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
         return LabelArrays(**values)
+
+
+def bad_frames(arrays: LabelArrays) -> dict[int, str]:
+    """Frames that must not be trained or evaluated on, with the reason in words.
+
+    A frame is bad when its positions are not finite or lie farther than
+    :data:`MAX_COORDINATE_ANGSTROM` from the origin, its cell is not finite, its energy
+    or forces are not finite, or its stress is infinite (a NaN stress means "not
+    labelled" and is fine). Keys are positions in ``arrays``; ``arrays.frame_index``
+    gives the frame's number in its store.
+    """
+    n = arrays.n_frames
+    if n == 0:
+        return {}
+    frame = arrays.atom_frame
+    reasons: dict[int, str] = {}
+
+    def per_atom(bad_rows: np.ndarray, text: str) -> None:
+        for i in np.unique(frame[bad_rows]).tolist():
+            reasons.setdefault(int(i), text)
+
+    position_ok = np.all(np.isfinite(arrays.positions), axis=1)
+    per_atom(~position_ok, "non-finite positions")
+    with np.errstate(invalid="ignore"):
+        far = np.max(np.abs(np.where(position_ok[:, None], arrays.positions, 0.0)), axis=1)
+    per_atom(far > MAX_COORDINATE_ANGSTROM, f"positions farther than {MAX_COORDINATE_ANGSTROM:g} Å")
+    for i in np.where(~np.all(np.isfinite(arrays.cell.reshape(n, -1)), axis=1))[0].tolist():
+        reasons.setdefault(int(i), "a non-finite cell")
+    for i in np.where(~np.isfinite(arrays.energy))[0].tolist():
+        reasons.setdefault(int(i), "a non-finite energy")
+    per_atom(~np.all(np.isfinite(arrays.forces), axis=1), "non-finite forces")
+    for i in np.where(np.any(np.isinf(arrays.stress.reshape(n, -1)), axis=1))[0].tolist():
+        reasons.setdefault(int(i), "an infinite stress")
+    return dict(sorted(reasons.items()))
+
+
+def describe_bad_frames(arrays: LabelArrays, bad: dict[int, str], limit: int = 5) -> str:
+    """``bad`` (from :func:`bad_frames`) as one line naming the frames by store index."""
+    items = list(bad.items())[:limit]
+    text = ", ".join(f"{int(arrays.frame_index[i])} ({why})" for i, why in items)
+    more = f" and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"frame{'s' if len(bad) > 1 else ''} {text}{more}"
+
+
+def usable_frames(
+    labels: LabelArrays,
+    where: str,
+    skip_bad_frames: bool,
+    report: Callable[[str], None] | None = None,
+) -> LabelArrays:
+    """``labels`` without bad frames (:func:`bad_frames`): refused by number (a
+    ValueError) unless ``skip_bad_frames``, which leaves them out and names them.
+
+    Args:
+        labels: the frames.
+        where: how the message names them ("the training frames of labels.h5").
+        skip_bad_frames: leave bad frames out instead of refusing.
+        report: called with the line naming skipped frames (default: a warning).
+    """
+    bad = bad_frames(labels)
+    if not bad:
+        return labels
+    named = describe_bad_frames(labels, bad)
+    if not skip_bad_frames:
+        raise ValueError(
+            f"{where}: {named} cannot be used; pass --skip-bad-frames "
+            "(skip_bad_frames=True) to leave them out"
+        )
+    message = f"skipping {len(bad)} bad frame(s) of {where}: {named}"
+    if report is None:
+        warnings.warn(message, stacklevel=2)
+    else:
+        report(message)
+    return labels.subset([i for i in range(labels.n_frames) if i not in bad])

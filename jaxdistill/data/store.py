@@ -111,6 +111,16 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+def _eof_text(message: str) -> str:
+    """ "eof = A ... stored_eof = B" of an HDF5 truncation message, in words."""
+    import re
+
+    found = dict(re.findall(r"\b(eof|stored_eof) = (\d+)", message))
+    if "eof" in found and "stored_eof" in found:
+        return f"{found['eof']} of its {found['stored_eof']} bytes"
+    return "fewer bytes than it records"
+
+
 def _partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
@@ -198,7 +208,18 @@ class LabelStore:
                     f"{self.path} is already open in this process in another mode; close that "
                     f"LabelStore first ({text})"
                 ) from None
-            if "lock" in text.lower():
+            if "truncated file" in text:
+                raise LabelStoreError(
+                    f"{self.path} is truncated (an incomplete copy or download?): HDF5 found "
+                    f"{_eof_text(text)}; copy the store again"
+                ) from None
+            if self.path.stat().st_size == 0:
+                raise LabelStoreError(f"{self.path} is an empty file, not a label store") from None
+            if (
+                "unable to lock" in text.lower()
+                or "file locking" in text.lower()
+                or ("lock" in text.lower() and "truncated" not in text)
+            ):
                 raise LabelStoreError(
                     f"{self.path} is open for writing by another process ({text})"
                 ) from None

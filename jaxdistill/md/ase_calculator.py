@@ -56,10 +56,12 @@ class _Reference(NamedTuple):
     numbers: np.ndarray
 
 
-#: Structures with fewer atoms run on the CPU under ``device="auto"`` (a GPU call's
-#: fixed cost, the transfer round trip, outweighs its speed below this size; measured
-#: on one H200 and its host, docs/benchmarks.md).
-AUTO_GPU_MIN_ATOMS = 0
+#: Structures with fewer atoms run on the CPU under ``device="auto"``: a GPU call's
+#: fixed cost (the transfer round trip, 0.4-0.7 ms) outweighs its speed below this
+#: size. Measured on one H200 and its 16-core host (2026-11-29, docs/benchmarks.md):
+#: 9-atom ethanol was faster on the CPU for painn and schnet (1.10 vs 1.31 ms, 0.67 vs
+#: 0.96 ms), 21-atom hexanol faster on the GPU (1.12 vs 2.80 ms, 1.18 vs 1.46 ms).
+AUTO_GPU_MIN_ATOMS = 16
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -224,8 +226,10 @@ class StudentCalculator(Calculator):
         return d + 0.5 * (self.student.cutoff + self.skin) * shrink > half_skin
 
     def _rebuild(self, atoms: ase.Atoms) -> None:
-        validate_atoms(atoms, self.student.species)
+        validate_atoms(atoms, self.student.species, coincident=False)
         neighbours = neighbour_pairs(atoms, self.student.cutoff + self.skin)
+        # the pairs at cutoff + skin include any coincident ones: refused by name
+        validate_atoms(atoms, neighbours=neighbours)
         n_atoms = len(atoms)
         n_edges = len(neighbours.senders)
         if self._reference is None or len(self._reference.numbers) != n_atoms:
@@ -264,8 +268,43 @@ class StudentCalculator(Calculator):
 
     # -- ASE interface ----------------------------------------------------------------
 
+    def check_state(self, atoms: ase.Atoms, tol: float = 1e-15) -> list[str]:
+        """What changed since the last calculation: exact comparisons of what a student
+        reads (positions, numbers, cell, pbc), cheaper than ASE's generic tolerance
+        checks of every array (a per-call cost in MD)."""
+        old = self.atoms
+        if old is None or len(old) != len(atoms):
+            return list(all_changes)
+        changes = []
+        if not np.array_equal(old.arrays["positions"], atoms.arrays["positions"]):
+            changes.append("positions")
+        if not np.array_equal(old.arrays["numbers"], atoms.arrays["numbers"]):
+            changes.append("numbers")
+        if not np.array_equal(old.cell.array, atoms.cell.array):
+            changes.append("cell")
+        if not np.array_equal(old.pbc, atoms.pbc):
+            changes.append("pbc")
+        return changes
+
+    def _remember(self, atoms: ase.Atoms) -> None:
+        """Keep the calculated state (ASE copies the whole Atoms each call; for the same
+        system moving, updating positions and cell in place is enough)."""
+        old = self.atoms
+        if (
+            old is None
+            or len(old) != len(atoms)
+            or not np.array_equal(old.arrays["numbers"], atoms.arrays["numbers"])
+        ):
+            self.atoms = atoms.copy()
+            return
+        old.arrays["positions"][:] = atoms.arrays["positions"]
+        old.cell.array[:] = atoms.cell.array
+        old.pbc[:] = atoms.pbc
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+        if atoms is not None:
+            self._remember(atoms)
+        self.results = {}
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:

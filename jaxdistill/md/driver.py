@@ -224,6 +224,16 @@ def run_md(
     periodic = bool(np.all(structures[0].pbc))
     if ensemble == "npt" and not periodic:
         raise ValueError("NPT needs a structure periodic in all three directions")
+    if not (np.isfinite(friction_per_fs) and friction_per_fs >= 0):
+        raise ValueError(f"friction_per_fs must be >= 0 (1/fs), got {friction_per_fs}")
+    if not np.isfinite(pressure_bar):
+        raise ValueError(f"pressure_bar must be finite, got {pressure_bar}")
+    for name, value in (
+        ("thermostat_time_fs", thermostat_time_fs),
+        ("barostat_time_fs", barostat_time_fs),
+    ):
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be > 0 fs, got {value}")
     options = EngineOptions(
         ensemble=ensemble,
         temperatures=temperatures,

@@ -137,8 +137,9 @@ def check_box(box: Any, cutoff: float, dr_threshold: float) -> None:
             f"{np.round(widths, 3).tolist()} Å but the minimum-image convention needs more "
             f"than {needed:.3f} Å (twice the cutoff {cutoff} Å"
             + ("" if is_orthorhombic(box) else f" plus the skin {dr_threshold} Å")
-            + "). Repeat the cell (e.g. atoms * (2, 2, 2)) or use the ASE engine "
-            "(StudentCalculator), which handles cells of any size."
+            + "). Repeat the cell (e.g. atoms * (2, 2, 2)) or use the ASE engine, which "
+            "handles cells of any size: --engine ase (engine='ase' in run_md; "
+            "StudentCalculator in an ASE script)."
         )
 
 

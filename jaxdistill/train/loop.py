@@ -36,9 +36,11 @@ from typing import Any
 import jax
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
+from rich.console import Console
+from rich.markup import escape
 
 from jaxdistill.config.train import RESUMABLE_KEYS, TrainConfig, resolve_config
-from jaxdistill.data.arrays import LabelArrays
+from jaxdistill.data.arrays import LabelArrays, usable_frames
 from jaxdistill.data.batching import (
     Batch,
     CapacityPlan,
@@ -217,13 +219,6 @@ def _indices_hash(indices: np.ndarray) -> str:
     return hashlib.blake2b(np.asarray(indices, np.int64).tobytes(), digest_size=8).hexdigest()
 
 
-def _check_labels(labels: LabelArrays, what: str) -> None:
-    if not np.all(np.isfinite(labels.energy)):
-        raise ValueError(f"{what} frames contain unlabelled (NaN) energies")
-    if not np.all(np.isfinite(labels.forces)):
-        raise ValueError(f"{what} frames contain unlabelled (NaN) forces")
-
-
 class _Prefetcher:
     """Builds and transfers the batches of upcoming steps in a background thread."""
 
@@ -297,6 +292,7 @@ def train(
     devices: Sequence[jax.Device] | None = None,
     progress: bool = True,
     console: Any | None = None,
+    skip_bad_frames: bool = False,
 ) -> Student:
     """Train a student on a label store and write it to ``output_dir``.
 
@@ -327,6 +323,9 @@ def train(
         devices: devices for data parallelism (default: all local devices).
         progress: show a rich progress bar.
         console: a ``rich.console.Console`` for the progress bar (default: stderr).
+        skip_bad_frames: leave out frames with non-finite (or absurdly large)
+            positions, cell, energy or forces instead of refusing the store (see
+            :func:`~jaxdistill.data.arrays.bad_frames`); each is named.
 
     Returns:
         The trained student (also saved in ``output_dir``).
@@ -343,7 +342,7 @@ def train(
     try:
         return _train(
             store, [e for e, _ in extras], output_dir, run_dir, config, student, stop_after,
-            resume, devices, progress, console, export,
+            resume, devices, progress, console, export, skip_bad_frames,
         )  # fmt: skip
     finally:
         if opened:
@@ -390,6 +389,7 @@ def _train(
     progress: bool,
     console: Any | None,
     export: str = "best",
+    skip_bad_frames: bool = False,
 ) -> Student:
     started = time.perf_counter()
     split = store.split(config.split, seed=config.split_seed)
@@ -401,9 +401,21 @@ def _train(
         [store.arrays(train_idx), *(extra.arrays() for extra in extras)]
     )
     val_labels = store.arrays(val_idx) if len(val_idx) else None
-    _check_labels(train_labels, "training")
+
+    def report(message: str) -> None:
+        (console or Console(stderr=True)).print(f"[yellow]{escape(message)}[/]", soft_wrap=True)
+
+    train_labels = usable_frames(
+        train_labels, f"the training frames of {store.path}", skip_bad_frames, report
+    )
     if val_labels is not None:
-        _check_labels(val_labels, "validation")
+        val_labels = usable_frames(
+            val_labels, f"the validation frames of {store.path}", skip_bad_frames, report
+        )
+        if val_labels.n_frames == 0:
+            val_labels = None
+    if train_labels.n_frames == 0:
+        raise ValueError(f"no usable training frames in {store.path}")
     species = sorted(
         {atomic_numbers[symbol] for s in (store, *extras) for symbol in s.element_counts()}
     )
@@ -700,7 +712,8 @@ def _check_resume(
         raise ValueError(
             f"cannot resume from {where}: the run there differs from this one:\n  "
             + "\n  ".join(problems)
-            + "\nUse another output directory, or resume=False to start afresh."
+            + "\nUse another output directory, or start afresh with --restart "
+            "(resume=False in Python), which deletes the checkpoints there."
         )
 
 

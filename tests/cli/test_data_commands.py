@@ -11,6 +11,7 @@ from ase.calculators.emt import EMT
 from typer.testing import CliRunner
 
 from jaxdistill.cli.data import label_command, sample_command
+from jaxdistill.cli.errors import USER_ERROR
 from jaxdistill.data import LabelStore
 
 EMT_SPEC = "ase:ase.calculators.emt:EMT"
@@ -90,26 +91,26 @@ def test_cli_errors_are_one_line_not_tracebacks(app, config, tmp_path):
     missing = runner.invoke(
         app, ["label", "--teacher", EMT_SPEC, "-i", str(tmp_path / "no.extxyz"), "-o", "x.h5"]
     )
-    assert missing.exit_code == 1
+    assert missing.exit_code == USER_ERROR
     assert "not found" in missing.output and "Traceback" not in missing.output
 
     out = tmp_path / "f.extxyz"
     out.write_text("")
     exists = runner.invoke(app, ["sample", str(config), "-o", str(out), "--teacher", EMT_SPEC])
-    assert exists.exit_code == 1 and "--overwrite" in exists.output
+    assert exists.exit_code == USER_ERROR and "--overwrite" in exists.output
 
     no_teacher = runner.invoke(app, ["sample", str(config), "-o", str(tmp_path / "g.extxyz")])
-    assert no_teacher.exit_code == 1 and "needs a teacher" in no_teacher.output
+    assert no_teacher.exit_code == USER_ERROR and "needs a teacher" in no_teacher.output
 
     bad_key = tmp_path / "bad.yaml"
     bad_key.write_text(yaml.safe_dump({"structures": ["a.xyz"], "rattel": {"count": 1}}))
     typo = runner.invoke(app, ["sample", str(bad_key), "-o", str(tmp_path / "h.extxyz")])
-    assert typo.exit_code == 1 and "['rattel']" in typo.output
+    assert typo.exit_code == USER_ERROR and "['rattel']" in typo.output
 
     bad_spec = runner.invoke(
         app, ["label", "--teacher", "magic:model", "-i", str(out), "-o", str(tmp_path / "s.h5")]
     )
-    assert bad_spec.exit_code == 1 and "unknown teacher kind" in bad_spec.output
+    assert bad_spec.exit_code == USER_ERROR and "unknown teacher kind" in bad_spec.output
 
 
 def test_sample_with_workers_gives_the_same_frames(app, config, tmp_path):

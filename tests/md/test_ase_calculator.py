@@ -298,3 +298,23 @@ def test_device_choice(small_student):
         atoms.calc = StudentCalculator(small_student, dtype="float64", device="gpu")
         with pytest.raises(ValueError, match="device='cpu'"):
             atoms.get_forces()
+
+
+def test_what_the_student_reads_decides_a_recalculation(small_student):
+    """check_state compares positions, numbers, cell and pbc exactly (cheaper than
+    ASE's generic checks): a moved atom or a strained cell recalculates, info does not."""
+    atoms = silicon()
+    atoms.calc = StudentCalculator(small_student, dtype="float64")
+    energy = atoms.get_potential_energy()
+    atoms.info["tag"] = 1
+    assert atoms.calc.check_state(atoms) == []
+    atoms.positions[0] += 0.05  # in place, as integrators do
+    assert atoms.calc.check_state(atoms) == ["positions"]
+    moved = atoms.get_potential_energy()
+    assert moved != energy
+    fresh = atoms.copy()
+    fresh.calc = StudentCalculator(small_student, dtype="float64")
+    assert moved == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
+    atoms.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
+    assert set(atoms.calc.check_state(atoms)) == {"positions", "cell"}
+    assert atoms.get_potential_energy() != moved

@@ -71,7 +71,9 @@ def test_engines_agree_in_nve(tiny_student):
             engine=engine,
             ensemble="nve",
             temperature_kelvin=300,
-            steps=100,
+            # the untrained student pulls two H atoms together: by step 100 they are
+            # closer than 0.1 Å, which the calculator refuses as coincident
+            steps=40,
             seed=4,
             **MOLECULE,
         )
