@@ -9,13 +9,17 @@ thread count, and says so)::
     runtime.configure()            # or configure(threads=4, deterministic=False)
 
 - **Threads.** torch (a teacher) and XLA (a student on the CPU) each start a thread per
-  core and spin while they wait for each other. When another process holds a core,
-  every parallel region waits for a thread that is not running: on a 2-core machine a
-  SevenNet label took 27x longer with one other busy process. ``configure`` makes
-  waiting threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``), and sets torch's
-  thread count (and OpenMP's) to ``threads`` (default: the cores this process may run
-  on, ``os.sched_getaffinity``; ``JAXDISTILL_THREADS`` overrides); XLA's CPU pool
-  follows the same affinity, and ``threads=1`` turns it off. Measured in
+  core. When another process holds a core, every parallel region waits for a thread
+  that is not running: on a 2-core machine a SevenNet label took 4-27x longer with one
+  other busy process. ``configure`` sets torch's thread count (and OpenMP's) to
+  ``threads``: by default one fewer than the cores this process may run on
+  (``os.sched_getaffinity``), at least one, so the host's own work and one other
+  process do not stall every parallel region; ``JAXDISTILL_THREADS`` overrides. XLA's
+  CPU pool follows the affinity; with one thread it is turned off. Measured on this
+  project's 2-core machine (benchmarks/threads_contention.py, docs/benchmarks.md):
+  torch's default 2 threads 0.17 s a label quiet, 0.68 s with a busy process beside
+  it; one thread 0.21 and 0.20 s. Making idle threads sleep (``OMP_WAIT_POLICY=
+  PASSIVE``) helped under load but doubled the quiet time, so it is not set. Measured in
   benchmarks/threads_contention.py and docs/benchmarks.md.
 - **Determinism.** On a GPU, XLA's scatter-adds (the message passing's sums) use
   atomics, whose order varies from run to run; ``--xla_gpu_deterministic_ops=true``
@@ -59,6 +63,11 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_threads() -> int:
+    """One fewer than :func:`available_cores`, at least 1."""
+    return max(1, available_cores() - 1)
+
+
 def _xla_started() -> bool:
     """Whether a jax backend exists already (then XLA_FLAGS no longer apply)."""
     if "jax" not in sys.modules:
@@ -83,7 +92,7 @@ def configure(threads: int | None = None, deterministic: bool | None = None) -> 
 
     Args:
         threads: threads for torch and XLA on the CPU; default ``JAXDISTILL_THREADS``,
-            else :func:`available_cores`.
+            else :func:`default_threads`.
         deterministic: bit-reproducible GPU reductions; default ``JAXDISTILL_DETERMINISTIC``
             ("0" turns it off), else True.
 
@@ -91,7 +100,7 @@ def configure(threads: int | None = None, deterministic: bool | None = None) -> 
         The settings made.
     """
     if threads is None:
-        threads = int(os.environ.get(ENV_THREADS, 0)) or available_cores()
+        threads = int(os.environ.get(ENV_THREADS, 0)) or default_threads()
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if deterministic is None:
@@ -100,7 +109,6 @@ def configure(threads: int | None = None, deterministic: bool | None = None) -> 
             "false",
             "no",
         )
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     flags = os.environ.get("XLA_FLAGS", "")
     if threads == 1:

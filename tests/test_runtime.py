@@ -20,7 +20,7 @@ def _configure_in_fresh_python(env: dict[str, str], call: str = "configure()") -
         "import jax\n"
         "jax.numpy.ones(3).sum().block_until_ready()\n"
         "print(json.dumps({'settings': settings.__dict__, 'XLA_FLAGS': os.environ['XLA_FLAGS'],"
-        " 'OMP_WAIT_POLICY': os.environ['OMP_WAIT_POLICY'],"
+        " 'OMP_WAIT_POLICY': os.environ.get('OMP_WAIT_POLICY'),"
         " 'OMP_NUM_THREADS': os.environ['OMP_NUM_THREADS'], 'jax_before': 'jax' in sys.modules}))"
     )
     base = {
@@ -38,12 +38,14 @@ def _configure_in_fresh_python(env: dict[str, str], call: str = "configure()") -
 
 def test_defaults_follow_the_cores_and_make_gpu_sums_deterministic():
     result = _configure_in_fresh_python({})
-    assert result["settings"]["threads"] == runtime.available_cores()
+    threads = max(1, runtime.available_cores() - 1)
+    assert runtime.default_threads() == threads
+    assert result["settings"]["threads"] == threads
     assert result["settings"]["deterministic"] is True
     assert result["settings"]["xla_started"] is False  # set before jax started
     assert runtime.DETERMINISTIC_FLAG in result["XLA_FLAGS"]
-    assert result["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert result["OMP_NUM_THREADS"] == str(runtime.available_cores())
+    assert result["OMP_WAIT_POLICY"] is None  # measured: it slows a quiet machine
+    assert result["OMP_NUM_THREADS"] == str(threads)
 
 
 def test_environment_overrides_and_the_users_own_values_win():
@@ -51,14 +53,12 @@ def test_environment_overrides_and_the_users_own_values_win():
         {
             runtime.ENV_THREADS: "1",
             runtime.ENV_DETERMINISTIC: "0",
-            "OMP_WAIT_POLICY": "ACTIVE",
             "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=true",
         }
     )
     assert result["settings"]["threads"] == 1
     assert result["settings"]["deterministic"] is False
     assert runtime.DETERMINISTIC_FLAG not in result["XLA_FLAGS"]
-    assert result["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice stays
     assert result["XLA_FLAGS"] == "--xla_cpu_multi_thread_eigen=true"  # not overridden
     assert result["OMP_NUM_THREADS"] == "1"
 
