@@ -1,8 +1,10 @@
 """Labelling: a teacher × frames → a label store, resumable and crash-safe.
 
 :func:`label` reads the frames (a list or any file ``ase.io.read`` reads), asks the
-teacher for energy, forces and stress in batches and appends each batch to an HDF5
-:class:`~jaxdistill.data.store.LabelStore`, committing it atomically. Re-run on the same
+teacher for energy, forces and stress in batches (and, with ``hessian_directions=K``,
+for ``K`` Hessian-vector products per frame, see :mod:`jaxdistill.teachers.hessian`)
+and appends each batch to an HDF5 :class:`~jaxdistill.data.store.LabelStore`,
+committing it atomically. Re-run on the same
 input and teacher, it resumes after the last committed frame; a different input or
 teacher is refused.
 """
@@ -26,9 +28,15 @@ from jaxdistill.data.store import LabelStore, LabelStoreError
 from jaxdistill.graph import atoms_problem
 from jaxdistill.progress import progress_bar
 from jaxdistill.teachers.base import Teacher
+from jaxdistill.teachers.hessian import (
+    DEFAULT_FD_STEP_ANGSTROM,
+    hessian_vector_products,
+    random_directions,
+    resolve_hessian_method,
+)
 from jaxdistill.teachers.registry import load_teacher
 
-__all__ = ["LabelSummary", "label"]
+__all__ = ["LabelSummary", "frame_directions", "label"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,26 @@ class LabelSummary:
     seconds: float
     seconds_per_frame: float
     skipped: tuple[str, ...] = ()
+    hessian: dict[str, Any] | None = None
+
+
+def frame_directions(input_hash: str, n_atoms: int, k: int, seed: int) -> np.ndarray:
+    """The ``k`` Hessian directions of a frame: drawn from a generator seeded by
+    ``seed`` and the frame's content hash, so a resumed or repeated labelling (and a
+    Dask worker labelling the frame) draws the same ones.
+
+    Returns:
+        ``[k, n_atoms, 3]`` unit directions (see
+        :func:`jaxdistill.teachers.hessian.random_directions`).
+    """
+    rng = np.random.default_rng([int(seed), int(input_hash[:16], 16)])
+    return random_directions(n_atoms, k, rng)
+
+
+def _hessian_problem(products: np.ndarray) -> str | None:
+    if not np.all(np.isfinite(products)):
+        return "the teacher's Hessian-vector products are NaN or infinite"
+    return None
 
 
 def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
@@ -118,6 +146,10 @@ def label(
     durable: bool = True,
     console: Any | None = None,
     skip_bad_frames: bool = False,
+    hessian_directions: int = 0,
+    hessian_method: str = "auto",
+    hessian_step_angstrom: float = DEFAULT_FD_STEP_ANGSTROM,
+    hessian_seed: int = 0,
 ) -> LabelSummary:
     """Label frames with a teacher into a store; resumable and crash-safe.
 
@@ -141,6 +173,13 @@ def label(
         skip_bad_frames: Leave out input frames a teacher should not see (see
             :func:`frame_problems`) instead of refusing them; they are named in
             :attr:`LabelSummary.skipped`. Frames are numbered as in the input either way.
+        hessian_directions: ``K`` > 0 also labels ``K`` Hessian-vector products per
+            frame (random unit directions, see :func:`frame_directions`); the store
+            records how (``store.hessian``) and a resume must ask for the same.
+        hessian_method: ``"auto"`` (the teacher's autodiff when it has one, else
+            finite differences), ``"autodiff"`` or ``"finite-difference"``.
+        hessian_step_angstrom: Step of the finite differences, Å.
+        hessian_seed: Seed of the directions.
 
     Returns:
         A :class:`LabelSummary`.
@@ -178,11 +217,25 @@ def label(
     input_info = {"n_frames": len(items), "fingerprint": fingerprint, "source": stored_source}
     provenance = teacher.provenance()
     store_path = Path(store_path)
+    hessian_k = int(hessian_directions)
+    if hessian_k < 0:
+        raise ValueError(f"hessian_directions must be >= 0, got {hessian_k}")
+    hessian_info: dict[str, Any] = {}
+    if hessian_k:
+        method = resolve_hessian_method(teacher, hessian_method)
+        hessian_info = {
+            "directions": hessian_k,
+            "method": method,
+            "step_angstrom": float(hessian_step_angstrom) if method != "autodiff" else None,
+            "seed": int(hessian_seed),
+            "units": "eV/Å² (H·u for unit directions u over the frame's 3n coordinates)",
+        }
 
     if store_path.exists():
         store = LabelStore(store_path, mode="a", durable=durable)
         try:
             _check_resume(store, input_info, hashes, provenance)
+            _check_hessian_resume(store, hessian_info)
         except Exception:
             store.close()
             raise
@@ -193,6 +246,7 @@ def label(
             capacity_frames=len(items),
             capacity_atoms=sum(len(x) for x in items),
             input_info=input_info,
+            hessian=hessian_info or None,
             durable=durable,
         )
 
@@ -216,7 +270,34 @@ def label(
                             f"{lo} frames before its batch are). Remove the frame from "
                             "the input and label into a new store"
                         )
-                store.append(chunk, labels, input_indices=range(lo, hi), input_hashes=hashes[lo:hi])
+                hessian = None
+                if hessian_k:
+                    directions = [
+                        frame_directions(h, len(atoms), hessian_k, hessian_seed)
+                        for h, atoms in zip(hashes[lo:hi], chunk, strict=True)
+                    ]
+                    products = hessian_vector_products(
+                        teacher,
+                        chunk,
+                        directions,
+                        method=hessian_info["method"],
+                        step_angstrom=hessian_step_angstrom,
+                    )
+                    for k, value in enumerate(products):
+                        problem = _hessian_problem(value)
+                        if problem is not None:
+                            raise ValueError(
+                                f"{_frame_name(source, kept[lo + k])}: {problem}; not stored "
+                                f"(the {lo} frames before its batch are)"
+                            )
+                    hessian = list(zip(directions, products, strict=True))
+                store.append(
+                    chunk,
+                    labels,
+                    input_indices=range(lo, hi),
+                    input_hashes=hashes[lo:hi],
+                    hessian=hessian,
+                )
                 bar.update(task, completed=hi)
         seconds = time.perf_counter() - start
         n_new = len(store) - done_before
@@ -230,6 +311,7 @@ def label(
             seconds=seconds,
             seconds_per_frame=seconds / n_new if n_new else math.nan,
             skipped=skipped,
+            hessian=store.hessian or None,
         )
     finally:
         store.close()
@@ -266,6 +348,36 @@ def _check_resume(
     if mismatch:
         raise LabelStoreError(
             f"{store.path} was labelled by a different teacher; refusing to mix labels:\n  "
+            + "\n  ".join(mismatch)
+        )
+
+
+def _check_hessian_resume(store: LabelStore, wanted: Mapping[str, Any]) -> None:
+    """A resumed store must hold the Hessian labels asked for, made the same way."""
+    stored = store.hessian
+    if not wanted and not stored:
+        return
+    if wanted and not stored:
+        raise LabelStoreError(
+            f"{store.path} holds labels without Hessian-vector products (it was made "
+            "without --hessian-directions); they cannot be added to it. Label into a new "
+            "store with --hessian-directions, or resume without it."
+        )
+    if not wanted:
+        raise LabelStoreError(
+            f"{store.path} holds {stored.get('directions')} Hessian directions per frame "
+            f"({stored.get('method')}); resume it with --hessian-directions "
+            f"{stored.get('directions')} (and the same method, step and seed)"
+        )
+    keys = ("directions", "method", "step_angstrom", "seed")
+    mismatch = [
+        f"{k}: store has {stored.get(k)!r}, asked for {wanted.get(k)!r}"
+        for k in keys
+        if _as_json(stored.get(k)) != _as_json(wanted.get(k))
+    ]
+    if mismatch:
+        raise LabelStoreError(
+            f"{store.path} holds Hessian labels made differently; refusing to mix them:\n  "
             + "\n  ".join(mismatch)
         )
 

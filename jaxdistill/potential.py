@@ -2,7 +2,9 @@
 
 Forces are ``-dE/dR`` and stress ``(1/V) dE/dε`` at zero strain, both by automatic
 differentiation of the same scalar, so every student conserves energy by
-construction and its stress is consistent with its forces.
+construction and its stress is consistent with its forces. The Hessian-vector product
+``H·u`` (``H = d²E/dR²``) is the forward-mode derivative of the same gradient along
+``u``, so the curvature a student learns from Hessian labels is that of its own energy.
 
 The strain acts on positions and cell together, ``r -> r (1 + ε)`` and
 ``cell -> cell (1 + ε)`` (row vectors, as ASE stores them), with ε symmetrised so the
@@ -48,11 +50,16 @@ class Potential(NamedTuple):
         predict: energies, forces and stress (a :class:`Prediction`).
         energy_and_forces: energies ``[n_graph]`` and forces ``[n_node, 3]`` without
             the strain derivative (cheaper: what MD needs at a fixed cell).
+        hessian_vector_product: ``(params, graph, directions [n_node, 3]) -> [n_node,
+            3]``: ``H·u`` in eV/Å² (per unit of ``u``) for every graph of the batch at
+            once (graphs are independent, so the batch's Hessian is block diagonal and
+            one product gives each graph's own); zero on padding.
     """
 
     energy: Callable[[Any, Graph], jax.Array]
     predict: Callable[[Any, Graph], Prediction]
     energy_and_forces: Callable[[Any, Graph], tuple[jax.Array, jax.Array]]
+    hessian_vector_product: Callable[[Any, Graph, jax.Array], jax.Array]
 
 
 def edge_vectors(
@@ -163,7 +170,24 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
         forces = jnp.where(graph.node_mask[:, None], -d_positions, 0.0)
         return jnp.where(graph.graph_mask, energies, 0.0), forces
 
-    return Potential(energy=energy, predict=predict, energy_and_forces=energy_and_forces)
+    def hessian_vector_product(params, graph: Graph, directions: jax.Array) -> jax.Array:
+        def total(positions):
+            energies = graph_energies(params, graph, positions, None)
+            return jnp.sum(jnp.where(graph.graph_mask, energies, 0.0))
+
+        positions = jnp.asarray(graph.positions)
+        tangent = jnp.where(graph.node_mask[:, None], directions, 0.0).astype(positions.dtype)
+        # Forward over reverse: one extra forward sweep through the gradient, the
+        # cheapest way to a Hessian-vector product.
+        _, product = jax.jvp(jax.grad(total), (positions,), (tangent,))
+        return jnp.where(graph.node_mask[:, None], product, 0.0)
+
+    return Potential(
+        energy=energy,
+        predict=predict,
+        energy_and_forces=energy_and_forces,
+        hessian_vector_product=hessian_vector_product,
+    )
 
 
 def voigt_stress(stress: jax.Array) -> jax.Array:

@@ -23,6 +23,13 @@ CAPACITY_MODES = ("auto", "single", "bucket")
 DTYPES = ("float32", "float64")
 # Keys that do not change what a run computes; a resumed run may change them.
 RESUMABLE_KEYS = frozenset({"log_interval", "checkpoint_interval"})
+# Weight of the Hessian-vector term when the data has Hessian labels and the config
+# names none, (eV/Å²)⁻²: with the default force weight (10 (eV/Å)⁻²) a student's force
+# error of ~20 meV/Å and a Hessian-vector error of ~0.5 eV/Å² weigh about alike.
+DEFAULT_HESSIAN_WEIGHT = 0.01
+# Keys left out of to_dict() while None, so runs made before they existed keep their
+# stage hashes and checkpoints.
+OPTIONAL_KEYS = ("force_disagreement_limit", "hessian_weight", "hessian_batch_size")
 
 
 def _default_split() -> dict[str, float]:
@@ -64,6 +71,15 @@ class TrainConfig:
             ``(limit / disagreement)**2``; their energies and stresses are left out
             (see :func:`jaxdistill.train.loss.disagreement_weights`). None: every frame
             weighs fully.
+        hessian_weight: weight of the Hessian-vector term, (eV/Å²)⁻²: the mean over
+            frames of ``|H_student·u - H_teacher·u|²`` for one of the frame's stored
+            unit directions ``u`` per step (see :mod:`jaxdistill.train.loss`). Used
+            only when training frames carry Hessian labels (``jaxdistill label
+            --hessian-directions K``); None: 0.01 then; 0: ignore the labels.
+        hessian_batch_size: frames with Hessian labels per step, in a batch of their
+            own beside the main one (a Hessian-vector product and its gradient cost a
+            few force evaluations, so a quarter of ``batch_size`` keeps a step under
+            twice a force-only one); None: ``max(1, batch_size // 4)``.
         fit_reference_energies: fit per-species reference energies by least squares on
             the training frames before training (stored in the head's atomic_shift and
             kept fixed), and set atomic_scale to the training force RMS.
@@ -99,6 +115,8 @@ class TrainConfig:
     forces_weight: float = 10.0
     stress_weight: float = 1.0
     force_disagreement_limit: float | None = None
+    hessian_weight: float | None = None
+    hessian_batch_size: int | None = None
     fit_reference_energies: bool = True
     validation_interval: int = 250
     checkpoint_interval: int = 1000
@@ -175,6 +193,19 @@ class TrainConfig:
             f"force_disagreement_limit must be > 0 or null, got {self.force_disagreement_limit}",
         )
         check(
+            self.hessian_weight is None or self.hessian_weight >= 0,
+            f"hessian_weight must be >= 0 or null, got {self.hessian_weight}",
+        )
+        check(
+            self.hessian_batch_size is None
+            or (
+                isinstance(self.hessian_batch_size, int)
+                and not isinstance(self.hessian_batch_size, bool)
+                and self.hessian_batch_size >= 1
+            ),
+            f"hessian_batch_size must be an integer >= 1 or null, got {self.hessian_batch_size!r}",
+        )
+        check(
             self.patience is None or (isinstance(self.patience, int) and self.patience >= 1),
             f"patience must be an integer >= 1 or null, got {self.patience!r}",
         )
@@ -228,12 +259,13 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-serialisable dict of every key (the resolved config).
 
-        ``force_disagreement_limit`` is left out while unset, so that runs made before
-        it existed keep their stage hashes and checkpoints.
+        The keys of :data:`OPTIONAL_KEYS` are left out while unset, so that runs made
+        before they existed keep their stage hashes and checkpoints.
         """
         values = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-        if values["force_disagreement_limit"] is None:
-            del values["force_disagreement_limit"]
+        for key in OPTIONAL_KEYS:
+            if values[key] is None:
+                del values[key]
         return values
 
     def to_yaml(self, path: str | Path) -> Path:
@@ -247,6 +279,18 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some keys changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def effective_hessian_weight(self) -> float:
+        """The Hessian-vector weight used when the data has Hessian labels."""
+        return DEFAULT_HESSIAN_WEIGHT if self.hessian_weight is None else self.hessian_weight
+
+    @property
+    def effective_hessian_batch_size(self) -> int:
+        """Frames with Hessian labels per step."""
+        if self.hessian_batch_size is not None:
+            return self.hessian_batch_size
+        return max(1, self.batch_size // 4)
 
     @property
     def warmup_steps(self) -> int:

@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HASH_LEN",
+    "HESSIAN_FIELDS",
     "MAX_COORDINATE_ANGSTROM",
+    "PER_ATOM_FIELDS",
     "UNITS",
     "LabelArrays",
     "bad_frames",
@@ -45,7 +47,16 @@ UNITS: dict[str, str] = {
     "force_disagreement": "eV/Å",
     "energy_disagreement": "eV",
     "temperature_kelvin": "K",
+    "hessian_directions": "dimensionless (each a unit vector over the frame's 3n coordinates)",
+    "hessian_products": "eV/Å² (H·u, H = d²E/dR²)",
 }
+
+#: Fields of :class:`LabelArrays` with one row per atom.
+PER_ATOM_FIELDS = frozenset(
+    {"positions", "numbers", "forces", "hessian_directions", "hessian_products"}
+)
+#: The optional Hessian-vector label fields (None when a store has none).
+HESSIAN_FIELDS = ("hessian_directions", "hessian_products")
 
 HASH_LEN = 32  # hex characters of a frame's content hash (128-bit BLAKE2b)
 
@@ -99,6 +110,12 @@ class LabelArrays:
         seed: ``[n_frames]`` int64; -1 when unknown.
         input_index: ``[n_frames]`` int64, index of the frame in the labelled input.
         frame_index: ``[n_frames]`` int64, index of the frame in the store.
+        hessian_directions: ``[n_atoms_total, K, 3]`` float64 or None: frame ``i``'s
+            ``K`` directions ``u`` are rows ``offsets[i]:offsets[i+1]`` (each a unit
+            vector over the frame's ``3n`` coordinates); NaN for frames without
+            Hessian labels; None when no frame has them.
+        hessian_products: ``[n_atoms_total, K, 3]`` float64 or None: the teacher's
+            ``H·u`` along those directions, eV/Å².
     """
 
     positions: np.ndarray
@@ -116,6 +133,23 @@ class LabelArrays:
     seed: np.ndarray
     input_index: np.ndarray
     frame_index: np.ndarray
+    hessian_directions: np.ndarray | None = None
+    hessian_products: np.ndarray | None = None
+
+    @property
+    def hessian_k(self) -> int:
+        """Hessian directions per frame (0 when there are no Hessian labels)."""
+        return 0 if self.hessian_products is None else int(self.hessian_products.shape[1])
+
+    @property
+    def has_hessian(self) -> np.ndarray:
+        """``[n_frames]`` bool: the frame has finite Hessian-vector labels."""
+        if self.hessian_products is None:
+            return np.zeros(self.n_frames, bool)
+        finite = np.all(np.isfinite(self.hessian_products), axis=(1, 2))
+        finite &= np.all(np.isfinite(self.hessian_directions), axis=(1, 2))
+        bad_atoms = np.bincount(self.atom_frame[~finite], minlength=self.n_frames)
+        return bad_atoms == 0
 
     @property
     def n_frames(self) -> int:
@@ -142,13 +176,14 @@ class LabelArrays:
             else np.zeros(0, dtype=np.int64)
         )
         offsets = np.concatenate([[0], np.cumsum(stops - starts)]).astype(np.int64)
-        per_atom = {"positions", "numbers", "forces"}
-        values: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray | None] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "offsets":
+            if value is None:
+                values[f.name] = None
+            elif f.name == "offsets":
                 values[f.name] = offsets
-            elif f.name in per_atom:
+            elif f.name in PER_ATOM_FIELDS:
                 values[f.name] = value[rows]
             else:
                 values[f.name] = value[idx]
@@ -162,11 +197,31 @@ class LabelArrays:
             raise ValueError("nothing to concatenate")
         if len(parts) == 1:
             return parts[0]
-        values: dict[str, np.ndarray] = {}
+        ks = {p.hessian_k for p in parts if p.hessian_products is not None}
+        if len(ks) > 1:
+            raise ValueError(
+                f"cannot combine frames with different numbers of Hessian directions {sorted(ks)}"
+            )
+        k = ks.pop() if ks else 0
+        values: dict[str, np.ndarray | None] = {}
         for f in fields(LabelArrays):
             if f.name == "offsets":
                 counts = np.concatenate([p.n_atoms for p in parts])
                 values[f.name] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            elif f.name in HESSIAN_FIELDS:
+                # Frames of a part without Hessian labels get NaN (= not labelled).
+                values[f.name] = (
+                    np.concatenate(
+                        [
+                            getattr(p, f.name)
+                            if getattr(p, f.name) is not None
+                            else np.full((len(p.numbers), k, 3), np.nan)
+                            for p in parts
+                        ]
+                    )
+                    if k
+                    else None
+                )
             else:
                 values[f.name] = np.concatenate([getattr(p, f.name) for p in parts])
         return LabelArrays(**values)
@@ -201,6 +256,9 @@ def bad_frames(arrays: LabelArrays) -> dict[int, str]:
     for i in np.where(~np.isfinite(arrays.energy))[0].tolist():
         reasons.setdefault(int(i), "a non-finite energy")
     per_atom(~np.all(np.isfinite(arrays.forces), axis=1), "non-finite forces")
+    if arrays.hessian_products is not None:
+        # NaN means "no Hessian labels"; an infinite product is a broken label.
+        per_atom(np.any(np.isinf(arrays.hessian_products), axis=(1, 2)), "infinite Hessian labels")
     for i in np.where(np.any(np.isinf(arrays.stress.reshape(n, -1)), axis=1))[0].tolist():
         reasons.setdefault(int(i), "an infinite stress")
     return dict(sorted(reasons.items()))

@@ -58,6 +58,12 @@ class Batch(NamedTuple):
             loss (1 by default, 0 on padding).
         force_weight: ``[n_graph]`` weight of each frame's forces in the loss (1 by
             default, 0 on padding).
+        hessian_directions: ``[n_node, 3]`` one Hessian direction ``u`` per frame (a
+            unit vector over the frame's coordinates), zero on padding and on frames
+            without; None in batches made without ``hessian_choice``.
+        hessian_products: ``[n_node, 3]`` the teacher's ``H·u``, eV/Å²; or None.
+        hessian_mask: ``[n_graph]`` bool, True where the frame carries ``u`` and
+            ``H·u``; or None.
     """
 
     graph: Graph
@@ -68,6 +74,9 @@ class Batch(NamedTuple):
     frame_index: np.ndarray
     energy_weight: np.ndarray
     force_weight: np.ndarray
+    hessian_directions: np.ndarray | None = None
+    hessian_products: np.ndarray | None = None
+    hessian_mask: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -255,7 +264,11 @@ def plan_capacity(
 
 
 def _shard_arrays(
-    frames: FrameGraphs, idx: np.ndarray, capacity: Capacity, dtype: np.dtype
+    frames: FrameGraphs,
+    idx: np.ndarray,
+    capacity: Capacity,
+    dtype: np.dtype,
+    choice: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     lab = frames.labels
     k = len(idx)
@@ -311,7 +324,11 @@ def _shard_arrays(
     frame_index[:k] = idx
     weights = np.zeros((g_cap, 2), dtype)
     weights[:k] = 1.0 if frames.frame_weights is None else frames.frame_weights[idx]
+    hessian: dict[str, np.ndarray] = {}
+    if choice is not None:
+        hessian = _hessian_arrays(lab, idx, atom_rows, counts, choice, n_cap, g_cap, dtype)
     return {
+        **hessian,
         "positions": positions,
         "numbers": numbers,
         "cell": cell,
@@ -334,12 +351,49 @@ def _shard_arrays(
     }
 
 
+def _hessian_arrays(
+    lab: LabelArrays,
+    idx: np.ndarray,
+    atom_rows: np.ndarray,
+    counts: np.ndarray,
+    choice: np.ndarray,
+    n_cap: int,
+    g_cap: int,
+    dtype: np.dtype,
+) -> dict[str, np.ndarray]:
+    """One Hessian direction and its label per frame (``choice[i]``: which of the
+    frame's K; -1, or a frame without Hessian labels: none)."""
+    k = len(idx)
+    choice = np.asarray(choice, dtype=np.int64).reshape(-1)
+    if len(choice) != k:
+        raise ValueError(f"{len(choice)} Hessian choices for {k} frames")
+    directions = np.zeros((n_cap, 3), dtype)
+    products = np.zeros((n_cap, 3), dtype)
+    mask = np.zeros(g_cap, bool)
+    if lab.hessian_products is not None and k:
+        usable = (choice >= 0) & lab.has_hessian[idx]
+        atom_choice = np.repeat(np.where(usable, choice, 0), counts)
+        atom_usable = np.repeat(usable, counts)
+        n_real = len(atom_rows)
+        picked_u = lab.hessian_directions[atom_rows, atom_choice]
+        picked_h = lab.hessian_products[atom_rows, atom_choice]
+        directions[:n_real] = np.where(atom_usable[:, None], picked_u, 0.0)
+        products[:n_real] = np.where(atom_usable[:, None], picked_h, 0.0)
+        mask[:k] = usable
+    return {
+        "hessian_directions": directions,
+        "hessian_products": products,
+        "hessian_mask": mask,
+    }
+
+
 def make_batch(
     frames: FrameGraphs,
     shards: Sequence[Sequence[int] | np.ndarray],
     capacity: Capacity,
     dtype: np.dtype | str = np.float32,
     stacked: bool = True,
+    hessian_choice: Sequence[Sequence[int] | np.ndarray] | None = None,
 ) -> Batch:
     """Pack frames into a padded batch.
 
@@ -350,12 +404,20 @@ def make_batch(
         dtype: float dtype of positions, cells, shifts and labels.
         stacked: give every leaf a leading shard axis (``[n_shards, ...]``); with
             False, ``shards`` must hold one list and the plain batch is returned.
+        hessian_choice: per shard, per frame, which of the frame's Hessian directions
+            the batch carries (-1: none); None: a batch without Hessian fields.
 
     Returns:
         A :class:`Batch` of numpy arrays.
     """
     dtype = np.dtype(dtype)
-    parts = [_shard_arrays(frames, np.asarray(s, dtype=np.int64), capacity, dtype) for s in shards]
+    choices = hessian_choice if hessian_choice is not None else [None] * len(shards)
+    if len(choices) != len(shards):
+        raise ValueError(f"{len(choices)} Hessian choices for {len(shards)} shards")
+    parts = [
+        _shard_arrays(frames, np.asarray(s, dtype=np.int64), capacity, dtype, c)
+        for s, c in zip(shards, choices, strict=True)
+    ]
     if stacked:
         arrays = {key: np.stack([p[key] for p in parts]) for key in parts[0]}
     else:
@@ -372,4 +434,7 @@ def make_batch(
         frame_index=arrays["frame_index"],
         energy_weight=arrays["energy_weight"],
         force_weight=arrays["force_weight"],
+        hessian_directions=arrays.get("hessian_directions"),
+        hessian_products=arrays.get("hessian_products"),
+        hessian_mask=arrays.get("hessian_mask"),
     )

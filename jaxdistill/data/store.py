@@ -17,7 +17,12 @@ changes HDF5 metadata:
 - ``offsets`` ``[capacity_frames + 1]``: atoms of frame ``i`` are rows
   ``offsets[i]:offsets[i+1]`` of the per-atom arrays;
 - ``committed`` ``[2]`` int64: (frames, atoms) that are complete. Everything beyond it
-  is ignored.
+  is ignored;
+- with Hessian labels (format version 2, ``hessian`` attribute ``{"directions": K,
+  "method", "step_angstrom", "seed"}``), per atom ``[capacity_atoms, K, 3]``:
+  ``hessian_directions`` (each frame's K unit directions over its 3n coordinates) and
+  ``hessian_products`` (the teacher's ``H·u``, eV/Å², NaN where not labelled). Stores
+  without them stay version 1, readable by older jaxdistill.
 
 Crash safety: an append writes the frame data, flushes, then writes ``committed`` and
 flushes again (and fsyncs when ``durable``). A process killed at any instant leaves
@@ -51,7 +56,7 @@ from jaxdistill.teachers.base import TeacherLabels
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "LabelStore", "LabelStoreError", "copy_frames"]
 
 FORMAT_NAME = "jaxdistill-label-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this code reads and writes (2: Hessian labels)
 
 SAMPLER_LEN = 32  # bytes of the fixed-length sampler-name field
 
@@ -74,6 +79,9 @@ _FRAME_FIELDS: dict[str, tuple[Any, tuple[int, ...], Any]] = {
     "input_index": (np.int64, (), -1),
     "input_hash": (f"S{HASH_LEN}", (), b""),
 }
+
+
+_HESSIAN_FIELDS = ("hessian_directions", "hessian_products")  # [capacity_atoms, K, 3] float64
 
 
 class LabelStoreError(ValueError):
@@ -143,10 +151,13 @@ def _create_file(
     capacity_frames: int,
     capacity_atoms: int,
     attrs: Mapping[str, Any],
+    hessian_k: int = 0,
 ) -> h5py.File:
     file = h5py.File(path, "w", track_order=True)
     file.attrs["format"] = FORMAT_NAME
-    file.attrs["format_version"] = FORMAT_VERSION
+    # Version 1 unless the store holds Hessian labels, so older readers keep reading
+    # every store they can understand.
+    file.attrs["format_version"] = 2 if hessian_k else 1
     file.attrs["units"] = _json_attr(UNITS)
     for key, value in attrs.items():
         file.attrs[key] = value
@@ -157,6 +168,14 @@ def _create_file(
     for name, (dtype, shape, fill) in _FRAME_FIELDS.items():
         file.create_dataset(
             name, shape=(capacity_frames, *shape), dtype=dtype, fillvalue=fill, dcpl=_new_dcpl()
+        )
+    for name in _HESSIAN_FIELDS if hessian_k else ():
+        file.create_dataset(
+            name,
+            shape=(capacity_atoms, hessian_k, 3),
+            dtype=np.float64,
+            fillvalue=np.nan,
+            dcpl=_new_dcpl(),
         )
     file.create_dataset(
         "offsets", shape=(capacity_frames + 1,), dtype=np.int64, fillvalue=0, dcpl=_new_dcpl()
@@ -243,6 +262,7 @@ class LabelStore:
         capacity_atoms: int = 65536,
         input_info: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        hessian: Mapping[str, Any] | None = None,
         overwrite: bool = False,
         durable: bool = True,
     ) -> LabelStore:
@@ -257,6 +277,9 @@ class LabelStore:
             input_info: Description of the labelled input (``n_frames``, ``fingerprint``,
                 ``source``), used by :func:`~jaxdistill.labelling.label` to resume safely.
             metadata: Free-form JSON-serialisable metadata (``metadata`` attribute).
+            hessian: For Hessian-vector labels: ``{"directions": K, "method": ...,
+                "step_angstrom": ..., "seed": ...}`` (``hessian`` attribute); the store
+                then has the ``hessian_*`` datasets (format version 2).
             overwrite: Replace an existing file.
             durable: fsync after every commit.
 
@@ -273,13 +296,19 @@ class LabelStore:
             "teacher": _json_attr(dict(teacher or {})),
             "input": _json_attr(dict(input_info or {})),
             "metadata": _json_attr(dict(metadata or {})),
+            "hessian": _json_attr(dict(hessian or {})),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "jaxdistill_version": __version__,
         }
         _remove_stale_partials(path)
         partial = _partial_path(path)
         try:
-            _create_file(partial, int(capacity_frames), int(capacity_atoms), attrs).close()
+            hessian_k = int((hessian or {}).get("directions", 0))
+            if hessian and hessian_k < 1:
+                raise ValueError(f"hessian['directions'] must be >= 1, got {hessian_k}")
+            _create_file(
+                partial, int(capacity_frames), int(capacity_atoms), attrs, hessian_k
+            ).close()
             if durable:
                 _fsync_path(partial)
             os.replace(partial, path)
@@ -308,7 +337,12 @@ class LabelStore:
                 f"{self.path} has label-store format version {version}; this jaxdistill reads "
                 f"version {FORMAT_VERSION}"
             )
-        missing = [n for n in (*_ATOM_FIELDS, *_FRAME_FIELDS, "offsets", "committed") if n not in f]
+        hessian_fields = _HESSIAN_FIELDS if self.hessian_k else ()
+        missing = [
+            n
+            for n in (*_ATOM_FIELDS, *_FRAME_FIELDS, *hessian_fields, "offsets", "committed")
+            if n not in f
+        ]
         if missing:
             raise LabelStoreError(f"{self.path} is an incomplete label store: missing {missing}")
         try:
@@ -326,7 +360,7 @@ class LabelStore:
             raise LabelStoreError(
                 f"{self.path} is inconsistent: frame offsets do not match the committed atoms"
             )
-        for name in _ATOM_FIELDS:
+        for name in (*_ATOM_FIELDS, *hessian_fields):
             if f[name].shape[0] != cap_atoms:
                 raise LabelStoreError(
                     f"{self.path} is inconsistent: {name} has {f[name].shape[0]} rows, "
@@ -366,6 +400,17 @@ class LabelStore:
     def input_info(self) -> dict[str, Any]:
         """Description of the labelled input (``n_frames``, ``fingerprint``, ``source``)."""
         return self._attr_json("input")
+
+    @property
+    def hessian(self) -> dict[str, Any]:
+        """How the Hessian-vector labels were made (``directions``, ``method``,
+        ``step_angstrom``, ``seed``); empty when the store has none."""
+        return self._attr_json("hessian")
+
+    @property
+    def hessian_k(self) -> int:
+        """Hessian directions per frame (0: the store has no Hessian labels)."""
+        return int(self.hessian.get("directions", 0))
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -414,6 +459,7 @@ class LabelStore:
             seed=f["seed"][:n],
             input_index=f["input_index"][:n],
             frame_index=np.arange(n, dtype=np.int64),
+            **{name: f[name][:a] for name in (_HESSIAN_FIELDS if self.hessian_k else ())},
         )
         if indices is None:
             return full
@@ -564,9 +610,9 @@ class LabelStore:
         }
         partial = _partial_path(self.path)
         try:
-            new = _create_file(partial, new_f, new_a, attrs)
+            new = _create_file(partial, new_f, new_a, attrs, self.hessian_k)
             try:
-                for name in _ATOM_FIELDS:
+                for name in (*_ATOM_FIELDS, *(_HESSIAN_FIELDS if self.hessian_k else ())):
                     if a:
                         new[name][:a] = self._file[name][:a]
                 for name in _FRAME_FIELDS:
@@ -595,6 +641,7 @@ class LabelStore:
         labels: Sequence[TeacherLabels],
         input_indices: Sequence[int] | None = None,
         input_hashes: Sequence[str] | None = None,
+        hessian: Sequence[tuple[np.ndarray, np.ndarray] | None] | None = None,
     ) -> None:
         """Append labelled frames and commit them (all or nothing).
 
@@ -604,9 +651,19 @@ class LabelStore:
             labels: One :class:`~jaxdistill.teachers.TeacherLabels` per frame.
             input_indices: Index of each frame in the labelled input (default: -1).
             input_hashes: :func:`frame_hash` of each input frame (default: computed).
+            hessian: Per frame ``(directions, products)``, each ``[K, n_atoms, 3]``
+                (unit directions; ``H·u`` in eV/Å²), or None for a frame without
+                Hessian labels (stored as NaN). Only for a store created with
+                ``hessian=``.
         """
         self._require_writable()
         b = len(frames)
+        k_store = self.hessian_k
+        if hessian is not None and not k_store:
+            raise LabelStoreError(
+                f"{self.path} was created without Hessian labels; label into a new store "
+                "to add them"
+            )
         if len(labels) != b:
             raise ValueError(f"{b} frames but {len(labels)} labels")
         if b == 0:
@@ -632,6 +689,25 @@ class LabelStore:
         hashes = list(input_hashes) if input_hashes is not None else [frame_hash(x) for x in frames]
         indices = list(input_indices) if input_indices is not None else [-1] * b
 
+        if k_store:
+            pairs = list(hessian) if hessian is not None else [None] * b
+            if len(pairs) != b:
+                raise ValueError(f"{b} frames but {len(pairs)} Hessian labels")
+            hessian_rows = {name: np.full((m, k_store, 3), np.nan) for name in _HESSIAN_FIELDS}
+            row = 0
+            for atoms, pair in zip(frames, pairs, strict=True):
+                n_at = len(atoms)
+                if pair is not None:
+                    for name, value in zip(_HESSIAN_FIELDS, pair, strict=True):
+                        value = np.asarray(value, dtype=np.float64)
+                        if value.shape != (k_store, n_at, 3):
+                            raise ValueError(
+                                f"{name} of shape {value.shape} for a frame of {n_at} atoms "
+                                f"in a store of {k_store} directions per frame"
+                            )
+                        hessian_rows[name][row : row + n_at] = np.swapaxes(value, 0, 1)
+                row += n_at
+
         # 1. Data of the new frames, in space nobody counts yet.
         f["positions"][a : a + m] = np.concatenate([x.positions for x in frames])
         f["numbers"][a : a + m] = np.concatenate([x.numbers for x in frames])
@@ -652,6 +728,9 @@ class LabelStore:
         f["seed"][k : k + b] = [int(x.info.get("seed", -1)) for x in frames]
         f["input_index"][k : k + b] = indices
         f["input_hash"][k : k + b] = np.array([h.encode() for h in hashes], dtype=f"S{HASH_LEN}")
+        if k_store:
+            for name, rows in hessian_rows.items():
+                f[name][a : a + m] = rows
         f.flush()
         # 2. Only now count them: one 16-byte write, flushed last.
         f["committed"][:] = [k + b, a + m]
@@ -718,9 +797,19 @@ def copy_frames(
             )
             for i in range(arr.n_frames)
         ]
+        hessian = None
+        if store.hessian_k:
+            hessian = [
+                (
+                    np.swapaxes(arr.hessian_directions[arr.offsets[i] : arr.offsets[i + 1]], 0, 1),
+                    np.swapaxes(arr.hessian_products[arr.offsets[i] : arr.offsets[i + 1]], 0, 1),
+                )
+                for i in range(arr.n_frames)
+            ]
         with LabelStore.create(
             destination,
             teacher=store.teacher,
+            hessian=store.hessian or None,
             capacity_frames=max(len(frames), 1),
             capacity_atoms=max(int(arr.n_atoms.sum()), 1),
             input_info={
@@ -730,5 +819,7 @@ def copy_frames(
             },
             overwrite=True,
         ) as copy:
-            copy.append(frames, labels, input_indices=idx.tolist(), input_hashes=hashes)
+            copy.append(
+                frames, labels, input_indices=idx.tolist(), input_hashes=hashes, hessian=hessian
+            )
     return destination

@@ -162,7 +162,7 @@ STEP_KEYS = frozenset(
     {
         "steps", "learning_rate", "final_learning_rate", "schedule", "warmup_fraction",
         "optimizer", "weight_decay", "grad_clip_norm", "ema_decay", "energy_weight",
-        "forces_weight", "stress_weight",
+        "forces_weight", "stress_weight", "hessian_weight",
     }
 )  # fmt: skip
 
@@ -178,22 +178,31 @@ def student_key(student: Student) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=4)
-def _step_functions(model_key: str, config_key: str, device_ids: tuple[int, ...]):
+def _step_functions(
+    model_key: str, config_key: str, device_ids: tuple[int, ...], hessian: bool = False
+):
     """Optimizer and jitted train/eval steps, shared by runs with the same model and
     optimisation settings in one process (so a resumed or repeated run does not compile
-    again)."""
+    again). With ``hessian``, the train step takes a Hessian batch too."""
     model = json.loads(model_key)
     module = build_model(
         model["architecture"], model["species"], model["cutoff"], **model["hyperparameters"]
     )
-    predict = make_potential(module.apply).predict
+    potential = make_potential(module.apply)
+    predict = potential.predict
+    hvp = potential.hessian_vector_product if hessian else None
     config = TrainConfig.from_dict(json.loads(config_key))
     devices = {d.id: d for d in jax.devices()}
     mesh = make_mesh([devices[i] for i in device_ids])
     optimizer = make_optimizer(config)
-    weights = LossWeights(config.energy_weight, config.forces_weight, config.stress_weight)
-    train_step = make_train_step(predict, optimizer, weights, config.ema_decay, mesh)
-    eval_step = make_eval_step(predict, weights, mesh)
+    weights = LossWeights(
+        config.energy_weight,
+        config.forces_weight,
+        config.stress_weight,
+        config.effective_hessian_weight if hessian else 0.0,
+    )
+    train_step = make_train_step(predict, optimizer, weights, config.ema_decay, mesh, hvp)
+    eval_step = make_eval_step(predict, weights, mesh, hvp)
     return optimizer, train_step, eval_step
 
 
@@ -272,7 +281,7 @@ def _train_metrics(window: dict[str, float], steps: int) -> dict[str, float]:
     if not steps:
         return {}
     out = metrics_from_sums(window)
-    for key in ("loss", "energy_loss", "forces_loss", "stress_loss", "grad_norm"):
+    for key in ("loss", "energy_loss", "forces_loss", "stress_loss", "hessian_loss", "grad_norm"):
         if key in window:
             out[key] = window[key] / steps
     return out
@@ -466,12 +475,23 @@ def _train(
         [f for f in (train_frames, val_frames) if f is not None], per_shard, config.capacity
     )
     order = BatchOrder(train_frames.n_frames, config.batch_size, config.seed)
+    # Hessian labels: a small batch of their own per step (see TrainConfig).
+    hessian_rows = np.flatnonzero(train_labels.has_hessian)
+    use_hessian = len(hessian_rows) > 0 and config.effective_hessian_weight > 0
+    hessian_order = hessian_plan = None
+    if use_hessian:
+        hessian_size = config.effective_hessian_batch_size
+        hessian_per_shard = -(-hessian_size // n_shards)
+        hessian_size = hessian_per_shard * n_shards
+        hessian_order = BatchOrder(len(hessian_rows), hessian_size, config.seed + 1)
+        hessian_plan = plan_capacity([train_frames], hessian_per_shard, config.capacity)
 
     schedule = make_schedule(config)
     optimizer, train_step, eval_step = _step_functions(
         json.dumps(student_key(student), sort_keys=True),
         json.dumps({k: v for k, v in config.to_dict().items() if k in STEP_KEYS}, sort_keys=True),
         tuple(int(d.id) for d in mesh.devices.flat),
+        use_hessian,
     )
     state = init_state(params, optimizer)
     best_params = _copy_tree(state.ema_params)
@@ -495,8 +515,16 @@ def _train(
         chunk = per_shard * n_shards
         for lo in range(0, val_frames.n_frames, chunk):
             shards = shard_indices(np.arange(lo, min(lo + chunk, val_frames.n_frames)), n_shards)
+            # Validation frames with Hessian labels are checked along their first direction.
+            choice = [np.zeros(len(s), np.int64) for s in shards] if use_hessian else None
             val_batches.append(
-                make_batch(val_frames, shards, plan.capacity(val_frames, shards), dtype)
+                make_batch(
+                    val_frames,
+                    shards,
+                    plan.capacity(val_frames, shards),
+                    dtype,
+                    hessian_choice=choice,
+                )
             )
 
     def validate(params) -> dict[str, float]:
@@ -509,10 +537,23 @@ def _train(
         metrics["loss"] = total.get("loss", math.nan) / max(len(val_batches), 1)
         return metrics
 
-    def host_batch(step: int) -> Batch:
+    def host_batch(step: int) -> tuple[Batch, ...]:
         shards = shard_indices(order.indices(step), n_shards)
         batch = make_batch(train_frames, shards, plan.capacity(train_frames, shards), dtype)
-        return jax.device_put(batch, sharded(mesh))
+        if not use_hessian:
+            return (jax.device_put(batch, sharded(mesh)),)
+        # Which frames and which of their directions: a pure function of (seed, step).
+        frames = shard_indices(hessian_rows[hessian_order.indices(step)], n_shards)
+        rng = np.random.default_rng([config.seed, step, 2])
+        choice = [rng.integers(train_labels.hessian_k, size=len(f)) for f in frames]
+        hessian_batch = make_batch(
+            train_frames,
+            frames,
+            hessian_plan.capacity(train_frames, frames),
+            dtype,
+            hessian_choice=choice,
+        )
+        return jax.device_put((batch, hessian_batch), sharded(mesh))
 
     end_step = config.steps if stop_after is None else min(config.steps, int(stop_after))
     window: dict[str, float] = {k: float(v) for k, v in meta.get("window", {}).items()}
@@ -593,7 +634,7 @@ def _train(
             prefetcher = _Prefetcher(host_batch, iter(range(step, end_step)))
             try:
                 while step < end_step:
-                    state, sums = train_step(state, prefetcher.get())
+                    state, sums = train_step(state, *prefetcher.get())
                     pending.append(sums)
                     step += 1
                     steps_run += 1
@@ -649,6 +690,8 @@ def _train(
         "sizes": {name: len(idx) for name, idx in split.items()},
         "extra_training_frames": sum(len(extra) for extra in extras),
         "forces_only_frames": 0 if frame_weights is None else int((frame_weights[:, 0] == 0).sum()),
+        "hessian_frames": len(hessian_rows),
+        "hessian_weight": config.effective_hessian_weight if use_hessian else 0.0,
         "store": str(Path(store.path).absolute()),
         **{k: v for k, v in fingerprint.items() if k != "train_indices"},
     }

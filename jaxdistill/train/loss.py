@@ -6,7 +6,13 @@ The loss is a weighted sum of three mean squared errors:
 - force components, eV/Å, averaged over atoms × 3;
 - virial per atom, ``stress × volume / atoms`` in eV/atom (so its weight is on the
   same footing as the energy's), averaged over the 9 tensor components of the
-  structures that have a stress label.
+  structures that have a stress label;
+- with Hessian labels, in a separate small batch (:func:`hessian_loss_and_sums`): the
+  squared norm ``|H_student·u - H_teacher·u|²`` of the Hessian-vector product along the
+  frame's unit direction ``u``, (eV/Å²)², averaged over frames. For a random unit ``u``
+  its mean is ``|ΔH|²_F / 3n``, the mean squared row norm of the Hessian error: an
+  intensive number (rows of a local potential's Hessian have a bounded number of
+  non-zero entries), so frames of any size weigh alike.
 
 Each frame's terms are scaled by the batch's per-frame weights (1 unless the training
 asked otherwise, see :func:`disagreement_weights`); the means still divide by the real
@@ -43,6 +49,8 @@ ERROR_SUMS = (
     "forces_loss",
     "stress_loss",
 )
+# Sums of the Hessian-vector term (present when a batch carries Hessian labels).
+HESSIAN_SUMS = ("n_hessian", "hessian_sq", "hessian_ref_sq", "hessian_loss")
 
 
 class LossWeights(NamedTuple):
@@ -51,6 +59,7 @@ class LossWeights(NamedTuple):
     energy: float = 1.0
     forces: float = 10.0
     stress: float = 1.0
+    hessian: float = 0.0
 
 
 def batch_counts(batch: Batch) -> dict[str, jax.Array]:
@@ -59,6 +68,41 @@ def batch_counts(batch: Batch) -> dict[str, jax.Array]:
         "n_graphs": jnp.sum(batch.graph.graph_mask),
         "n_atoms": jnp.sum(batch.graph.node_mask),
         "n_stress": jnp.sum(batch.stress_mask),
+    }
+
+
+def hessian_counts(batch: Batch) -> dict[str, jax.Array]:
+    """Frames carrying a Hessian label in a batch (any leading axes)."""
+    return {"n_hessian": jnp.sum(batch.hessian_mask)}
+
+
+def hessian_loss_and_sums(
+    products: jax.Array, batch: Batch, totals: dict[str, jax.Array], weight: float
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """This shard's share of the Hessian-vector loss, and its sums.
+
+    Args:
+        products: the student's ``H·u`` on ``batch`` (one shard), ``[n_node, 3]`` eV/Å².
+        batch: a shard made with ``hessian_choice`` (one direction per frame).
+        totals: ``n_hessian`` over the whole batch.
+        weight: the loss weight, (eV/Å²)⁻².
+
+    Returns:
+        ``(loss, sums)`` with the sums named in :data:`HESSIAN_SUMS`: frames, the
+        summed squared error norms and the summed squared teacher norms.
+    """
+    graph = batch.graph
+    on = (batch.hessian_mask[graph.node_graph] & graph.node_mask)[:, None]
+    diff = jnp.where(on, products - batch.hessian_products, 0.0)
+    reference = jnp.where(on, batch.hessian_products, 0.0)
+    error_sq = jnp.sum(diff**2)
+    n_hessian = jnp.maximum(totals["n_hessian"], 1).astype(diff.dtype)
+    loss = weight * error_sq / n_hessian
+    return loss, {
+        "n_hessian": jnp.sum(batch.hessian_mask).astype(diff.dtype),
+        "hessian_sq": error_sq,
+        "hessian_ref_sq": jnp.sum(reference**2),
+        "hessian_loss": loss,
     }
 
 
@@ -172,8 +216,10 @@ def metrics_from_sums(sums: dict[str, float]) -> dict[str, float]:
     Returns:
         ``energy_mae_meV_per_atom``, ``energy_rmse_meV_per_atom``,
         ``force_mae_meV_per_A``, ``force_rmse_meV_per_A`` (per Cartesian component),
-        ``stress_mae_meV_per_A3`` (Voigt components; absent without stress labels), the
-        loss terms, and the counts.
+        ``stress_mae_meV_per_A3`` (Voigt components; absent without stress labels),
+        ``hessian_rmse_eV_per_A2`` (root mean of ``|ΔH·u|²`` over frames) and
+        ``hessian_relative_rmse`` (``sqrt(Σ|ΔH·u|² / Σ|H·u|²)``) when Hessian labels
+        were seen, the loss terms, and the counts.
     """
     n_graphs, n_atoms, n_stress = (float(sums[k]) for k in ("n_graphs", "n_atoms", "n_stress"))
     out: dict[str, float] = {"frames": n_graphs, "atoms": n_atoms}
@@ -183,6 +229,12 @@ def metrics_from_sums(sums: dict[str, float]) -> dict[str, float]:
     if n_atoms:
         out["force_mae_meV_per_A"] = 1e3 * sums["forces_abs"] / (3 * n_atoms)
         out["force_rmse_meV_per_A"] = 1e3 * (sums["forces_sq"] / (3 * n_atoms)) ** 0.5
+    n_hessian = float(sums.get("n_hessian", 0.0))
+    if n_hessian:
+        out["hessian_rmse_eV_per_A2"] = (sums["hessian_sq"] / n_hessian) ** 0.5
+        if sums["hessian_ref_sq"] > 0:
+            out["hessian_relative_rmse"] = (sums["hessian_sq"] / sums["hessian_ref_sq"]) ** 0.5
+        out["hessian_frames"] = n_hessian
     if n_stress:
         out["stress_mae_meV_per_A3"] = 1e3 * sums["stress_abs"] / (6 * n_stress)
         out["stress_rmse_meV_per_A3"] = 1e3 * (sums["stress_sq"] / (6 * n_stress)) ** 0.5

@@ -30,10 +30,18 @@ from jax.sharding import PartitionSpec as P
 
 from jaxdistill.data.batching import Batch
 from jaxdistill.potential import Prediction
-from jaxdistill.train.loss import LossWeights, batch_counts, loss_and_sums
+from jaxdistill.train.loss import (
+    LossWeights,
+    batch_counts,
+    hessian_counts,
+    hessian_loss_and_sums,
+    loss_and_sums,
+)
 
 AXIS = "data"
 PredictFn = Callable[[Any, Any], Prediction]
+# (params, graph, directions [n_node, 3]) -> H·u [n_node, 3]
+HessianVectorFn = Callable[[Any, Any, Any], Any]
 
 
 class TrainState(NamedTuple):
@@ -94,8 +102,15 @@ def make_train_step(
     weights: LossWeights,
     ema_decay: float,
     mesh: Mesh,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    hessian_vector_product: HessianVectorFn | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A jitted ``step(state, batch) -> (state, sums)``; the state is donated.
+
+    With ``hessian_vector_product``, the step is ``step(state, batch, hessian_batch)``:
+    the loss adds ``weights.hessian`` times the Hessian-vector term of
+    ``hessian_batch`` (a small batch made with ``hessian_choice``, see
+    :func:`jaxdistill.train.loss.hessian_loss_and_sums`), so the cost of the curvature
+    term is set by the size of that batch, not of the main one.
 
     Args:
         predict: ``(params, graph) -> Prediction`` (the student's potential).
@@ -103,32 +118,51 @@ def make_train_step(
         weights: loss weights.
         ema_decay: EMA decay (see :func:`ema_decay_at`).
         mesh: devices; ``batch`` must have one shard per device.
+        hessian_vector_product: the potential's ``(params, graph, u) -> H·u``, for a
+            step that also learns from Hessian labels.
 
     Returns:
-        The step; ``sums`` holds the batch's error sums (``loss_and_sums``) plus
-        ``loss``, ``grad_norm`` and ``learning_rate``-free scalars, all replicated.
+        The step; ``sums`` holds the batch's error sums (``loss_and_sums``, and the
+        Hessian sums) plus ``loss`` and ``grad_norm``, all replicated.
     """
 
-    def shard_grads(params, batch, totals):
+    def shard_grads(params, batch, totals, hessian_batch=None, hessian_totals=None):
         batch = _unstack(batch)
+        if hessian_batch is not None:
+            hessian_batch = _unstack(hessian_batch)
 
         def local_loss(p):
-            return loss_and_sums(predict(p, batch.graph), batch, totals, weights)
+            loss, sums = loss_and_sums(predict(p, batch.graph), batch, totals, weights)
+            if hessian_batch is not None:
+                products = hessian_vector_product(
+                    p, hessian_batch.graph, hessian_batch.hessian_directions
+                )
+                h_loss, h_sums = hessian_loss_and_sums(
+                    products, hessian_batch, hessian_totals, weights.hessian
+                )
+                loss, sums = loss + h_loss, {**sums, **h_sums}
+            return loss, sums
 
         (loss, sums), grads = jax.value_and_grad(local_loss, has_aux=True)(params)
         return jax.lax.psum((loss, sums, grads), AXIS)
 
+    with_hessian = hessian_vector_product is not None
     sharded_grads = jax.shard_map(
         shard_grads,
         mesh=mesh,
-        in_specs=(P(), P(AXIS), P()),
+        in_specs=(P(), P(AXIS), P(), P(AXIS), P()) if with_hessian else (P(), P(AXIS), P()),
         out_specs=(P(), P(), P()),
         check_vma=False,
     )
 
-    def step(state: TrainState, batch: Batch):
+    def step(state: TrainState, batch: Batch, hessian_batch: Batch | None = None):
         totals = batch_counts(batch)
-        loss, sums, grads = sharded_grads(state.params, batch, totals)
+        if with_hessian:
+            loss, sums, grads = sharded_grads(
+                state.params, batch, totals, hessian_batch, hessian_counts(hessian_batch)
+            )
+        else:
+            loss, sums, grads = sharded_grads(state.params, batch, totals)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, ema_decay)
@@ -139,22 +173,37 @@ def make_train_step(
         return TrainState(state.step + 1, params, ema, opt_state), sums
 
     state_sharding = replicated(mesh)
+    batch_shardings = (sharded(mesh), sharded(mesh)) if with_hessian else (sharded(mesh),)
     return jax.jit(
         step,
-        in_shardings=(state_sharding, sharded(mesh)),
+        in_shardings=(state_sharding, *batch_shardings),
         out_shardings=(state_sharding, state_sharding),
         donate_argnums=0,
     )
 
 
 def make_eval_step(
-    predict: PredictFn, weights: LossWeights, mesh: Mesh
+    predict: PredictFn,
+    weights: LossWeights,
+    mesh: Mesh,
+    hessian_vector_product: HessianVectorFn | None = None,
 ) -> Callable[[Any, Batch], dict[str, jax.Array]]:
-    """A jitted ``evaluate(params, batch) -> sums`` (error sums of the whole batch)."""
+    """A jitted ``evaluate(params, batch) -> sums`` (error sums of the whole batch).
+
+    A batch made with ``hessian_choice`` also gets the Hessian sums (when
+    ``hessian_vector_product`` is given); its ``loss`` stays that of energies, forces
+    and stress, comparable with batches without Hessian labels.
+    """
 
     def shard_sums(params, batch, totals):
         batch = _unstack(batch)
         loss, sums = loss_and_sums(predict(params, batch.graph), batch, totals, weights)
+        if batch.hessian_mask is not None and hessian_vector_product is not None:
+            products = hessian_vector_product(params, batch.graph, batch.hessian_directions)
+            _, h_sums = hessian_loss_and_sums(
+                products, batch, {"n_hessian": totals["n_hessian"]}, weights.hessian
+            )
+            sums = {**sums, **h_sums}
         return jax.lax.psum({**sums, "loss": loss}, AXIS)
 
     sharded_sums = jax.shard_map(
@@ -162,7 +211,10 @@ def make_eval_step(
     )
 
     def evaluate(params, batch: Batch):
-        return sharded_sums(params, batch, batch_counts(batch))
+        totals = batch_counts(batch)
+        if batch.hessian_mask is not None:
+            totals = {**totals, **hessian_counts(batch)}
+        return sharded_sums(params, batch, totals)
 
     return jax.jit(
         evaluate, in_shardings=(replicated(mesh), sharded(mesh)), out_shardings=replicated(mesh)
