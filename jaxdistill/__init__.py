@@ -27,6 +27,8 @@ _EXPORTS = {
     "label": "jaxdistill.labelling",
     "evaluate": "jaxdistill.evaluate",
     "StudentCalculator": "jaxdistill.md.ase_calculator",
+    "StudentCommittee": "jaxdistill.committee",
+    "load_committee": "jaxdistill.committee",
     "jax_md_potential": "jaxdistill.md.jaxmd",
     "MDInstabilityError": "jaxdistill.md",
     "MDSummary": "jaxdistill.md",
@@ -49,6 +51,7 @@ __all__ = [
     "SamplingConfig",
     "Student",
     "StudentCalculator",
+    "StudentCommittee",
     "TrainConfig",
     "__version__",
     "batch_graphs",
@@ -58,6 +61,7 @@ __all__ = [
     "graph_from_atoms",
     "jax_md_potential",
     "label",
+    "load_committee",
     "load_student",
     "load_teacher",
     "run_md",
@@ -84,6 +88,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
+    from jaxdistill.committee import StudentCommittee, load_committee
     from jaxdistill.config import DistillConfig, SamplingConfig, TrainConfig
     from jaxdistill.data import LabelStore
     from jaxdistill.evaluate import evaluate

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -231,16 +232,6 @@ def _trajectory(
     return tagged
 
 
-_WORKER_TEACHERS: dict[str, Any] = {}
-
-
-def _worker_init() -> None:
-    import os
-
-    # Several processes share one GPU: JAX teachers must not each grab 75 % of it.
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-
-
 def _trajectory_job(
     spec: str,
     options: dict[str, Any],
@@ -251,44 +242,61 @@ def _trajectory_job(
     seed: int,
     cache: Path,
 ) -> int:
-    """A worker process's trajectory (its teacher is loaded once per process)."""
-    from jaxdistill.teachers.registry import load_teacher
+    """A Dask worker's trajectory (its teacher is loaded once per worker process)."""
+    from jaxdistill.cluster import prepare_worker, worker_teacher
 
-    key = repr((spec, sorted(options.items())))
-    if key not in _WORKER_TEACHERS:
-        _WORKER_TEACHERS[key] = load_teacher(spec, **options).as_calculator()
-    frames = _trajectory(
-        atoms, md, sampler, temperature, seed, _WORKER_TEACHERS[key], lambda n: None, cache
-    )
+    prepare_worker()
+    calculator = worker_teacher(spec, options).as_calculator()
+    frames = _trajectory(atoms, md, sampler, temperature, seed, calculator, lambda n: None, cache)
     return len(frames)
 
 
-def _run_parallel(
+def _run_on_cluster(
     jobs: list[tuple[ase.Atoms, str, float, int, int, Path]],
     spec: str,
     options: dict[str, Any],
     md: MDConfig,
-    workers: int,
+    cluster: Any,
     on_steps: Callable[[int], None],
+    console: Any | None = None,
 ) -> None:
-    """Run trajectories in worker processes; each lands in its cache file."""
+    """Run trajectories as Dask tasks; each lands in its cache file.
+
+    A worker that dies has its trajectory started again (from the beginning: one
+    trajectory is the unit of work) on another worker by Dask; finished ones are in
+    their cache files, so a rerun of a failed sampling redoes only the unfinished ones.
+    """
     if not jobs:
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from distributed import as_completed
 
-    # spawn: a forked child would inherit the parent's CUDA and JAX state.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_worker_init
-    ) as pool:
+    from jaxdistill.cluster import open_client
+
+    run = uuid.uuid4().hex[:8]  # fresh task keys: a rerun never gets an old result
+    with open_client(cluster, console=console) as client:
         futures = {
-            pool.submit(_trajectory_job, spec, options, atoms, md, sampler, t, seed, path): steps
+            client.submit(
+                _trajectory_job,
+                spec,
+                options,
+                atoms,
+                md,
+                sampler,
+                t,
+                seed,
+                path,
+                key=f"trajectory-{path.stem}-{run}",
+                pure=False,
+            ): steps
             for atoms, sampler, t, seed, steps, path in jobs
         }
-        for future in as_completed(futures):
-            future.result()  # a worker's exception surfaces here
-            on_steps(futures[future])
+        try:
+            for future in as_completed(futures):
+                future.result()  # a worker's exception surfaces here
+                on_steps(futures[future])
+        except BaseException:
+            client.cancel(list(futures))
+            raise
 
 
 def _md_trajectories(md: MDConfig | None) -> list[tuple[str, int, float, int]]:
@@ -389,6 +397,7 @@ def sample(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     teacher_options: Mapping[str, Any] | None = None,
+    cluster: Any | None = None,
 ) -> list[ase.Atoms]:
     """Generate frames from a sampling config.
 
@@ -401,12 +410,19 @@ def sample(
         cache_dir: If given, each finished MD trajectory is saved there (named by a
             hash of everything that determines it) and read back instead of rerun: a
             killed sampling run loses at most the trajectory in progress.
-        workers: Teacher MD trajectories run at once, each in its own process (needs
-            ``cache_dir`` and the teacher as a spec string). A small system leaves a
-            GPU mostly idle per step, so several trajectories side by side finish
-            several times sooner; the frames are the same as with one worker.
+        workers: N > 1 runs the teacher MD trajectories on a local Dask cluster of N
+            worker processes (``cluster=ClusterConfig(workers=N)``; on a machine with
+            GPUs they take the GPUs in turn). A small system leaves a GPU mostly idle
+            per step, so several trajectories side by side finish several times sooner;
+            the frames are the same as with one worker.
         teacher_options: Keyword arguments of :func:`~jaxdistill.load_teacher` for the
             MD teacher (e.g. ``{"device": "cuda"}``).
+        cluster: Run the trajectories as Dask tasks there: a
+            :class:`~jaxdistill.config.cluster.ClusterConfig` (a cluster started for
+            this call) or a ready ``distributed.Client`` (docs/cluster.md). Needs
+            ``cache_dir`` (each trajectory lands in its file; it must be on a
+            filesystem the workers see) and the teacher as a spec string (each worker
+            loads its own).
 
     Returns:
         The frames: per structure, MD frames (by temperature), then rattled, then
@@ -464,23 +480,29 @@ def sample(
     frames: list[ase.Atoms] = []
     with progress_bar(console, enabled=progress and md_steps_total > 0) as bar:
         task = bar.add_task("teacher MD (steps)", total=md_steps_total)
-        if workers > 1 and md_jobs:
+        if cluster is None and workers > 1:
+            from jaxdistill.config.cluster import ClusterConfig
+
+            cluster = ClusterConfig(workers=workers)
+        fanned_out = cluster is not None and bool(md_jobs)
+        if fanned_out:
             if cache_dir is None:
-                raise ValueError("parallel teacher MD (workers > 1) needs a cache_dir")
+                raise ValueError("parallel teacher MD (workers > 1, cluster) needs a cache_dir")
             if not isinstance(spec, str):
                 raise ValueError(
-                    "parallel teacher MD (workers > 1) needs the teacher as a spec string "
-                    "(each worker process loads its own)"
+                    "parallel teacher MD (workers > 1, cluster) needs the teacher as a spec "
+                    "string (each worker process loads its own)"
                 )
             pending = [job for job in md_jobs if not job[-1].is_file()]
             bar.update(task, advance=md_steps_total - sum(job[4] for job in pending))
-            _run_parallel(
+            _run_on_cluster(
                 pending,
                 spec,
                 dict(teacher_options or {}),
                 md,
-                workers,
+                cluster,
                 lambda n: bar.update(task, advance=n),
+                console=console if progress else None,
             )
         by_structure: dict[int, list] = {}
         for job in md_jobs:
@@ -493,7 +515,7 @@ def sample(
                 for _, sampler, temperature, md_seed, steps, cached in by_structure.get(s_idx, []):
                     if cached is not None and cached.is_file():
                         frames.extend(ase.io.read(cached, index=":"))
-                        if workers <= 1:
+                        if not fanned_out:
                             bar.update(task, advance=steps)
                         continue
                     frames.extend(

@@ -172,6 +172,25 @@ class Student:
         graph = structures if isinstance(structures, Graph) else self.graph(structures)
         return self._predict_jit(self.params, graph)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """For pickle and ``copy.deepcopy``: the fields without the cached model,
+        potential and jitted function (closures; rebuilt on first use)."""
+        cached = {n for n, v in vars(Student).items() if isinstance(v, cached_property)}
+        return {k: v for k, v in self.__dict__.items() if k not in cached}
+
+    def __repr__(self) -> str:
+        # one line (the dataclass default would print every parameter array)
+        hyper = "".join(f", {k}={v!r}" for k, v in sorted(self.hyperparameters.items()))
+        teacher = (self.metadata.get("teacher") or {}).get("name")
+        steps = (self.metadata.get("training") or {}).get("steps_completed")
+        return (
+            f"Student({self.architecture!r}, species={self.symbols}, cutoff={self.cutoff:g} Å"
+            f"{hyper}, {self.num_parameters:,} parameters, {self.dtype}"
+            + (f", teacher={teacher!r}" if teacher else "")
+            + (f", trained {steps} steps" if steps is not None else ", untrained")
+            + ")"
+        )
+
     def config(self) -> dict[str, Any]:
         """The readable description saved beside the parameters."""
         return {
@@ -249,6 +268,12 @@ def create_student(
     # A run-time choice, not an architecture option: kept out of the saved
     # hyper-parameters.
     message_passing = check_mode(hyper.pop("message_passing", "auto"))
+    if architecture == "painn":
+        # New PaiNN students are smooth where vector features vanish (models/painn.py);
+        # saved with the setting, so they reload the same.
+        from jaxdistill.models.painn import NORM_SOFTENING
+
+        hyper.setdefault("norm_softening", NORM_SOFTENING)
     if not cutoff > 0:
         raise ValueError(f"cutoff must be positive, got {cutoff}")
     model = build_model(architecture, numbers, cutoff, **hyper)

@@ -36,12 +36,13 @@ FLOORS = [
     "__main__",
     "cli",
     "pipeline",
-    "sampling | validation | evaluate",
-    "labelling | train | md",
-    "student | data",
+    "sampling | validation | evaluate | curvature | fanout | importing",
+    "labelling | train | md | export",
+    "committee",
+    "student | data | cluster",
     "config | potential | teachers",
     "models | graph | progress | diagnostics",
-    "_version | _lazy | runtime",
+    "_version | _lazy | runtime | portable",
 ]
 
 

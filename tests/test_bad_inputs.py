@@ -355,7 +355,7 @@ def test_evaluate_does_not_overwrite_an_earlier_evaluation(work):
 
 # ------------------------------------------------------------------ student files
 def test_info_on_a_missing_directory(work):
-    run_cli(work, ["info", work / "nowhere"], USER_ERROR, "nowhere", "not found")
+    run_cli(work, ["info", work / "nowhere"], USER_ERROR, "nowhere", "no such student")
 
 
 def test_info_on_an_empty_student_json(work):

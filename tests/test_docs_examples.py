@@ -36,6 +36,16 @@ jd.create_student("painn", ["H", "O", "Si"], cutoff=4.0, features=8, num_layers=
 )
 """
 
+# What one doc's prose assumes beyond PRELUDE: docs/md.md's committee members.
+EXTRA_PRELUDE = {
+    "docs/md.md": """
+for k in range(4):
+    jd.create_student(
+        "painn", ["H", "O", "Si"], cutoff=4.0, features=8, num_layers=1, seed=k
+    ).save(f"runs/si/student-s{k}")
+""",
+}
+
 # (text in the doc, what the test runs instead): loop lengths only.
 SHRINK = {
     "docs/md.md": [
@@ -84,7 +94,7 @@ def test_python_blocks_run_as_written(doc, tmp_path):
     for old, new in SHRINK[doc]:
         assert old in script, f"{doc} no longer contains {old!r}: update SHRINK"
         script = script.replace(old, new)
-    (tmp_path / "example.py").write_text(PRELUDE + "\n" + script)
+    (tmp_path / "example.py").write_text(PRELUDE + EXTRA_PRELUDE.get(doc, "") + "\n" + script)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, env=env

@@ -8,6 +8,7 @@ Each is a thin shell over :func:`jaxdistill.sampling.sample` and
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import time
@@ -37,6 +38,32 @@ def _summary_table(title: str, rows: list[tuple[str, str]]) -> Table:
 
 def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _hessian_text(hessian: dict) -> str:
+    step = hessian.get("step_angstrom")
+    how = hessian.get("method", "?") + (f", step {step:g} Å" if step else "")
+    return f"{hessian.get('directions')} directions per frame ({how})"
+
+
+def _cluster_option(workers: int | None, cluster: str | None):
+    """The Dask cluster of ``--workers N`` / ``--cluster ...``, or None (this process)."""
+    from jaxdistill.config.cluster import ClusterConfig
+
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if cluster is not None:
+        if workers is not None:
+            raise ValueError("give --workers N or --cluster, not both (--cluster local:N)")
+        return ClusterConfig.from_option(cluster)
+    return ClusterConfig(workers=workers) if workers is not None and workers > 1 else None
+
+
+CLUSTER_HELP = (
+    "Run the teacher on Dask: local (one worker per GPU, or CPU workers), local:N, a "
+    "scheduler address (tcp://host:8786) or a YAML file with a 'cluster:' section "
+    "(e.g. SLURM; docs/cluster.md)."
+)
 
 
 def _sampling_config(path: Path):
@@ -106,10 +133,11 @@ def sample_command(
     workers: Annotated[
         int,
         typer.Option(
-            help="Teacher MD trajectories run side by side in worker processes (same frames; "
-            "fastest for small systems on a GPU)."
+            help="Teacher MD trajectories run side by side on a local Dask cluster of N "
+            "worker processes (same frames; fastest for small systems on a GPU)."
         ),
     ] = 1,
+    cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
 ) -> None:
     """Generate configurations (teacher MD, rattles, strains) and write them to extxyz.
 
@@ -127,8 +155,7 @@ def sample_command(
         raise FileExistsError(f"{output} exists; pass --overwrite to replace it")
     if output.is_dir():
         raise IsADirectoryError(f"--output {output} is a folder; give a file name")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    dask_cluster = _cluster_option(workers, cluster)
     cfg, pipeline = _sampling_config(config)
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
@@ -151,8 +178,8 @@ def sample_command(
         progress=progress,
         console=console,
         cache_dir=cache,
-        workers=workers,
         teacher_options=options,
+        cluster=dask_cluster,
     )
     seconds = time.perf_counter() - start
     if not frames:
@@ -202,6 +229,14 @@ def label_command(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="Label on a local Dask cluster of N worker processes (HDF5 shards merged "
+            "into OUTPUT; a rerun resumes them)."
+        ),
+    ] = None,
+    cluster: Annotated[str | None, typer.Option(help=CLUSTER_HELP)] = None,
     skip_bad_frames: Annotated[
         bool,
         typer.Option(
@@ -209,6 +244,23 @@ def label_command(
             "cell, coincident atoms) instead of refusing; each is named."
         ),
     ] = False,
+    hessian_directions: Annotated[
+        int,
+        typer.Option(
+            help="Also label K Hessian-vector products per frame (random unit directions; "
+            "for Hessian distillation). 0: none."
+        ),
+    ] = 0,
+    hessian_method: Annotated[
+        str,
+        typer.Option(
+            help="auto (the teacher's autodiff when it has one, else finite differences), "
+            "autodiff, or finite-difference."
+        ),
+    ] = "auto",
+    hessian_step: Annotated[
+        float, typer.Option(help="Finite-difference step along each unit direction, Å.")
+    ] = 0.01,
 ) -> None:
     """Label frames with a teacher into an HDF5 store (resumes an interrupted run).
 
@@ -223,15 +275,27 @@ def label_command(
         raise FileNotFoundError(f"--input {input}: file not found")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    loaded = load_teacher(teacher, device=device)
-    summary = label(
-        loaded,
+    dask_cluster = _cluster_option(workers, cluster)
+    if dask_cluster is None:
+        loaded = load_teacher(teacher, device=device)
+        labeller, name = functools.partial(label, loaded), loaded.name
+    else:  # each Dask worker loads the teacher from its spec
+        from jaxdistill.fanout import label_on_cluster
+
+        labeller = functools.partial(
+            label_on_cluster, teacher, cluster=dask_cluster, teacher_options={"device": device}
+        )
+        name = teacher
+    summary = labeller(
         input,
         output,
         batch_size=batch_size,
         progress=progress,
         console=console,
         skip_bad_frames=skip_bad_frames,
+        hessian_directions=hessian_directions,
+        hessian_method=hessian_method,
+        hessian_step_angstrom=hessian_step,
     )
     for line in summary.skipped:
         console.print(f"[yellow]skipped:[/] {escape(line)}", soft_wrap=True)
@@ -242,7 +306,7 @@ def label_command(
     )
     console.print(
         _summary_table(
-            f"labelled {output} with {loaded.name}",
+            f"labelled {output} with {name}",
             [
                 (
                     "frames",
@@ -252,6 +316,7 @@ def label_command(
                 ("atoms", str(summary.n_atoms)),
                 ("elements", _format_counts(summary.elements)),
                 ("time", f"{summary.seconds:.2f} s ({per_frame})"),
+                *([("Hessian labels", _hessian_text(summary.hessian))] if summary.hessian else []),
             ],
         )
     )

@@ -9,7 +9,8 @@ the environment variable ``JAXDISTILL_DEBUG=1``.
 - :func:`report_errors` wraps a command function (any typer app that registers it
   gets the style);
 - :class:`JaxdistillGroup` gives the app's flag-parsing errors (``--replicas 0``) the
-  same one line.
+  same one line, and accepts the app's ``--debug`` and ``--log-file PATH`` anywhere on
+  the line.
 """
 
 from __future__ import annotations
@@ -107,17 +108,39 @@ def report_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _global_options_first(args: list[str], position: int) -> list[str]:
+    """``--log-file PATH`` (or ``--log-file=PATH``) moved before the command name, so
+    the app's option is accepted anywhere before ``--``."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < position:
+        arg = args[i]
+        if arg == "--log-file" and i + 1 < position:
+            front += args[i : i + 2]
+            i += 2
+            continue
+        if arg.startswith("--log-file="):
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return [*front, *rest, *args[position:]]
+
+
 class JaxdistillGroup(TyperGroup):
     """The app's command group: ``--debug`` anywhere on the line, and flag errors
     (a missing option, a value out of range) as one line too."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["jaxdistill_argv"] = list(args)
         position = args.index("--") if "--" in args else len(args)
         debug = "--debug" in args[:position]
         if debug:
             args = ["--debug", *(a for a in args[:position] if a != "--debug"), *args[position:]]
+            position = args.index("--") if "--" in args else len(args)
         set_debug(debug)
-        return super().parse_args(ctx, args)
+        return super().parse_args(ctx, _global_options_first(args, position))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -1,5 +1,6 @@
-"""The typer app ``jaxdistill COMMAND``: ``demo``, ``distill`` and ``info`` here; the stage
-commands (``sample``, ``label``, ``train``, ``evaluate``, ``md``) from their modules."""
+"""The typer app ``jaxdistill COMMAND``: ``demo`` and ``distill`` here; the stage
+commands (``sample``, ``label``, ``train``, ``evaluate``, ``md``) and ``import``,
+``export``, ``info`` from their modules."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import typer
 from rich.console import Console
 
 from jaxdistill._version import __version__
+from jaxdistill.cli.curvature import phonons_command, vibrations_command
 from jaxdistill.cli.data import label_command, sample_command
 from jaxdistill.cli.errors import JaxdistillGroup, report_errors, set_debug
+from jaxdistill.cli.exchange import export_command, import_command, info_command
 from jaxdistill.cli.md import md_command
 from jaxdistill.cli.train import evaluate_command, train_command
 
@@ -34,6 +37,7 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version_callback, is_eager=True, help="Show version."),
@@ -46,6 +50,14 @@ def main(
             "also JAXDISTILL_DEBUG=1). Without it an error is one line.",
         ),
     ] = False,
+    log_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--log-file",
+            help="Also append what the command prints, as plain text with periodic "
+            "progress lines, to this file (accepted anywhere on the line).",
+        ),
+    ] = None,
 ) -> None:
     """Distil machine-learned force fields into small, fast JAX students.
 
@@ -54,6 +66,11 @@ def main(
     """
     if debug:
         set_debug(True)
+    if log_file is not None:
+        from jaxdistill.cli.common import start_log_file
+
+        # stopped when the command's context closes, after its last line (errors too)
+        ctx.call_on_close(start_log_file(log_file, ctx.meta.get("jaxdistill_argv")))
     # before any command imports torch or starts jax: CPU threads that sleep rather
     # than spin when a core is busy, and bit-reproducible GPU sums (docs/training.md)
     from jaxdistill import runtime
@@ -134,20 +151,14 @@ def distill(
     run_distill(config, run_dir, stages=tuple(stage) if stage else STAGES, console=console)
 
 
-@app.command()
-@report_errors
-def info(student: Annotated[Path, typer.Argument(help="Student directory.")]) -> None:
-    """Describe a saved student."""
-    from jaxdistill.student import load_student
-
-    loaded = load_student(student)
-    for key, value in loaded.config().items():
-        console.print(f"[bold]{key}[/]: {value}")
-
-
 # The stage commands, defined beside one another in cli/data.py, cli/train.py, cli/md.py.
 app.command("sample")(sample_command)
 app.command("label")(label_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("md")(md_command)
+app.command("phonons")(phonons_command)
+app.command("vibrations")(vibrations_command)
+app.command("import")(import_command)
+app.command("export")(export_command)
+app.command("info")(info_command)

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jaxdistill.cli.common import select_device
 from jaxdistill.cli.errors import report_errors
 
 console = Console()
@@ -39,7 +40,13 @@ class Thermostat(enum.StrEnum):
 @report_errors
 def md_command(
     student: Annotated[
-        Path, typer.Option("--student", help="Student directory (from Student.save / train).")
+        list[Path],
+        typer.Option(
+            "--student",
+            help="Student directory (from Student.save / train); repeat it for a committee "
+            "of students trained with different --seed: the MD follows their mean forces "
+            "and logs their disagreement.",
+        ),
     ],
     structure: Annotated[
         Path,
@@ -86,6 +93,13 @@ def md_command(
         Path | None, typer.Option(help="Write the final summary as JSON here.")
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where JAX runs: cpu, gpu or auto (a GPU when there is one); sets "
+            "JAX_PLATFORMS before JAX starts."
+        ),
+    ] = "auto",
     fragment_check: Annotated[
         bool,
         typer.Option(
@@ -93,8 +107,21 @@ def md_command(
             "it started with (off for dissociation studies)."
         ),
     ] = True,
+    uncertainty_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="With a committee: stop (or with --record-uncertain, record and go on) "
+            "when the largest per-atom force standard deviation over the members exceeds "
+            "this many eV/Å; the frames go to <output>.uncertain.extxyz.",
+            min=0.0,
+        ),
+    ] = None,
+    record_uncertain: Annotated[
+        bool, typer.Option(help="Record samples above --uncertainty-threshold, do not stop.")
+    ] = False,
 ) -> None:
     """Run molecular dynamics with a trained student (jax-md on the GPU, or ASE)."""
+    select_device(device)  # first: before anything below starts jax
     from jaxdistill.md import MDInstabilityError, run_md
     from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
     from jaxdistill.student import load_student
@@ -108,7 +135,17 @@ def md_command(
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
     if replicas > 1 and engine is Engine.ase:
         raise ValueError("--replicas needs --engine jax-md (the ASE engine runs one copy)")
-    loaded = load_student(student, dtype=dtype)
+    if record_uncertain and (uncertainty_threshold is None or output is None):
+        raise ValueError(
+            "--record-uncertain needs --uncertainty-threshold and --output (the frames go "
+            "to <output>.uncertain.extxyz)"
+        )
+    if len(student) == 1:
+        loaded = load_student(student[0], dtype=dtype)
+    else:
+        from jaxdistill.committee import load_committee
+
+        loaded = load_committee(student, dtype=dtype)
     atoms = _read_structure(structure)
     console.print(
         f"student [bold]{loaded.architecture}[/] ({loaded.num_parameters} parameters, cutoff "
@@ -135,6 +172,8 @@ def md_command(
             progress=progress,
             bond_factor=DEFAULT_BOND_FACTOR if fragment_check else None,
             keep_on_interrupt=True,
+            uncertainty_threshold=uncertainty_threshold,
+            on_uncertain="record" if record_uncertain else "stop",
         )
     except MDInstabilityError as error:
         console.print(f"[red]MD stopped:[/] {error}", soft_wrap=True)

@@ -14,9 +14,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from jaxdistill.cli.common import select_device
 from jaxdistill.cli.errors import report_errors
 
 console = Console()
+
+_DEVICE_HELP = (
+    "Where JAX runs: cpu, gpu or auto (a GPU when there is one); sets JAX_PLATFORMS "
+    "before JAX starts."
+)
 
 
 @report_errors
@@ -39,6 +45,15 @@ def train_command(
         int | None,
         typer.Option("--max-steps", help="Override the config's number of steps.", min=1),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Override the config's seed (initialisation and batch order; the split "
+            "keeps its own split_seed).",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help=_DEVICE_HELP)] = "auto",
     restart: Annotated[
         bool,
         typer.Option("--restart", help="Ignore and delete checkpoints in OUTPUT; start afresh."),
@@ -59,7 +74,10 @@ def train_command(
         raise FileNotFoundError(f"--data {data}: label store not found")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} is a file; training writes a folder")
+    devices = select_device(device)
     train_config = TrainConfig.from_yaml(config) if config else TrainConfig()
+    if seed is not None:
+        train_config = train_config.replace(seed=seed)
     student = train(
         data,
         output,
@@ -69,6 +87,7 @@ def train_command(
         progress=progress,
         console=console,
         skip_bad_frames=skip_bad_frames,
+        devices=devices,
     )
     summary = student.metadata["training"]
     best = summary.get("best_validation_force_mae_meV_per_A")
@@ -105,10 +124,12 @@ def evaluate_command(
             "named, instead of refusing the store."
         ),
     ] = False,
+    device: Annotated[str, typer.Option("--device", help=_DEVICE_HELP)] = "auto",
 ) -> None:
     """Compare a student with the teacher labels of a store (JSON + parity plots)."""
     from jaxdistill.evaluate import evaluate, summary_lines
 
+    select_device(device)
     if not student.is_dir():
         raise FileNotFoundError(f"--student {student}: student directory not found")
     if not data.is_file():

@@ -233,7 +233,10 @@ def _round_up(value: int, multiple: int = 8) -> int:
 
 
 def plan_capacity(
-    frames: Sequence[FrameGraphs], graphs_per_shard: int, mode: str = "auto"
+    frames: Sequence[FrameGraphs],
+    graphs_per_shard: int,
+    mode: str = "auto",
+    rows: np.ndarray | None = None,
 ) -> CapacityPlan:
     """Choose the padding of batches of ``graphs_per_shard`` structures per shard.
 
@@ -243,16 +246,22 @@ def plan_capacity(
         graphs_per_shard: real structures per shard.
         mode: "single", "bucket" or "auto" (single unless the average batch would fill
             less than half of the single capacity).
+        rows: only these frames (positions in the one set of ``frames``) are batched,
+            e.g. the frames with Hessian labels.
     """
     if mode not in ("auto", "single", "bucket"):
         raise ValueError(f"capacity mode must be auto, single or bucket, got {mode!r}")
     k = int(graphs_per_shard)
     atoms = np.concatenate([f.n_atoms for f in frames])
     edges = np.concatenate([f.n_edges for f in frames])
+    if rows is not None:
+        atoms, edges = atoms[rows], edges[rows]
     if len(atoms) == 0:
         raise ValueError("no frames to batch")
-    top_atoms = int(np.sort(atoms)[-k:].sum())
-    top_edges = int(np.sort(edges)[-k:].sum())
+    # The k largest frames; with fewer than k frames a batch repeats some (the batch
+    # order wraps into the next epoch), so k times the largest.
+    top_atoms = int(np.sort(atoms)[-k:].sum()) if len(atoms) >= k else k * int(atoms.max())
+    top_edges = int(np.sort(edges)[-k:].sum()) if len(edges) >= k else k * int(edges.max())
     fixed = Capacity(_round_up(top_atoms + 1), _round_up(top_edges + 1), k + 1)
     fill = min(
         min(k, len(atoms)) * atoms.mean() / fixed.nodes,
@@ -285,7 +294,7 @@ def _shard_arrays(
         )
     atom_rows = _ranges(lab.offsets[idx], counts)
     edge_rows = _ranges(frames.edge_offsets[idx], edge_counts)
-    node_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    node_start = (np.cumsum(counts) - counts).astype(np.int64)  # also right for an empty shard
 
     positions = np.zeros((n_cap, 3), dtype)
     positions[:n_real] = lab.positions[atom_rows]

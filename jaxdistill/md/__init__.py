@@ -16,6 +16,7 @@ from jaxdistill.md.types import (
     MDInstabilityError,
     MDProgress,
     MDSummary,
+    MDUncertaintyError,
     StabilityRules,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "MDInstabilityError",
     "MDProgress",
     "MDSummary",
+    "MDUncertaintyError",
     "StabilityRules",
     "choose_engine",
     "run_md",

@@ -8,7 +8,9 @@ Everything else (VelocityVerlet, Langevin, NPT integrators, optimisers, cell fil
 runs unchanged. Per call the calculator moves one array each way: positions and cell
 packed into one buffer in, energy, forces (and stress) packed into one vector out, around
 one jitted evaluation. When ASE asks only for energy and forces (as its integrators do)
-the strain derivative is skipped; stress is computed when asked for.
+the strain derivative is skipped; stress is computed when asked for, per-atom energies
+likewise. A student committee (``jaxdistill.committee``) runs its members in one vmap
+of the same program and returns their mean plus their disagreement in the same vector.
 
 Device: ``device="auto"`` runs small structures on the CPU, where a call costs less
 than the round trip to a GPU, and larger ones on the GPU (the crossover,
@@ -32,8 +34,10 @@ so an MD run compiles once (again only if the neighbour count outgrows a bucket)
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import ase
 import jax
@@ -41,9 +45,16 @@ import jax.numpy as jnp
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from jaxdistill.committee import (
+    StudentCommittee,
+    as_model,
+    force_spread,
+    is_committee,
+    over_members,
+)
 from jaxdistill.graph import Graph, batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
-from jaxdistill.potential import Potential, voigt_stress
-from jaxdistill.student import Student, as_student
+from jaxdistill.potential import Potential, edge_vectors, voigt_stress
+from jaxdistill.student import Student
 
 
 class _Reference(NamedTuple):
@@ -73,23 +84,112 @@ def _unpack_input(graph: Graph, packed: jax.Array) -> Graph:
     return graph._replace(positions=packed[:n_node], cell=cell)
 
 
-def _evaluate(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
-    """``[energy, forces (n_node x 3), Voigt stress (6)]`` of the first graph, flat."""
-    prediction = potential.predict(params, _unpack_input(graph, packed))
-    stress = voigt_stress(prediction.stress[0])
-    return jnp.concatenate([prediction.energy[:1], prediction.forces.reshape(-1), stress])
+def _atomic_energies(apply: Callable, params, graph: Graph) -> jax.Array:
+    """Per-atom energies ``[n_node]`` (eV; zero on padding): the model's own terms
+    before the sum that makes the energy (a forward pass of its own; no derivative)."""
+    vectors, _ = edge_vectors(graph.positions, graph)
+    atomic = apply(
+        params,
+        graph.numbers,
+        vectors,
+        graph.senders,
+        graph.receivers,
+        graph.node_mask,
+        graph.edge_mask,
+    )
+    return jnp.where(graph.node_mask, atomic, 0.0)
 
 
-def _evaluate_forces(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
-    """``[energy, forces (n_node x 3)]`` of the first graph, flat (no strain derivative)."""
-    energies, forces = potential.energy_and_forces(params, _unpack_input(graph, packed))
-    return jnp.concatenate([energies[:1], forces.reshape(-1)])
+def _evaluate_program(
+    potential: Potential,
+    apply: Callable | None,
+    params,
+    graph: Graph,
+    packed: jax.Array,
+    *,
+    stress: bool,
+    energies: bool,
+    committee: bool,
+) -> jax.Array:
+    """Everything one call returns, flat, for the first graph of ``graph``:
+
+    ``[energy (1), forces (3 n_node), Voigt stress (6, with stress), per-atom energies
+    (n_node, with energies), per-atom force std (n_node) and energy std (1), with
+    committee]``.
+
+    Without ``stress`` the strain derivative is skipped. With ``committee``, ``params``
+    are stacked members (leading axis K) evaluated by one vmap and the outputs are their
+    means plus their spread (``jaxdistill.committee``).
+    """
+    graph = _unpack_input(graph, packed)
+
+    def one(p) -> dict[str, jax.Array]:
+        if stress:
+            prediction = potential.predict(p, graph)
+            out = {"energy": prediction.energy[:1], "forces": prediction.forces}
+            out["stress"] = voigt_stress(prediction.stress[0])
+        else:
+            graph_energies, forces = potential.energy_and_forces(p, graph)
+            out = {"energy": graph_energies[:1], "forces": forces}
+        if energies:
+            out["energies"] = _atomic_energies(apply, p, graph)
+        return out
+
+    if committee:
+        members = over_members(one, params)
+        out = jax.tree_util.tree_map(lambda x: jnp.mean(x, axis=0), members)
+        out["force_std"] = force_spread(members["forces"])
+        out["energy_std"] = jnp.std(members["energy"][:, 0])[None]
+    else:
+        out = one(params)
+    order = ("energy", "forces", "stress", "energies", "force_std", "energy_std")
+    return jnp.concatenate([out[k].reshape(-1) for k in order if k in out])
 
 
-# One jitted function each for all calculators; the potential (static, hashed by
-# identity) is cached per Student, so calculators sharing a student share compilations.
-_evaluate_jit = jax.jit(_evaluate, static_argnums=0)
-_evaluate_forces_jit = jax.jit(_evaluate_forces, static_argnums=0)
+# One jitted program for all calculators: the potential and apply function (static,
+# hashed by identity) are cached per Student, so calculators sharing a student share
+# compilations; each combination of flags is its own (compiled once) program.
+_program = jax.jit(
+    _evaluate_program, static_argnames=("potential", "apply", "stress", "energies", "committee")
+)
+
+
+def _evaluate_jit(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
+    """``[energy, forces (n_node x 3), Voigt stress (6)]`` of one student, flat."""
+    return _program(
+        potential, None, params, graph, packed, stress=True, energies=False, committee=False
+    )
+
+
+def _evaluate_forces_jit(
+    potential: Potential, params, graph: Graph, packed: jax.Array
+) -> jax.Array:
+    """``[energy, forces (n_node x 3)]`` of one student, flat (no strain derivative)."""
+    return _program(
+        potential, None, params, graph, packed, stress=False, energies=False, committee=False
+    )
+
+
+#: model description -> (potential, apply) of the first student seen with it
+_SHARED: dict[tuple, tuple[Potential, Callable]] = {}
+
+
+def _shared(model: Student | StudentCommittee) -> tuple[Potential, Callable]:
+    """One potential and apply function per model description (architecture,
+    hyper-parameters, species, cutoff, message passing), not per Student object: the
+    compiled programs are keyed by them, so a reloaded, copied or unpickled student,
+    a committee's members and a committee of one share compilations (parameters are
+    arguments, and their dtype and shapes key the rest)."""
+    key = (
+        model.architecture,
+        json.dumps(model.hyperparameters, sort_keys=True),
+        tuple(model.species),
+        float(model.cutoff),
+        model.message_passing,
+    )
+    if key not in _SHARED:
+        _SHARED[key] = (model.potential, model.model.apply)
+    return _SHARED[key]
 
 
 def _gpu() -> jax.Device | None:
@@ -151,10 +251,12 @@ def strained_displacement(
 
 
 class StudentCalculator(Calculator):
-    """ASE calculator of a jaxdistill student.
+    """ASE calculator of a jaxdistill student or a committee of students.
 
     Args:
-        student: a :class:`~jaxdistill.Student` or the path of a saved one.
+        student: a :class:`~jaxdistill.Student`, the path of a saved one, a
+            :class:`~jaxdistill.committee.StudentCommittee`, or a list of students or
+            paths (made into a committee by :func:`~jaxdistill.committee.load_committee`).
         dtype: "float32" (default, fast) or "float64" (for energy-conservation checks;
             switches JAX to 64-bit mode).
         skin: extra neighbour-list radius in Å; larger means fewer rebuilds but more
@@ -163,18 +265,47 @@ class StudentCalculator(Calculator):
             atoms, else the GPU when JAX has one), "cpu" or "gpu".
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
-    xx yy zz yz xz xy, only for cells periodic in all three directions).
+    xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
+    per-atom energies the model sums into the energy, eV ``[n_atoms]``; computed only
+    when asked for: one extra forward pass). A committee's energy, forces, stress and
+    energies are the means over its members, and every call also gives
+
+    - ``force_std``: per-atom force disagreement ``sqrt(mean_k |F_k - <F>|^2)``, eV/Å,
+      ``[n_atoms]``;
+    - ``max_force_std``: its largest value, eV/Å (what MD thresholds);
+    - ``force_disagreement``: its RMS over atoms, eV/Å (the ensemble teachers' number);
+    - ``energy_std``: standard deviation of the members' energies, eV.
+
+    All in the same single transfer each way (packed into the one result vector).
+
+    The calculator pickles (and ``copy.deepcopy`` copies it) with its student's
+    parameters on the host; the neighbour list, device arrays and compiled programs
+    are rebuilt on the next call.
 
     Attributes:
         neighbour_list_builds: how many times the neighbour list was built.
         jax_device: the device of the current structure (None before the first call).
+        committee: whether the model is a committee.
     """
 
-    implemented_properties: ClassVar[list[str]] = ["energy", "free_energy", "forces", "stress"]
+    implemented_properties: ClassVar[list[str]] = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        "energies",
+    ]
+    #: What a committee adds (every call).
+    committee_properties: ClassVar[tuple[str, ...]] = (
+        "force_std",
+        "max_force_std",
+        "force_disagreement",
+        "energy_std",
+    )
 
     def __init__(
         self,
-        student: Student | str | Path,
+        student: Student | StudentCommittee | str | Path | Sequence[Student | str | Path],
         dtype: str = "float32",
         skin: float = 0.5,
         device: str = "auto",
@@ -185,19 +316,53 @@ class StudentCalculator(Calculator):
             raise ValueError(f"skin must be >= 0, got {skin}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-        self.student = as_student(student, dtype)
+        self.student = as_model(student, dtype)
+        self.committee = is_committee(self.student)
+        if self.committee:
+            # per instance: a plain student's calculator does not offer them
+            self.implemented_properties = [
+                *type(self).implemented_properties,
+                *self.committee_properties,
+            ]
         self.dtype = self.student.dtype
         self.skin = float(skin)
         self.device = device
+        self.neighbour_list_builds = 0
+        self._forget_device()
+
+    def _forget_device(self) -> None:
+        """Drop everything tied to a device or a compiled program (the next call
+        rebuilds it): at construction and after unpickling."""
         self.jax_device: jax.Device | None = None
-        self._potential = self.student.potential
         self._params = None  # the parameters on jax_device
         self._graph: Graph | None = None  # on jax_device; positions and cell come per call
         self._reference: _Reference | None = None
         self._node_capacity = 0
         self._edge_capacity = 0
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
-        self.neighbour_list_builds = 0
+
+    @property
+    def _potential(self) -> Potential:
+        return _shared(self.student)[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Host state only: the student (its parameters as host arrays), options,
+        counters and ASE's own attributes (atoms, results, parameters)."""
+        device_bound = {
+            "jax_device",
+            "_params",
+            "_graph",
+            "_reference",
+            "_node_capacity",
+            "_edge_capacity",
+            "_input_buffer",
+        }
+        state = {k: v for k, v in self.__dict__.items() if k not in device_bound}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._forget_device()
 
     # -- neighbour list -------------------------------------------------------------
 
@@ -301,15 +466,45 @@ class StudentCalculator(Calculator):
         packed[:n_atoms] = atoms.positions
         packed[self._node_capacity :] = atoms.cell.array if np.any(atoms.pbc) else 0.0
         with_stress = periodic and "stress" in properties
-        evaluate = _evaluate_jit if with_stress else _evaluate_forces_jit
+        with_energies = "energies" in properties
         # one transfer in (the packed buffer), one out (the packed result)
-        out = np.asarray(evaluate(self._potential, self._params, self._graph, packed))
-        out = out.astype(np.float64)
+        out = _program(
+            self._potential,
+            _shared(self.student)[1] if with_energies else None,
+            self._params,
+            self._graph,
+            packed,
+            stress=with_stress,
+            energies=with_energies,
+            committee=self.committee,
+        )
+        out = np.asarray(out).astype(np.float64)
+        self.results = self._unpack_output(out, n_atoms, with_stress, with_energies)
+
+    def _unpack_output(
+        self, out: np.ndarray, n_atoms: int, with_stress: bool, with_energies: bool
+    ) -> dict[str, Any]:
+        """The results dict from the packed vector (layout: ``_evaluate_program``)."""
+        capacity = self._node_capacity
         energy = float(out[0])
-        self.results = {
+        results: dict[str, Any] = {
             "energy": energy,
             "free_energy": energy,
             "forces": out[1 : 1 + 3 * n_atoms].reshape(n_atoms, 3),
         }
+        at = 1 + 3 * capacity
         if with_stress:
-            self.results["stress"] = out[-6:]
+            results["stress"] = out[at : at + 6]
+            at += 6
+        if with_energies:
+            results["energies"] = out[at : at + n_atoms]
+            at += capacity
+        if self.committee:
+            force_std = out[at : at + n_atoms]
+            results["force_std"] = force_std
+            results["max_force_std"] = float(np.max(force_std)) if n_atoms else 0.0
+            results["force_disagreement"] = (
+                float(np.sqrt(np.mean(force_std**2))) if n_atoms else 0.0
+            )
+            results["energy_std"] = float(out[at + capacity])
+        return results

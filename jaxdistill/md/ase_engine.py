@@ -12,9 +12,10 @@ import numpy as np
 from ase import units
 from ase.calculators.calculator import BaseCalculator
 
+from jaxdistill.committee import StudentCommittee
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.ase_dynamics import langevin
-from jaxdistill.md.checks import FragmentCheck, raise_blowup
+from jaxdistill.md.checks import FragmentCheck, UncertaintyCheck, raise_blowup
 from jaxdistill.md.initial import initial_momenta
 from jaxdistill.md.recording import (
     ProgressReporter,
@@ -59,11 +60,12 @@ def _dynamics(atoms: ase.Atoms, options: EngineOptions, temperature: float) -> A
     )
 
 
-def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
+def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float, committee: bool):
     """Thermo values and the frame of the current state. A periodic cell's pressure
     comes from the calculator's stress: the one it computed with the forces, or asked
     for now when it implements stress (a StudentCalculator skips the strain
-    derivative when an integrator asks for forces alone); else NaN."""
+    derivative when an integrator asks for forces alone); else NaN. With a committee,
+    its per-atom force disagreement of the same call (``results["force_std"]``)."""
     periodic = bool(np.all(atoms.pbc))
     energy = atoms.get_potential_energy()
     kinetic = atoms.get_kinetic_energy()
@@ -88,6 +90,11 @@ def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
         "pressure_bar": pressure,
         "volume": atoms.get_volume() if periodic else np.nan,
     }
+    force_std = None
+    if committee:
+        # every call of a committee's calculator gives it, for the current positions
+        force_std = np.asarray(atoms.calc.get_property("force_std", atoms))
+        values["max_force_std"] = float(np.max(force_std)) if force_std.size else 0.0
     frame = make_frame(
         atoms.numbers,
         atoms.positions,
@@ -101,32 +108,37 @@ def _observe(atoms: ase.Atoms, dynamics: Any, step: int, timestep_fs: float):
         step * timestep_fs,
         values["temperature_kelvin"],
         stress,
+        force_std,
     )
     return values, frame
 
 
-def run_ase(model: Student | BaseCalculator, atoms: ase.Atoms, options: EngineOptions) -> MDSummary:
+def run_ase(
+    model: Student | StudentCommittee | BaseCalculator, atoms: ase.Atoms, options: EngineOptions
+) -> MDSummary:
     """One run with ASE's integrators (``options.chunk_steps`` is unused: one call per
-    step, nothing to chunk). ``model``: a Student (wrapped in a StudentCalculator) or a
-    ready ASE calculator."""
+    step, nothing to chunk). ``model``: a Student or a committee (wrapped in a
+    StudentCalculator) or a ready ASE calculator."""
     start_wall = time.perf_counter()
     temperature = float(options.temperatures[0])
     atoms = atoms.copy()
     atoms.set_momenta(
         initial_momenta(atoms, temperature, options.seed, options.initial_velocities, options.rng)
     )
-    if isinstance(model, Student):
+    if isinstance(model, (Student, StudentCommittee)):
         from jaxdistill.md.ase_calculator import StudentCalculator
 
         calculator = StudentCalculator(model, dtype=model.dtype, skin=options.skin)
     else:
         calculator = model
     atoms.calc = calculator
+    committee = "force_std" in getattr(calculator, "implemented_properties", ())
     dynamics, conserved = _dynamics(atoms, options, temperature)
     periodic = bool(np.all(atoms.pbc))
     rules = options.stability
     writer = TrajectoryWriter(options.trajectory, 1)
-    thermo = ThermoLog(options.log_file)
+    thermo = ThermoLog(options.log_file, committee=committee)
+    uncertainty = UncertaintyCheck(options.uncertainty)
     bar = ProgressReporter(
         options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (ase)"
     )
@@ -158,14 +170,35 @@ def run_ase(model: Student | BaseCalculator, atoms: ase.Atoms, options: EngineOp
             chunk_us=chunk_us,
             steps_done=steps_done,
             frames=[kept] if options.keep_frames else None,
+            uncertainty=uncertainty,
         )
+
+    def check_uncertainty(frame: ase.Atoms, values: dict, step: int) -> None:
+        """Record or stop on the committee's disagreement (a checked sample)."""
+        if not committee:
+            return
+        reason, bad, uncertain = uncertainty([frame], values["max_force_std"])
+        if reason is not None:
+            nonlocal compilations
+            compilations = compiled.count
+            raise_blowup(
+                reason,
+                step,
+                [last_good],
+                bad,
+                options.last_good_path,
+                summary,
+                uncertain=uncertain,
+                uncertain_path=uncertainty.path,
+            )
 
     try:
         with count_compilations() as compiled:
             t0 = time.perf_counter()
-            values, last_good = _observe(atoms, dynamics, 0, options.timestep_fs)
+            values, last_good = _observe(atoms, dynamics, 0, options.timestep_fs, committee)
             fragments = FragmentCheck(rules.bond_factor, [last_good])
             compile_seconds = time.perf_counter() - t0
+            check_uncertainty(last_good, values, 0)
             thermo.add(0, 0.0, values)
             writer.write(0, [last_good])
             step = 0
@@ -182,7 +215,9 @@ def run_ase(model: Student | BaseCalculator, atoms: ase.Atoms, options: EngineOp
                     elapsed = time.perf_counter() - t0
                     step += n
                     if reason is None:
-                        values, frame = _observe(atoms, dynamics, step, options.timestep_fs)
+                        values, frame = _observe(
+                            atoms, dynamics, step, options.timestep_fs, committee
+                        )
                         reason, _ = rules.check_thermo(
                             values["temperature_kelvin"],
                             values["potential_energy"],
@@ -196,6 +231,7 @@ def run_ase(model: Student | BaseCalculator, atoms: ase.Atoms, options: EngineOp
                         raise_blowup(
                             reason, step, [last_good], [0], options.last_good_path, summary
                         )
+                    check_uncertainty(frame, values, step)
                     if compiled.count == before:
                         timed_seconds += elapsed
                         timed_steps += n

@@ -32,6 +32,7 @@ import ase
 import numpy as np
 from ase.calculators.calculator import BaseCalculator
 
+from jaxdistill.committee import ModelLike, as_model, is_committee
 from jaxdistill.graph import validate_atoms
 from jaxdistill.md.recording import last_good_path
 from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
@@ -43,8 +44,8 @@ from jaxdistill.md.types import (
     MDProgress,
     MDSummary,
     StabilityRules,
+    UncertaintyRule,
 )
-from jaxdistill.student import Student, as_student
 
 
 def choose_engine(engine: str, atoms: ase.Atoms, cutoff: float) -> str:
@@ -74,7 +75,7 @@ def _validate_common(ensemble: str, thermostat: str, steps: int, timestep_fs: fl
 
 
 def run_md(
-    model: Student | str | Path | BaseCalculator,
+    model: ModelLike | BaseCalculator,
     atoms: ase.Atoms | Sequence[ase.Atoms],
     *,
     engine: str = "jax-md",
@@ -108,13 +109,18 @@ def run_md(
     keep_on_interrupt: bool = False,
     keep_frames: bool = False,
     rng: np.random.Generator | None = None,
+    uncertainty_threshold: float | None = None,
+    on_uncertain: str = "stop",
+    uncertain_file: str | Path | None = None,
 ) -> MDSummary:
     """Run molecular dynamics with a student or any ASE calculator: the one MD driver of
     jaxdistill (``jaxdistill md``, teacher sampling, MD validation and active learning).
 
     Args:
-        model: a Student, the path of a saved one, or any ASE calculator (a teacher's;
-            the ASE engine only).
+        model: a Student, the path of a saved one, a student committee
+            (:class:`~jaxdistill.committee.StudentCommittee`, or a list of students or
+            paths: the MD follows the members' mean forces and logs their
+            disagreement), or any ASE calculator (a teacher's; the ASE engine only).
         atoms: the starting structure; periodic in all three directions (a crystal, a
             liquid box) or in none (a molecule in vacuum). A list of structures with the
             same atoms runs them as replicas.
@@ -172,13 +178,25 @@ def run_md(
         rng: the ASE engine's random generator for Maxwell-Boltzmann velocities and
             Langevin noise, used from its current state, so consecutive runs continue
             one stream (default: fresh generators seeded by ``seed``).
+        uncertainty_threshold: with a committee, eV/Å: a sample whose largest per-atom
+            force standard deviation over the members (``max_force_std``, logged at
+            every sample either way) exceeds this is acted on as ``on_uncertain`` says;
+            None: only logged.
+        on_uncertain: "stop" (raise :class:`~jaxdistill.md.types.MDUncertaintyError`,
+            an ``MDInstabilityError``, at the first such sample) or "record" (go on;
+            every such sample is written to ``uncertain_file`` and kept in
+            ``MDSummary.uncertain``: frames for the teacher).
+        uncertain_file: extxyz file for the samples above the threshold (default
+            ``<trajectory>.uncertain.extxyz`` when a trajectory is written; replicas
+            share it, ``info["replica"]`` telling them apart).
 
     Returns:
         An :class:`MDSummary`.
 
     Raises:
         MDInstabilityError: the run blew up; the last good frame is attached (and
-            saved, see ``last_good_file``).
+            saved, see ``last_good_file``). Its subclass ``MDUncertaintyError``: the
+            committee's disagreement passed ``uncertainty_threshold``.
         ValueError: bad arguments, unknown elements, a partly periodic cell, or (jax-md)
             a periodic box narrower than twice the cutoff.
     """
@@ -192,7 +210,25 @@ def run_md(
         bond_factor=None if bond_factor is None else float(bond_factor),
     )
     calculator = model if isinstance(model, BaseCalculator) else None
-    student = None if calculator is not None else as_student(model, dtype)
+    student = None if calculator is not None else as_model(model, dtype)
+    uncertainty = None
+    if uncertainty_threshold is not None:
+        committee = is_committee(student) or (
+            calculator is not None
+            and "force_std" in getattr(calculator, "implemented_properties", ())
+        )
+        if not committee:
+            raise ValueError(
+                "uncertainty_threshold needs a student committee (a list of students or "
+                "their directories, or jaxdistill.committee.load_committee(...))"
+            )
+        if uncertain_file is None and trajectory is not None:
+            uncertain_file = Path(trajectory).with_name(f"{Path(trajectory).stem}.uncertain.extxyz")
+        uncertainty = UncertaintyRule(
+            float(uncertainty_threshold),
+            on_uncertain,
+            Path(uncertain_file) if uncertain_file is not None else None,
+        )
     structures = [atoms] if isinstance(atoms, ase.Atoms) else list(atoms)
     if not structures:
         raise ValueError("no structure given")
@@ -258,6 +294,7 @@ def run_md(
         keep_on_interrupt=bool(keep_on_interrupt),
         keep_frames=bool(keep_frames),
         rng=rng,
+        uncertainty=uncertainty,
     )
     if engine == "auto":
         engine = "ase" if student is None else choose_engine("auto", structures[0], student.cutoff)

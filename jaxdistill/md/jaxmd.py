@@ -34,14 +34,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdistill.student import Student, as_atomic_numbers, as_student
+from jaxdistill.committee import (
+    Model,
+    ModelLike,
+    StudentCommittee,
+    as_model,
+    is_committee,
+    over_members,
+)
+from jaxdistill.student import as_atomic_numbers
 
 #: Neighbour-list format used when ``format="auto"`` (see docs/md.md for the measurement).
 DEFAULT_FORMAT = "sparse"
@@ -194,28 +201,20 @@ def neighbor_edges(neighbor, n_atoms: int) -> tuple[jax.Array, jax.Array, jax.Ar
     return senders, receivers, mask
 
 
-def make_energy_fn(
-    student: Student, displacement_fn: Callable, species: Sequence[int]
+def _member_energy_fn(
+    model: Model, displacement_fn: Callable, species: Sequence[int]
 ) -> Callable[..., jax.Array]:
-    """``energy_fn(R, neighbor, **kwargs) -> scalar`` of a student on a jax-md neighbour list.
-
-    Keyword arguments other than ``params`` (override the student's parameters) and
-    ``species`` (override the atomic numbers) go to ``displacement_fn``, as in jax-md's
-    own potentials (``box=``, ``perturbation=``, ...).
-    """
+    """``energy(params, R, neighbor, numbers=None, **kwargs) -> scalar``: one student's
+    (one member's) energy on a jax-md neighbour list; ``kwargs`` go to
+    ``displacement_fn``."""
     numbers_np = np.asarray(species, dtype=np.int32)
     n_atoms = len(numbers_np)
-    apply = student.model.apply
-    default_params = student.params
-    dtype = jnp.dtype(student.dtype)
+    apply = model.model.apply
+    dtype = jnp.dtype(model.dtype)
     node_mask = np.arange(n_atoms + 1) < n_atoms
     padded_numbers = np.concatenate([numbers_np, [0]]).astype(np.int32)
 
-    def energy_fn(R: jax.Array, neighbor=None, **kwargs) -> jax.Array:
-        if neighbor is None:
-            raise ValueError("the student's energy_fn needs a neighbour list: energy_fn(R, nbrs)")
-        params = kwargs.pop("params", default_params)
-        numbers = kwargs.pop("species", None)
+    def energy(params, R: jax.Array, neighbor, numbers=None, **kwargs) -> jax.Array:
         numbers = (
             jnp.asarray(padded_numbers)
             if numbers is None
@@ -239,11 +238,64 @@ def make_energy_fn(
         )
         return jnp.sum(jnp.where(jnp.asarray(node_mask), atomic, 0.0))
 
+    return energy
+
+
+def make_energy_fn(
+    student: Model, displacement_fn: Callable, species: Sequence[int]
+) -> Callable[..., jax.Array]:
+    """``energy_fn(R, neighbor, **kwargs) -> scalar`` of a student on a jax-md neighbour list.
+
+    For a :class:`~jaxdistill.committee.StudentCommittee`, the mean of its members'
+    energies (one vmap over their stacked parameters), so the forces jax-md derives
+    from it are the members' mean forces.
+
+    Keyword arguments other than ``params`` (override the student's parameters: for a
+    committee, stacked ones) and ``species`` (override the atomic numbers) go to
+    ``displacement_fn``, as in jax-md's own potentials (``box=``, ``perturbation=``, ...).
+    """
+    energy = _member_energy_fn(student, displacement_fn, species)
+    default_params = student.params
+    committee = is_committee(student)
+
+    def energy_fn(R: jax.Array, neighbor=None, **kwargs) -> jax.Array:
+        if neighbor is None:
+            raise ValueError("the student's energy_fn needs a neighbour list: energy_fn(R, nbrs)")
+        params = kwargs.pop("params", default_params)
+        numbers = kwargs.pop("species", None)
+        if not committee:
+            return energy(params, R, neighbor, numbers, **kwargs)
+        members = over_members(lambda p: energy(p, R, neighbor, numbers, **kwargs), params)
+        return jnp.mean(members)
+
     return energy_fn
 
 
+def make_member_forces_fn(
+    committee: StudentCommittee, displacement_fn: Callable, species: Sequence[int]
+) -> Callable[..., jax.Array]:
+    """``forces_fn(R, neighbor, params=..., **kwargs) -> [K, n_atoms, 3]``: every
+    member's forces (eV/Å; ``-dE_k/dR`` as jax-md's ``quantity.force``, so Cartesian
+    also for fractional coordinates of ``space.periodic_general``), in one vmap over the
+    stacked parameters; ``kwargs`` as for :func:`make_energy_fn`. Their spread is the
+    committee's disagreement (``jaxdistill.committee.force_spread``)."""
+    energy = _member_energy_fn(committee, displacement_fn, species)
+    default_params = committee.params
+
+    def forces_fn(R: jax.Array, neighbor, **kwargs) -> jax.Array:
+        params = kwargs.pop("params", default_params)
+        numbers = kwargs.pop("species", None)
+
+        def forces(p):
+            return -jax.grad(lambda r: energy(p, r, neighbor, numbers, **kwargs))(R)
+
+        return over_members(forces, params)
+
+    return forces_fn
+
+
 def jax_md_potential(
-    student: Student | str | Path,
+    student: ModelLike,
     displacement_fn: Callable,
     box: Any,
     species: Sequence[int | str],
@@ -259,7 +311,8 @@ def jax_md_potential(
     """A student as a jax-md ``(neighbor_fn, energy_fn)`` pair.
 
     Args:
-        student: a Student or the path of a saved one.
+        student: a Student or the path of a saved one; or a student committee (or a
+            list of students or paths): its energy is the members' mean (one vmap).
         displacement_fn: from ``jax_md.space`` (``periodic_general``, ``periodic`` or
             ``free``).
         box: the jax-md box (scalar, side lengths, or matrix with lattice vectors as
@@ -291,7 +344,7 @@ def jax_md_potential(
     """
     from jax_md import partition
 
-    student = as_student(student, dtype)
+    student = as_model(student, dtype)
     numbers = [as_atomic_numbers([z])[0] for z in species]
     unknown = sorted(set(numbers) - set(student.species))
     if unknown:

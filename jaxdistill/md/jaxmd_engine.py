@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
+from jaxdistill.committee import Model, force_spread, is_committee
 from jaxdistill.md import jaxmd
-from jaxdistill.student import Student
 
 
 class JaxMDSettings(NamedTuple):
@@ -58,7 +58,8 @@ class JaxMDEngine(NamedTuple):
 
     Attributes:
         init: ``(keys, positions, momenta, nbrs, kTs, boxes, masses, params) -> state``.
-        observe: ``(carry, kT, params) -> dict`` of one sample's observables.
+        observe: ``(carry, kT, params) -> dict`` of one sample's observables (with a
+            committee also ``force_std`` ``[n_atoms]`` and ``max_force_std``, eV/Å).
         chunk: ``(carry, kT, params, n_samples, inner) -> (carry, samples)``.
         allocate: ``(positions, boxes, minimum_capacity=0) -> nbrs`` (grown until no
             replica overflows).
@@ -70,6 +71,7 @@ class JaxMDEngine(NamedTuple):
         conserved: whether the ensemble conserves an energy (all but Langevin).
         overflow_bits: neighbour-list error bits that mean "redo with a larger list".
         dtype: the student's floating dtype.
+        committee: whether the model is a student committee.
     """
 
     init: Callable
@@ -83,6 +85,7 @@ class JaxMDEngine(NamedTuple):
     conserved: bool
     overflow_bits: int
     dtype: Any
+    committee: bool = False
 
 
 def inverse3(m: jax.Array) -> jax.Array:
@@ -125,9 +128,13 @@ def _integrator(simulate, energy_fn, shift, settings: JaxMDSettings):
     )
 
 
-def jaxmd_engine(student: Student, reference: ase.Atoms, settings: JaxMDSettings) -> JaxMDEngine:
+def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) -> JaxMDEngine:
     """The functions of a jax-md run of ``student`` on structures like ``reference``
     (same atoms; for a periodic cell, the same box in ASE's standard form).
+
+    With a :class:`~jaxdistill.committee.StudentCommittee`, the dynamics follow the
+    members' mean forces (``params`` are then the stacked members'), and each sample
+    also holds ``force_std`` (per atom) and ``max_force_std`` (eV/Å).
 
     Raises:
         ValueError: an unknown ``neighbor_rebuild``, or a periodic box narrower than
@@ -174,6 +181,13 @@ def jaxmd_engine(student: Student, reference: ase.Atoms, settings: JaxMDSettings
         displacement, box_for_list, cutoff + skin, dr_threshold=0.0, **common
     )
     energy_fn = jaxmd.make_energy_fn(student, displacement, reference.numbers)
+    committee = is_committee(student)
+    # The MD integrates the committee's mean forces (energy_fn is the mean energy); the
+    # members' own forces are computed at samples only (a forward and backward pass
+    # of each member per sample, nothing per step).
+    member_forces_fn = (
+        jaxmd.make_member_forces_fn(student, displacement, reference.numbers) if committee else None
+    )
     init_fn, apply_fn = _integrator(simulate, energy_fn, shift, settings)
     pressure = settings.pressure_bar * units.bar
     conserved = not (ensemble == "nvt" and settings.thermostat == "langevin")
@@ -230,8 +244,10 @@ def jaxmd_engine(student: Student, reference: ase.Atoms, settings: JaxMDSettings
         position = state.position
         kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
         out = {}
+        box_kw = {}
         if periodic:
             current = simulate.npt_box(state) if ensemble == "npt" else box
+            box_kw = {"box": current}
             volume = jnp.abs(jnp.linalg.det(current))
 
             def strained_energy(eps):
@@ -267,6 +283,10 @@ def jaxmd_engine(student: Student, reference: ase.Atoms, settings: JaxMDSettings
             kinetic_sum=kinetic_sum,
             error=nbrs.error.code,
         )
+        if committee:
+            member_forces = member_forces_fn(position, nbrs, params=params, **box_kw)
+            out["force_std"] = force_spread(member_forces)
+            out["max_force_std"] = jnp.max(out["force_std"])
         return out
 
     def chunk_one(carry, kT, params, n_samples: int, inner: int):
@@ -370,4 +390,5 @@ def jaxmd_engine(student: Student, reference: ase.Atoms, settings: JaxMDSettings
         conserved=conserved,
         overflow_bits=overflow_bits,
         dtype=dtype,
+        committee=committee,
     )

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from ase import units
 
+from jaxdistill.committee import Model, is_committee
 from jaxdistill.diagnostics import count_compilations
-from jaxdistill.md.checks import FragmentCheck, raise_blowup
+from jaxdistill.md.checks import FragmentCheck, UncertaintyCheck, raise_blowup
 from jaxdistill.md.initial import initial_momenta, standard_form
 from jaxdistill.md.jaxmd import box_widths, minimum_box_width
 from jaxdistill.md.jaxmd_engine import JaxMDEngine, JaxMDSettings, jaxmd_engine
@@ -35,7 +36,6 @@ from jaxdistill.md.recording import (
 )
 from jaxdistill.md.signals import StopOnSignal
 from jaxdistill.md.types import EngineOptions, MDProgress, MDSummary
-from jaxdistill.student import Student
 
 logger = logging.getLogger("jaxdistill.md")
 
@@ -77,7 +77,7 @@ _CACHE: dict[tuple, _Compiled] = {}
 _CACHE_SIZE = 8
 
 
-def _cached(student: Student, reference: ase.Atoms, settings: JaxMDSettings) -> _Compiled:
+def _cached(student: Model, reference: ase.Atoms, settings: JaxMDSettings) -> _Compiled:
     """An engine per (model, atoms, box, settings), so repeated runs reuse compilations.
 
     Parameters are arguments of the compiled chunk, not constants, so students of the
@@ -90,6 +90,7 @@ def _cached(student: Student, reference: ase.Atoms, settings: JaxMDSettings) -> 
         tuple(student.species),
         float(student.cutoff),
         student.dtype,
+        len(student) if is_committee(student) else 0,  # a committee: its own programs
         tuple(int(z) for z in reference.numbers),
         reference.cell.array.tobytes() if periodic else None,
         settings,
@@ -114,6 +115,7 @@ class _Samples:
     cell: np.ndarray
     periodic: bool
     min_width: float
+    committee: bool = False
 
     def host(self, tree: Any) -> dict:
         """One sample to the host, with a leading replica axis."""
@@ -144,6 +146,7 @@ class _Samples:
                 step,
                 step * self.options.timestep_fs,
                 pick(sample["kT"])[k] / units.kB,
+                force_std=pick(sample["force_std"])[k] if self.committee else None,
             )
             for k in range(self.n_replicas)
         ]
@@ -151,7 +154,7 @@ class _Samples:
     def thermo(self, sample: dict, index: int | None) -> dict[str, np.ndarray]:
         pick = (lambda x: x[index]) if index is not None else (lambda x: x)
         nan = np.full(self.n_replicas, np.nan)
-        return {
+        values = {
             "temperature_kelvin": pick(sample["kT"]) / units.kB,
             "potential_energy": pick(sample["potential_energy"]),
             "kinetic_energy": pick(sample["kinetic_energy"]),
@@ -159,6 +162,9 @@ class _Samples:
             "pressure_bar": pick(sample["pressure"]) / units.bar if self.periodic else nan,
             "volume": pick(sample["volume"]) if self.periodic else nan,
         }
+        if self.committee:
+            values["max_force_std"] = pick(sample["max_force_std"])
+        return values
 
     def problems(self, values: dict, sample: dict, index: int) -> tuple[str | None, list[int]]:
         """The stability rules, then the NPT box width jax-md's minimum image needs."""
@@ -181,7 +187,7 @@ class _Samples:
         return None, []
 
 
-def _initial_carry(compiled: _Compiled, student: Student, structures, options, periodic):
+def _initial_carry(compiled: _Compiled, student: Model, structures, options, periodic):
     """The first carry (integrator state, list, inverse box, counters) and the kTs."""
     engine = compiled.engine
     n_replicas, dtype = len(structures), engine.dtype
@@ -215,7 +221,7 @@ def _initial_carry(compiled: _Compiled, student: Student, structures, options, p
 
 
 def run_jaxmd(
-    student: Student,
+    student: Model,
     structures: list[ase.Atoms],
     options: EngineOptions,
     *,
@@ -262,10 +268,12 @@ def run_jaxmd(
         periodic,
         # Isotropic NPT keeps the box's shape, so the width it needs is fixed.
         minimum_box_width(np.asarray(engine.box), engine.cutoff, options.skin) if periodic else 0.0,
+        engine.committee,
     )
     carry, kTs = _initial_carry(compiled, student, structures, options, periodic)
     writer = TrajectoryWriter(options.trajectory, n_replicas)
-    thermo = ThermoLog(options.log_file)
+    thermo = ThermoLog(options.log_file, committee=engine.committee)
+    uncertainty = UncertaintyCheck(options.uncertainty)
     bar = ProgressReporter(
         options.progress, options.steps, options.callback, f"{options.ensemble.upper()} (jax-md)"
     )
@@ -304,11 +312,28 @@ def run_jaxmd(
                 else None
             ),
             frames=kept if options.keep_frames else None,
+            uncertainty=uncertainty,
         )
 
-    def blow_up(reason: str, step: int, bad: list[int]) -> None:
+    def blow_up(reason: str, step: int, bad: list[int], uncertain=None) -> None:
         totals["compilations"] = compiled_counter.count
-        raise_blowup(reason, step, last_good, bad, options.last_good_path, summary)
+        raise_blowup(
+            reason,
+            step,
+            last_good,
+            bad,
+            options.last_good_path,
+            summary,
+            uncertain=uncertain,
+            uncertain_path=uncertainty.path,
+        )
+
+    def check_uncertainty(frames: list[ase.Atoms], values: dict, step: int) -> None:
+        """Record or stop on the committee's disagreement (a checked sample)."""
+        if engine.committee:
+            reason, bad, uncertain = uncertainty(frames, values["max_force_std"])
+            if reason is not None:
+                blow_up(reason, step, bad, uncertain)
 
     try:
         with count_compilations() as compiled_counter:
@@ -321,6 +346,7 @@ def run_jaxmd(
             if reason is not None:
                 raise ValueError(f"the starting structure is already unstable: {reason}")
             fragments = FragmentCheck(options.stability.bond_factor, last_good)
+            check_uncertainty(last_good, values, 0)
             thermo.add(0, 0.0, values)
             for k in range(n_replicas):
                 writer.write(k, [last_good[k]])
@@ -373,6 +399,7 @@ def run_jaxmd(
                         reason, bad = fragments(frames)
                         if reason is not None:
                             blow_up(reason, sample_step, bad)
+                        check_uncertainty(frames, values, sample_step)
                         thermo.add(sample_step, sample_step * options.timestep_fs, values)
                         kinetic_total += samples["kinetic_sum"][i].astype(np.float64)
                         for k in range(n_replicas):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ase
 import ase.io
@@ -13,6 +13,9 @@ import numpy as np
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from jaxdistill.md.types import EngineOptions, MDProgress, MDSummary
+
+if TYPE_CHECKING:
+    from jaxdistill.md.checks import UncertaintyCheck
 
 
 def make_frame(
@@ -27,10 +30,13 @@ def make_frame(
     time_fs: float,
     temperature: float,
     stress: np.ndarray | None = None,
+    force_std: np.ndarray | None = None,
 ) -> ase.Atoms:
     """One sample as ``ase.Atoms``: momenta, the model's energy, forces (and stress, eV/Å³,
     Voigt order, when given) in a SinglePointCalculator, and ``step``, ``time_fs`` and
-    ``temperature_K`` in ``info``."""
+    ``temperature_K`` in ``info``; a committee's per-atom force disagreement (eV/Å,
+    ``[n_atoms]``) as ``arrays["force_std"]`` and its largest value as
+    ``info["max_force_std"]``."""
     atoms = ase.Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
     atoms.set_momenta(momenta, apply_constraint=False)
     results: dict[str, Any] = {"energy": float(energy), "forces": np.asarray(forces)}
@@ -38,6 +44,10 @@ def make_frame(
         results["stress"] = np.asarray(stress)
     atoms.calc = SinglePointCalculator(atoms, **results)
     atoms.info.update(step=int(step), time_fs=float(time_fs), temperature_K=float(temperature))
+    if force_std is not None:
+        force_std = np.asarray(force_std, dtype=np.float64)
+        atoms.arrays["force_std"] = force_std
+        atoms.info["max_force_std"] = float(np.max(force_std)) if force_std.size else 0.0
     return atoms
 
 
@@ -120,7 +130,12 @@ class ProgressReporter:
 
 
 class ThermoLog:
-    """Per-sample observables on the host, an optional text log, and summaries."""
+    """Per-sample observables on the host, an optional text log, and summaries.
+
+    With ``committee``, one more column: ``max_force_std``, the largest per-atom force
+    disagreement of the committee (eV/Å; in the text log the largest over replicas,
+    the other columns being means over replicas).
+    """
 
     COLUMNS = (
         "temperature_kelvin",
@@ -131,35 +146,40 @@ class ThermoLog:
         "volume",
     )
 
-    def __init__(self, log_file: str | Path | None):
+    def __init__(self, log_file: str | Path | None, committee: bool = False):
+        self.columns = self.COLUMNS + (("max_force_std",) if committee else ())
         self.rows: dict[str, list] = {"step": [], "time_fs": []}
-        self.rows.update({c: [] for c in self.COLUMNS})
+        self.rows.update({c: [] for c in self.columns})
         self.handle = None
         if log_file is not None:
             path = Path(log_file)
             path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = path.open("w")
+            extra = " max_F_std_eV_A" if committee else ""
             self.handle.write(
-                "# step time_ps T_K E_pot_eV E_kin_eV E_conserved_eV P_bar V_A3"
-                "  (means over replicas)\n"
+                f"# step time_ps T_K E_pot_eV E_kin_eV E_conserved_eV P_bar V_A3{extra}"
+                "  (means over replicas" + (", max_F_std: max" if committee else "") + ")\n"
             )
 
     def add(self, step: int, time_fs: float, values: dict[str, np.ndarray]) -> None:
         self.rows["step"].append(step)
         self.rows["time_fs"].append(time_fs)
-        for c in self.COLUMNS:
+        for c in self.columns:
             self.rows[c].append(np.atleast_1d(np.asarray(values[c], dtype=np.float64)))
         if self.handle is not None:
             means = [float(np.mean(values[c])) for c in self.COLUMNS]
-            self.handle.write(
+            line = (
                 f"{step} {time_fs / 1000:.6f} {means[0]:.3f} {means[1]:.8f} {means[2]:.8f} "
-                f"{means[3]:.8f} {means[4]:.3f} {means[5]:.4f}\n"
+                f"{means[3]:.8f} {means[4]:.3f} {means[5]:.4f}"
             )
+            if "max_force_std" in self.columns:
+                line += f" {float(np.max(values['max_force_std'])):.5f}"
+            self.handle.write(line + "\n")
             self.handle.flush()
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"step": np.asarray(self.rows["step"]), "time_fs": np.asarray(self.rows["time_fs"])}
-        for c in self.COLUMNS:
+        for c in self.columns:
             out[c] = np.stack(self.rows[c]) if self.rows[c] else np.zeros((0, 1))
         return out
 
@@ -191,9 +211,11 @@ def summarise(
     steps_done: int,
     step_mean_temperature: float | None = None,
     frames: list[list[ase.Atoms]] | None = None,
+    uncertainty: UncertaintyCheck | None = None,
 ) -> MDSummary:
     """The run's summary; ``step_mean_temperature`` (K), the mean over every step when
-    the engine keeps it, replaces the mean over the samples after the first."""
+    the engine keeps it, replaces the mean over the samples after the first;
+    ``uncertainty`` gives the committee's disagreement and recorded samples."""
     steps, timestep_fs = options.steps, options.timestep_fs
     data = thermo.arrays()
     if timed_steps > 0 and timed_seconds > 0:
@@ -242,4 +264,14 @@ def summarise(
         thermo=data,
         atoms=atoms,
         frames=frames or [],
+        max_force_std_ev_per_angstrom=(
+            float(np.max(data["max_force_std"]))
+            if "max_force_std" in data and len(data["max_force_std"])
+            else None
+        ),
+        uncertain_frames=len(uncertainty.frames) if uncertainty is not None else 0,
+        uncertain_file=(
+            str(uncertainty.path) if uncertainty is not None and uncertainty.path else None
+        ),
+        uncertain=list(uncertainty.frames) if uncertainty is not None else [],
     )

@@ -17,6 +17,8 @@ import numpy as np
 from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
 
 ENGINES = ("jax-md", "ase")
+#: What a run does with a sample whose committee disagreement passes the threshold.
+UNCERTAINTY_ACTIONS = ("stop", "record")
 ENSEMBLES = ("nve", "nvt", "npt")
 THERMOSTATS = ("langevin", "nose-hoover")
 #: Temperatures below this floor (K) are raised to it for the blow-up limit, so an
@@ -62,6 +64,33 @@ class MDInstabilityError(RuntimeError):
         self.summary = summary
 
 
+class MDUncertaintyError(MDInstabilityError):
+    """A committee's force disagreement passed ``uncertainty_threshold`` (with
+    ``on_uncertain="stop"``): the students do not know this configuration, so the run
+    stops before it goes where they are unreliable. Everything of
+    :class:`MDInstabilityError` (the last good frame is the sample before), plus:
+
+    Attributes:
+        uncertain: the sample(s) above the threshold (``ase.Atoms`` with the committee's
+            energy and forces, ``force_std`` per atom in ``arrays`` and
+            ``max_force_std`` in ``info``; one per bad replica): the frames a teacher
+            should label.
+        uncertain_path: where they were written, or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        uncertain: list[ase.Atoms],
+        uncertain_path: Path | None,
+        **kwargs: Any,
+    ):
+        super().__init__(message, **kwargs)
+        self.uncertain = uncertain
+        self.uncertain_path = uncertain_path
+
+
 @dataclass
 class MDSummary:
     """What a run did and how fast.
@@ -90,6 +119,14 @@ class MDSummary:
         frames: with ``keep_frames``, every checked sample after step 0, one list per
             replica (``frames[0]`` for a single run); each frame holds the model's
             energy and forces (and stress when periodic and computed).
+        max_force_std_ev_per_angstrom: with a student committee, the largest per-atom
+            force disagreement over every checked sample and replica, eV/Å (the thermo
+            column ``max_force_std`` has it per sample); None for a single model.
+        uncertain_frames: samples whose disagreement passed ``uncertainty_threshold``
+            (with ``on_uncertain="record"``: recorded, the run went on).
+        uncertain_file: where those samples were written (extxyz), or None.
+        uncertain: those samples as ``ase.Atoms`` (per-atom ``force_std`` in
+            ``arrays``, ``max_force_std``, ``step`` and ``replica`` in ``info``).
     """
 
     engine: str
@@ -120,13 +157,17 @@ class MDSummary:
     thermo: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     atoms: Any = field(default=None, repr=False)
     frames: list[list[ase.Atoms]] = field(default_factory=list, repr=False)
+    max_force_std_ev_per_angstrom: float | None = None
+    uncertain_frames: int = 0
+    uncertain_file: str | None = None
+    uncertain: list[ase.Atoms] = field(default_factory=list, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly fields (without ``thermo``, ``atoms`` and ``frames``)."""
         return {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
-            if f.name not in ("thermo", "atoms", "chunk_us_per_step", "frames")
+            if f.name not in ("thermo", "atoms", "chunk_us_per_step", "frames", "uncertain")
         }
 
     def describe(self) -> str:
@@ -157,6 +198,16 @@ class MDSummary:
             f"neighbour lists: {self.neighbor_list_rebuilds} rebuilds, "
             f"{self.neighbor_reallocations} reallocations, {self.chunks_redone} chunks redone"
         )
+        if self.max_force_std_ev_per_angstrom is not None:
+            line = (
+                "committee disagreement: largest per-atom force std "
+                f"{self.max_force_std_ev_per_angstrom:.4g} eV/Å"
+            )
+            if self.uncertain_frames:
+                line += f"; {self.uncertain_frames} samples above the threshold"
+                if self.uncertain_file:
+                    line += f" ({self.uncertain_file})"
+            lines.append(line)
         if self.trajectory:
             lines.append(f"trajectory: {self.trajectory}")
         return "\n".join(lines)
@@ -245,11 +296,47 @@ class StabilityRules:
 
 
 @dataclass(frozen=True)
+class UncertaintyRule:
+    """What a run does when a student committee disagrees (see
+    ``jaxdistill.committee``): the largest per-atom force standard deviation over the
+    members, ``max_force_std``, is compared at every sample with a threshold.
+
+    Attributes:
+        threshold_ev_per_angstrom: the limit on ``max_force_std``, eV/Å (typical
+            values: a few times the committee's disagreement on its own validation
+            frames; 0.1-0.3 eV/Å for a converged Si committee is a start).
+        action: "stop" (raise :class:`MDUncertaintyError` at the first sample above it;
+            its frame is saved) or "record" (keep going; every such sample is written
+            to ``path`` and kept in ``MDSummary.uncertain``, the frames for the teacher).
+        path: extxyz file for the samples above the threshold, or None.
+    """
+
+    threshold_ev_per_angstrom: float
+    action: str = "stop"
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        threshold = self.threshold_ev_per_angstrom
+        if not (np.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"uncertainty_threshold must be > 0 eV/Å, got {threshold}")
+        if self.action not in UNCERTAINTY_ACTIONS:
+            raise ValueError(
+                f"on_uncertain must be one of {UNCERTAINTY_ACTIONS}, got {self.action!r}"
+            )
+
+    def exceeded(self, max_force_std: np.ndarray) -> list[int]:
+        """The replicas whose ``max_force_std`` (eV/Å, ``[n_replicas]``) passes it."""
+        values = np.atleast_1d(np.asarray(max_force_std, dtype=np.float64))
+        return np.where(values > self.threshold_ev_per_angstrom)[0].tolist()
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """What both engines of :func:`~jaxdistill.md.run_md` take, checked and converted
     by it (units as in its arguments; ``temperatures`` has one entry per replica;
     ``rng``: the ASE engine's source of velocities and Langevin noise, None for fresh
-    generators seeded by ``seed``)."""
+    generators seeded by ``seed``; ``uncertainty``: the committee-disagreement rule, or
+    None)."""
 
     ensemble: str
     temperatures: np.ndarray
@@ -274,3 +361,4 @@ class EngineOptions:
     keep_on_interrupt: bool = False
     keep_frames: bool = False
     rng: np.random.Generator | None = None
+    uncertainty: UncertaintyRule | None = None

@@ -80,18 +80,28 @@ class PaiNNMessage(nn.Module):
         return s + ds, v + dv
 
 
+#: The vector-norm softening of students saved before it was a setting: their norm
+#: was sqrt(|w|² + 1e-8), so they load unchanged.
+LEGACY_NORM_SOFTENING = 1e-4
+#: The softening of new students (see :class:`PaiNN`).
+NORM_SOFTENING = 1.0
+
+
 class PaiNNUpdate(nn.Module):
     """Per-atom mixing of scalar and vector channels."""
 
     features: int
+    norm_softening: float = LEGACY_NORM_SOFTENING
 
     @nn.compact
     def __call__(self, s, v):
         u_v = nn.Dense(self.features, use_bias=False)(v)
         w_v = nn.Dense(self.features, use_bias=False)(v)
-        # sqrt(x + eps): vector features start at exactly zero, where a plain norm has
-        # an infinite gradient.
-        w_norm = jnp.sqrt(jnp.sum(w_v**2, axis=1) + 1e-8)
+        # A softened norm sqrt(|w|² + c²): at a site whose symmetry leaves no invariant
+        # vector (an atom of a perfect crystal) the vector features vanish, and with a
+        # small c the energy has a |x|-like cusp there (phonons and vibrations come out
+        # wrong, even imaginary); c = 1 keeps it smooth.
+        w_norm = jnp.sqrt(jnp.sum(w_v**2, axis=1) + self.norm_softening**2)
         a = nn.Dense(3 * self.features)(
             nn.silu(nn.Dense(self.features)(jnp.concatenate([s, w_norm], axis=-1)))
         )
@@ -103,7 +113,14 @@ class PaiNNUpdate(nn.Module):
 
 class PaiNN(StudentModule):
     """Equivariant student (the accurate default); settings in :class:`StudentModule`
-    (``features``: channels of the scalar and of the vector features)."""
+    (``features``: channels of the scalar and of the vector features), plus
+    ``norm_softening``: the ``c`` of the softened vector norm ``sqrt(|w|² + c²)`` in
+    each update block. New students use :data:`NORM_SOFTENING` (1.0, smooth at sites
+    where the vector features vanish by symmetry); a student saved without the setting
+    loads with :data:`LEGACY_NORM_SOFTENING`, the value it was trained with.
+    """
+
+    norm_softening: float = LEGACY_NORM_SOFTENING
 
     @nn.compact
     def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
@@ -129,7 +146,7 @@ class PaiNN(StudentModule):
                 edge_mask,
                 self.cutoff,
             )
-            s, v = PaiNNUpdate(self.features, name=f"update_{layer}")(s, v)
+            s, v = PaiNNUpdate(self.features, self.norm_softening, name=f"update_{layer}")(s, v)
         return self.readout(
             s, geometry, numbers, edge_vectors, senders, receivers, node_mask, edge_mask
         )

@@ -52,6 +52,77 @@ def _active_learning_lines(refine: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def _phonon_lines(results: dict[str, Any]) -> list[str]:
+    """The report section of the phonons stage: errors over the path and at Γ, X, L..."""
+    m = results["metrics"]
+    s, t = results["student"], results["teacher"]
+    lines = [
+        f"## Phonons: student vs teacher ({results['formula']}, primitive cell of "
+        f"{results['n_primitive']} atom{'s' if results['n_primitive'] > 1 else ''})",
+        "",
+        f"Force constants by finite displacements of {results['displacement_angstrom']:g} Å "
+        f"({results['displacements']} displaced supercells of {results['n_supercell']} atoms, "
+        f"supercell {results['supercell']}, phonopy), both models at the same geometry; bands "
+        "along seekpath's standard path, branches matched by rank at each q-point.",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| frequency MAE over the path | {_fmt(m['band_mae_thz'], 3)} THz |",
+        f"| largest frequency error over the path | {_fmt(m['band_max_error_thz'], 3)} THz |",
+        f"| DOS difference (relative L1) | {_fmt(100 * m['dos_relative_difference'], 1)} % |",
+        f"| highest frequency, student / teacher | {_fmt(s['max_frequency_thz'])} / "
+        f"{_fmt(t['max_frequency_thz'])} THz |",
+        f"| lowest frequency, student / teacher (negative: imaginary) | "
+        f"{_fmt(s['min_frequency_thz'], 3)} / {_fmt(t['min_frequency_thz'], 3)} THz |",
+        f"| acoustic modes at Γ, largest magnitude, student / teacher | "
+        f"{_fmt(m['student_acoustic_gamma_max_thz'], 3)} / "
+        f"{_fmt(m['teacher_acoustic_gamma_max_thz'], 3)} THz |",
+        f"| largest residual force on the undisplaced supercell, student / teacher | "
+        f"{_fmt(1e3 * s['max_residual_force_ev_per_angstrom'], 1)} / "
+        f"{_fmt(1e3 * t['max_residual_force_ev_per_angstrom'], 1)} meV/Å |",
+        "",
+        "| point | frequency MAE (THz) | max error (THz) | teacher frequencies (THz) |",
+        "|---|---|---|---|",
+    ]
+    for label, point in m["points"].items():
+        teacher = ", ".join(f"{f:.2f}" for f in point["teacher_thz"])
+        lines.append(
+            f"| {label} | {_fmt(point['mae_thz'], 3)} | {_fmt(point['max_error_thz'], 3)} "
+            f"| {teacher} |"
+        )
+    return [*lines, "", "![phonons](phonons/phonons.png)", ""]
+
+
+def _vibration_lines(results: dict[str, Any]) -> list[str]:
+    """The report section of the vibrations stage: per molecule errors in cm⁻¹."""
+    lines = [
+        "## Molecular vibrations: student vs teacher",
+        "",
+        "Harmonic frequencies (ASE `Vibrations`, central differences) of each molecule "
+        "relaxed by each model (BFGS); the 3N−6 modes matched by rank.",
+        "",
+        "| molecule | modes | MAE (cm⁻¹) | max error (cm⁻¹) | relative MAE | imaginary modes, "
+        "student / teacher | minima RMSD (Å) | relaxed: student / teacher |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for molecule in results["molecules"]:
+        m = molecule["metrics"]
+        relaxed = " / ".join(
+            "yes"
+            if molecule[who]["converged"]
+            else f"no ({molecule[who]['optimisation_steps']} steps)"
+            for who in ("student", "teacher")
+        )
+        lines.append(
+            f"| {molecule['name']} | {m['n_modes']} | {_fmt(m['mae_cm1'], 1)} | "
+            f"{_fmt(m['max_error_cm1'], 1)} | "
+            f"{_fmt(100 * (m.get('relative_mae') or math.nan), 1)} % | "
+            f"{m.get('student_imaginary_modes', '–')} / {m.get('teacher_imaginary_modes', '–')} | "
+            f"{_fmt(m.get('geometry_rmsd_angstrom'), 3)} | {relaxed} |"
+        )
+    return [*lines, "", "![vibrations](vibrations/vibrations.png)", ""]
+
+
 def plot_md(results: dict[str, Any], output_dir: Path) -> dict[str, str]:
     """RDF overlays per temperature and the NVE energy/temperature traces."""
     import matplotlib
@@ -230,6 +301,23 @@ def write_report(run: RunDirectory, config: DistillConfig, console: Console) -> 
             table.add_row("student speed-up (jax-md step)", f"{min(ratios):.0f}–{max(ratios):.0f}×")
         elif "skipped" in jaxmd:
             lines += [f"Student jax-md step not timed: {jaxmd['skipped']}.", ""]
+    phonons_file = run.phonons / "results.json"
+    if config.phonons is not None and phonons_file.is_file():
+        phonons = json.loads(phonons_file.read_text())
+        lines += _phonon_lines(phonons)
+        table.add_row("phonon MAE (THz)", _fmt(phonons["metrics"]["band_mae_thz"], 3))
+    vibrations_file = run.vibrations / "results.json"
+    if config.vibrations is not None and vibrations_file.is_file():
+        vibrations = json.loads(vibrations_file.read_text())
+        lines += _vibration_lines(vibrations)
+        table.add_row("vibration MAE (cm⁻¹)", _fmt(vibrations["overall"]["mae_cm1"], 1))
+    missing = [
+        f"{stage} (add a `{stage}` section: docs/validation.md)"
+        for stage in ("phonons", "vibrations")
+        if getattr(config, stage) is None
+    ]
+    if missing:
+        lines += [f"Curvature checks not configured: {'; '.join(missing)}.", ""]
     lines += [
         "## Times",
         "",

@@ -27,6 +27,8 @@ class RunDirectory:
         self.refine = self.path / "refine"
         self.evaluation = self.path / "evaluation"
         self.md = self.path / "md"
+        self.phonons = self.path / "phonons"
+        self.vibrations = self.path / "vibrations"
         self.report = self.path / "report.md"
         self.record_file = self.path / "stages.json"
 
@@ -39,6 +41,8 @@ class RunDirectory:
             "refine": [self.refine],
             "evaluate": [self.evaluation],
             "md": [self.md],
+            "phonons": [self.phonons],
+            "vibrations": [self.vibrations],
             "report": [self.report],
         }[stage]
 

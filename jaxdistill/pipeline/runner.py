@@ -17,6 +17,8 @@ it.
                           round's student is the one evaluated and validated)
       evaluation/         metrics on held-out frames, parity plots (evaluate)
       md/                 MD validation: trajectories, results.json (md)
+      phonons/            student vs teacher phonons, when configured (phonons)
+      vibrations/         student vs teacher molecular vibrations, when configured
       report.md, *.png    the report (report)
 """
 
@@ -110,8 +112,10 @@ def distill(
     for stage in STAGES:
         if stage not in stages:
             continue
-        if (stage == "md" and config.md_validation is None) or (
-            stage == "refine" and config.active_learning is None
+        if (
+            (stage == "md" and config.md_validation is None)
+            or (stage == "refine" and config.active_learning is None)
+            or (stage in ("phonons", "vibrations") and getattr(config, stage) is None)
         ):
             continue
         done = run.record().get(stage)

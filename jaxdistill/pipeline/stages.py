@@ -80,11 +80,11 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
     from jaxdistill.sampling import element_counts, sample, sampler_counts
 
     config = context.config.sampling
-    workers = context.config.sample_workers
+    cluster = context.config.cluster
     options = {"device": context.device}
     if config.md is not None and config.md.teacher is None:
-        # Worker processes load the teacher from its spec; one process uses the loaded one.
-        teacher = context.config.teacher if workers > 1 else context.teacher
+        # Dask workers load the teacher from its spec; one process uses the loaded one.
+        teacher = context.config.teacher if cluster is not None else context.teacher
         options.update(context.config.teacher_options)
     else:
         teacher = None
@@ -95,8 +95,8 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
         progress=True,
         console=context.console,
         cache_dir=context.run.sample_cache,
-        workers=workers,
         teacher_options=options,
+        cluster=cluster,
     )
     temporary = context.run.frames.with_suffix(".partial.extxyz")
     ase.io.write(temporary, frames, format="extxyz")
@@ -126,17 +126,41 @@ def sample_stage(context: StageContext) -> dict[str, Any]:
 
 
 def label_stage(context: StageContext) -> dict[str, Any]:
-    """Label the frames with the teacher into labels.h5 (resumes a killed run)."""
-    from jaxdistill.labelling import label
+    """Label the frames with the teacher into labels.h5 (resumes a killed run); on the
+    config's Dask cluster when it has one (shards merged into the same labels.h5), with
+    Hessian-vector products when the config has a ``hessian_labels`` section."""
+    hessian = context.config.hessian_labels
+    hessian_arguments = hessian.label_arguments() if hessian is not None else {}
+    if context.config.cluster is not None:
+        from jaxdistill.data.store import LabelStore
+        from jaxdistill.fanout import label_on_cluster
 
-    result = label(
-        context.teacher,
-        context.run.frames,
-        context.run.labels,
-        batch_size=context.config.label_batch_size,
-        progress=True,
-        console=context.console,
-    )
+        result = label_on_cluster(
+            context.config.teacher,
+            context.run.frames,
+            context.run.labels,
+            context.config.cluster,
+            teacher_options={"device": context.device, **context.config.teacher_options},
+            batch_size=context.config.label_batch_size,
+            progress=True,
+            console=context.console,
+            **hessian_arguments,
+        )
+        with LabelStore(context.run.labels) as store:
+            provenance = store.teacher  # the workers' teacher; none is loaded here
+    else:
+        from jaxdistill.labelling import label
+
+        result = label(
+            context.teacher,
+            context.run.frames,
+            context.run.labels,
+            batch_size=context.config.label_batch_size,
+            progress=True,
+            console=context.console,
+            **hessian_arguments,
+        )
+        provenance = context.teacher.provenance()
     return {
         "frames": result.n_frames,
         "labelled_now": result.n_labelled,
@@ -144,7 +168,8 @@ def label_stage(context: StageContext) -> dict[str, Any]:
         "atoms": result.n_atoms,
         "elements": result.elements,
         "seconds_per_frame": result.seconds_per_frame,
-        "teacher": context.teacher.provenance(),
+        **({"hessian": result.hessian} if result.hessian else {}),
+        "teacher": provenance,
         "hardware": hardware_description(context.device),
     }
 
@@ -260,6 +285,124 @@ def md_stage(context: StageContext) -> dict[str, Any]:
     }
 
 
+def _student_calculator(context: StageContext, dtype: str):
+    """A fresh calculator of the evaluated student (the last refine round's, if any)."""
+    from jaxdistill.md.ase_calculator import StudentCalculator
+    from jaxdistill.student import load_student
+
+    return StudentCalculator(load_student(context.final_student), dtype=dtype)
+
+
+def phonons_stage(context: StageContext) -> dict[str, Any]:
+    """Student vs teacher phonons of a crystal (phonopy): bands, DOS, errors in THz."""
+    from jaxdistill.curvature import phonon_comparison, plot_phonons
+    from jaxdistill.sampling import load_structures
+
+    config = context.config.phonons
+    if config.structure is not None:
+        structure = config.structure.load()[0]
+    else:
+        crystals = [s for s in load_structures(context.config.sampling) if all(s.pbc)]
+        if not crystals:
+            raise ValueError(
+                "phonons: no structure given and no periodic starting structure in sampling"
+            )
+        structure = crystals[0]
+    context.console.print(
+        f"phonons of {structure.get_chemical_formula()} in a {config.supercell} supercell "
+        f"(displacement {config.displacement_angstrom} Å), student and teacher"
+    )
+    comparison = phonon_comparison(
+        _student_calculator(context, config.dtype),
+        context.teacher.as_calculator(),
+        structure,
+        config.supercell,
+        config.displacement_angstrom,
+        plus_minus=config.plus_minus,
+        q_spacing_per_angstrom=config.q_spacing_per_angstrom,
+        dos_mesh=config.dos_mesh,
+        dos_sigma_thz=config.dos_sigma_thz,
+    )
+    out = context.run.phonons
+    out.mkdir(parents=True, exist_ok=True)
+    results = comparison.to_dict()
+    results["hardware"] = hardware_description(context.device)
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_phonons(comparison, out / "phonons.png")
+    # phonopy's own files (displacements, forces): phonopy-load reads them
+    comparison.student.phonon.save(out / "student_phonopy_params.yaml")
+    comparison.teacher.phonon.save(out / "teacher_phonopy_params.yaml")
+    metrics = {k: v for k, v in results["metrics"].items() if k != "points"}
+    context.console.print(
+        f"phonon frequencies: MAE {metrics['band_mae_thz']:.3f} THz, "
+        f"max {metrics['band_max_error_thz']:.3f} THz over the path"
+    )
+    return {**metrics, "results_file": str(out / "results.json")}
+
+
+def vibrations_stage(context: StageContext) -> dict[str, Any]:
+    """Student vs teacher harmonic frequencies of molecules, each at its own minimum."""
+    from jaxdistill.curvature import plot_vibrations, vibration_comparison
+    from jaxdistill.sampling import load_structures
+
+    config = context.config.vibrations
+    molecules = []
+    for spec in config.molecules:
+        name = spec.args.get("name") if spec.build == "molecule" else None
+        molecules += [(name or m.get_chemical_formula(), m) for m in spec.load()]
+    if not config.molecules:
+        molecules = [
+            (m.get_chemical_formula(), m)
+            for m in load_structures(context.config.sampling)
+            if not any(m.pbc)
+        ]
+        if not molecules:
+            raise ValueError(
+                "vibrations: no molecules given and no non-periodic starting structure in sampling"
+            )
+    student = _student_calculator(context, config.dtype)
+    teacher = context.teacher.as_calculator()
+    comparisons = []
+    for name, molecule in molecules:
+        context.console.print(f"vibrations of {name}: relaxing and displacing, both models")
+        comparison = vibration_comparison(
+            student,
+            teacher,
+            molecule,
+            delta_angstrom=config.delta_angstrom,
+            fmax_ev_per_angstrom=config.fmax_ev_per_angstrom,
+            max_steps=config.max_optimisation_steps,
+            optimise=config.optimise,
+            name=name,
+        )
+        m = comparison.metrics()
+        context.console.print(
+            f"  {m['n_modes']} modes: MAE {m['mae_cm1']:.1f} cm⁻¹, "
+            f"max {m['max_error_cm1']:.1f} cm⁻¹"
+        )
+        comparisons.append(comparison)
+    out = context.run.vibrations
+    out.mkdir(parents=True, exist_ok=True)
+    molecules_out = [c.to_dict() for c in comparisons]
+    errors = np.concatenate(
+        [np.abs(c.student.modes_cm1 - c.teacher.modes_cm1) for c in comparisons]
+    )
+    overall = {
+        "molecules": len(comparisons),
+        "modes": len(errors),
+        "mae_cm1": float(errors.mean()) if len(errors) else None,
+        "max_error_cm1": float(errors.max()) if len(errors) else None,
+    }
+    results = {
+        "overall": overall,
+        "molecules": molecules_out,
+        "hardware": hardware_description(context.device),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot_vibrations(comparisons, out / "vibrations.png")
+    return {**overall, "results_file": str(out / "results.json")}
+
+
 def report_stage(context: StageContext) -> dict[str, Any]:
     """Write report.md (+ plots) from the stage records and print a summary table."""
     return write_report(context.run, context.config, context.console)
@@ -273,5 +416,7 @@ STAGE_FUNCTIONS = {
     "refine": refine_stage,
     "evaluate": evaluate_stage,
     "md": md_stage,
+    "phonons": phonons_stage,
+    "vibrations": vibrations_stage,
     "report": report_stage,
 }

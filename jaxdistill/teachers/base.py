@@ -334,3 +334,27 @@ class EnsembleTeacher(BaseTeacher):
     def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
         per_member = [member.label(frames) for member in self.members]
         return [combine_ensemble([labels[i] for labels in per_member]) for i in range(len(frames))]
+
+    @property
+    def hessian_vector_products(self) -> Any:
+        """The members' mean autodiff ``H·u``, present only when every member has it.
+
+        The ensemble's energy is the members' mean, so its Hessian is their mean
+        Hessian. When a member lacks the method this attribute is absent
+        (``AttributeError``: ``hasattr``/``getattr(..., None)`` see no method), so
+        Hessian labels fall back to finite differences of the mean forces.
+        """
+        methods = [getattr(member, "hessian_vector_products", None) for member in self.members]
+        if not all(callable(method) for method in methods):
+            raise AttributeError(
+                f"not every member of {self.name} has autodiff hessian_vector_products"
+            )
+
+        def mean_hvp(atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
+            """Mean over members of ``H_m·u_k``: ``[K, n_atoms, 3]`` float64, eV/Å²."""
+            return np.mean(
+                [np.asarray(method(atoms, directions), dtype=np.float64) for method in methods],
+                axis=0,
+            )
+
+        return mean_hvp

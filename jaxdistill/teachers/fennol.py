@@ -47,6 +47,70 @@ class FennolTeacher(AseTeacher):
     def __init__(self, calculator: Any, **kwargs: Any) -> None:
         super().__init__(calculator, **kwargs)
         self._signature: tuple[Any, ...] | None = None
+        self._hvp_fn: Any = None
+
+    def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
+        """``H·u`` for each direction ``u`` by forward-over-reverse autodiff in JAX.
+
+        ``H = d²E/dR²`` is the Hessian of the total energy (the calculator's energy
+        terms) with respect to the Cartesian positions at ``atoms``. The structure is
+        preprocessed as ``FENNIXCalculator`` does it (host neighbour list, kept fixed);
+        the model's pure energy function of the coordinates is differentiated once
+        (``jax.grad``), linearised at ``R`` (``jax.linearize``) and the linear map is
+        applied to all ``K`` directions (``jax.vmap``), in one jitted call (compiled
+        once per neighbour-list shape). The result is converted from the model's
+        energy unit (Hartree for ANI-1x) to eV, as the calculator converts energies.
+
+        Precision: that of the calculator (float32 by default, float64 with
+        ``use_float64=True``).
+
+        Args:
+            atoms: The structure (not modified).
+            directions: ``[K, n_atoms, 3]`` float64, each a unit vector over the
+                ``3 n_atoms`` coordinates (dimensionless).
+
+        Returns:
+            ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+        """
+        import jax.numpy as jnp
+
+        directions = np.asarray(directions, dtype=np.float64)
+        if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
+            raise ValueError(
+                f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
+            )
+        calc = self.calculator
+        work = atoms.copy()
+        work.calc = None
+        self._before_call(work)
+        # Preprocess from scratch on the host (the incremental path can be wrong, see
+        # _load_one), then drop the calculator's cached inputs so that its next call
+        # preprocesses its own structure again instead of updating these.
+        calc._raw_inputs = None
+        try:
+            inputs = dict(calc.preprocess(work))
+        finally:
+            calc.reset()
+            calc._raw_inputs = None
+            calc._fennol_inputs = None
+        inputs["total_charge"] = int(work.get_initial_charges().sum())
+        coordinates = inputs["coordinates"]
+        tangents = directions
+        true_atoms = inputs.get("true_atoms")
+        if coordinates.shape[0] != len(work):
+            # Atom padding: zero tangent on the padding atoms, dropped afterwards.
+            mask = np.asarray(true_atoms, dtype=bool)
+            tangents = np.zeros((len(directions), coordinates.shape[0], 3))
+            tangents[:, mask] = directions
+        if self._hvp_fn is None:
+            self._hvp_fn = _fennol_hvp_function(calc.model._total_energy_raw)
+        hvp = self._hvp_fn(
+            calc.model.variables, inputs, jnp.asarray(tangents, dtype=coordinates.dtype)
+        )
+        hvp = np.asarray(hvp, dtype=np.float64) * calc.energy_conv
+        if coordinates.shape[0] != len(work):
+            hvp = hvp[:, np.asarray(true_atoms, dtype=bool)]
+        return hvp
 
     def _before_call(self, atoms: ase.Atoms) -> None:
         signature = (atoms.numbers.tobytes(), tuple(bool(p) for p in atoms.pbc))
@@ -74,6 +138,32 @@ class FennolTeacher(AseTeacher):
                 raise
             self._reset_preprocessing()
             return super()._label_one(atoms)
+
+
+def _fennol_hvp_function(total_energy: Any) -> Any:
+    """Jitted ``(variables, inputs, tangents [K, n, 3]) -> [K, n, 3]`` Hessian products.
+
+    Args:
+        total_energy: FENNIX's ``_total_energy_raw(variables, inputs) -> (energies
+            [n_systems], outputs)``, in the model's energy unit.
+
+    Returns:
+        A jitted function giving ``H·t_k`` in model energy unit / Å².
+    """
+    import jax
+
+    def hvp(variables: Any, inputs: dict[str, Any], tangents: Any) -> Any:
+        def gradient(coordinates: Any) -> Any:
+            def energy(x: Any) -> Any:
+                return total_energy(variables, {**inputs, "coordinates": x})[0].sum()
+
+            return jax.grad(energy)(coordinates)
+
+        # Linearise the gradient once; the K tangents reuse its residuals.
+        _, linear = jax.linearize(gradient, inputs["coordinates"])
+        return jax.vmap(linear)(tangents)
+
+    return jax.jit(hvp)
 
 
 def expand_fennol_paths(body: str) -> list[Path]:

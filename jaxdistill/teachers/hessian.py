@@ -22,6 +22,7 @@ labelling draws the same ones.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,6 +45,9 @@ HESSIAN_METHODS = ("auto", "autodiff", "finite-difference")
 # small against the curvature scale, large against float32 force noise (see
 # benchmarks/hvp_fd_step.py for the measured error against autodiff).
 DEFAULT_FD_STEP_ANGSTROM = 0.01
+# The step of the finite differences that stand in for a teacher's autodiff when it
+# gives non-finite products on a frame.
+AUTODIFF_FALLBACK_STEP_ANGSTROM = 1e-3
 
 
 def random_directions(n_atoms: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -149,6 +153,20 @@ def hessian_vector_products(
     for atoms, u in zip(frames, directions, strict=True):
         if chosen == "autodiff":
             products = np.asarray(teacher.hessian_vector_products(atoms, u), dtype=np.float64)
+            if not np.all(np.isfinite(products)):
+                # Seen with FeNNol ANI-1x on one ethanol MD frame in ~30: its
+                # forward-over-reverse gives NaN where its forces are finite. Central
+                # differences with a small step stand in (ANI's cutoffs make steps of
+                # 0.01 Å too coarse there, benchmarks/hvp_fd_step.py).
+                warnings.warn(
+                    f"teacher {getattr(teacher, 'name', teacher)}: autodiff Hessian-vector "
+                    f"products of a {atoms.get_chemical_formula()} frame are not finite; "
+                    f"using central differences (step {AUTODIFF_FALLBACK_STEP_ANGSTROM} Å)",
+                    stacklevel=2,
+                )
+                products = finite_difference_hvp(
+                    teacher, atoms, u, min(step_angstrom, AUTODIFF_FALLBACK_STEP_ANGSTROM)
+                )
         else:
             products = finite_difference_hvp(teacher, atoms, u, step_angstrom)
         if products.shape != np.shape(u):

@@ -10,6 +10,12 @@ Labelling evaluates several structures per Orb call: graphs are built with
 batch_graphs``; the outputs are those of ``ORBCalculator`` (conservative models: energy
 gradients; direct models: the force and stress heads).
 
+orb-models 0.5 and 0.6+ (0.7 needs Python 3.12) are both supported: from 0.6 on a
+loader returns ``(model, atoms_adapter)`` and graphs come from
+``atoms_adapter.from_ase_atoms`` / ``atoms_adapter.batch`` (the cutoff and neighbour
+limit live on the adapter); 0.5's loaders return the model, whose ``system_config``
+feeds ``ase_atoms_to_atom_graphs`` and ``batch_graphs``. The model names are the same.
+
 Loading an Orb model calls ``torch.set_default_dtype`` and
 ``torch.set_float32_matmul_precision`` globally; both are restored afterwards and set
 only for the duration of each labelling call.
@@ -22,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +94,8 @@ class OrbTeacher(BaseTeacher):
         charge: Total charge used when a frame has no ``atoms.info["charge"]``
             (OMol models need charge and spin; materials models ignore them).
         spin: Spin multiplicity used when a frame has no ``atoms.info["spin"]``.
+        atoms_adapter: orb-models >= 0.6: the ``ForcefieldAtomsAdapter`` its loader
+            returned with the model (graph construction); None for orb-models 0.5.
     """
 
     def __init__(
@@ -102,10 +110,14 @@ class OrbTeacher(BaseTeacher):
         matmul_precision: str | None = None,
         charge: int | None = None,
         spin: int | None = None,
+        atoms_adapter: Any | None = None,
     ) -> None:
         import torch
 
         self.model = model
+        self.atoms_adapter = atoms_adapter
+        # the graph settings: on the adapter from orb-models 0.6, on the model before
+        graph_config = atoms_adapter if atoms_adapter is not None else model.system_config
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
         self.conservative = hasattr(model, "grad_forces_name")
@@ -128,8 +140,8 @@ class OrbTeacher(BaseTeacher):
             "conservative": self.conservative,
             "weights": [],
             "weights_sha256": [],
-            "cutoff_angstrom": float(model.system_config.radius),
-            "max_num_neighbors": int(model.system_config.max_num_neighbors),
+            "cutoff_angstrom": float(graph_config.radius),
+            "max_num_neighbors": int(graph_config.max_num_neighbors),
         }
         prov.update(provenance or {})
         super().__init__(name, prov)
@@ -150,6 +162,81 @@ class OrbTeacher(BaseTeacher):
             labels.extend(self._label_batch(frames[start:stop]))
             start = stop
         return labels
+
+    @property
+    def hessian_vector_products(self) -> Callable[[ase.Atoms, np.ndarray], np.ndarray]:
+        """Autodiff ``H·u`` (see :meth:`_conservative_hvp`), for conservative models only.
+
+        A direct model's forces are not the gradient of an energy, so it has no Hessian
+        to differentiate: for it this attribute is absent (``AttributeError``, so
+        ``hasattr``/``getattr(..., None)`` see no method) and Hessian labels fall back
+        to finite differences of its forces.
+        """
+        if not self.conservative:
+            raise AttributeError(
+                f"{self.name} is a direct Orb model (forces not derived from an energy): "
+                "no autodiff Hessian-vector products"
+            )
+        return self._conservative_hvp
+
+    def _conservative_hvp(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
+        """``H·u`` for each direction ``u`` by torch double backward through Orb.
+
+        ``H = d²E/dR²`` is the Hessian of the total energy with respect to the Cartesian
+        positions at ``atoms`` (the graph, neighbours and cell shifts, held fixed as
+        for a force call). Orb's conservative forward takes ``-dE/dR`` with
+        ``create_graph=self.training``; the top-level module alone is put in training
+        mode for this call (its children, heads and normalisers, stay in eval mode), so
+        the forces keep their graph; then ``H·u = -d(F·u)/dR`` for all ``K`` directions
+        in one batched backward pass. Precision: the model's (float32 by default,
+        so float32-accurate products).
+
+        Args:
+            atoms: The structure (not modified).
+            directions: ``[K, n_atoms, 3]`` float64, each a unit vector over the
+                ``3 n_atoms`` coordinates (dimensionless).
+
+        Returns:
+            ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+        """
+        import torch
+
+        directions = np.asarray(directions, dtype=np.float64)
+        if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
+            raise ValueError(
+                f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
+            )
+        model = self.model
+        with _torch_numerics(self.dtype, self.matmul_precision), torch.enable_grad():
+            # The graph exactly as a label call builds it (orb-models 0.5 or >= 0.6).
+            graph = self._batched_graph([atoms])
+            training = model.training
+            model.training = True
+            try:
+                forces = model.predict(graph)[model.grad_forces_name]
+            finally:
+                model.training = training
+            # The forward marks this leaf requires_grad and differentiates through it.
+            positions = graph.node_features["positions"]
+            if not forces.requires_grad:
+                raise RuntimeError(
+                    "this orb-models version does not keep the graph of its forces in "
+                    "training mode; use finite-difference Hessian-vector products"
+                )
+            u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
+            try:
+                (grads,) = torch.autograd.grad(
+                    forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
+                )
+            except RuntimeError:
+                # An op without a vmap rule: one backward pass per direction.
+                grads = torch.stack(
+                    [
+                        torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]
+                        for v in u
+                    ]
+                )
+        return -grads.detach().to(torch.float64).cpu().numpy()
 
     def _prepared(self, atoms: ase.Atoms) -> ase.Atoms:
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -172,27 +259,38 @@ class OrbTeacher(BaseTeacher):
                 work.info[key] = default
         return work
 
-    def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
-        import torch
-
+    def _batched_graph(self, frames: Sequence[ase.Atoms]) -> Any:
+        """One Orb graph of ``frames``, built frame by frame as ``ORBCalculator`` builds
+        each, in this teacher's dtype and on its device (orb-models 0.5 or >= 0.6)."""
+        options = {
+            "device": self.device,
+            "output_dtype": self.dtype,
+            "graph_construction_dtype": self.dtype,
+        }
+        if self.atoms_adapter is not None:  # orb-models >= 0.6
+            adapter = self.atoms_adapter
+            graphs = [adapter.from_ase_atoms(self._prepared(a), **options) for a in frames]
+            batch = adapter.batch(graphs) if len(graphs) > 1 else graphs[0]
+            return batch.to(self.device)
         atomic_system = require_package(
             "orb_models.forcefield.atomic_system", extra="orb", distribution="orb-models"
         )
         base = require_package("orb_models.forcefield.base", extra="orb", distribution="orb-models")
+        graphs = [
+            atomic_system.ase_atoms_to_atom_graphs(
+                self._prepared(atoms), system_config=self.model.system_config, **options
+            )
+            for atoms in frames
+        ]
+        batch = base.batch_graphs(graphs) if len(graphs) > 1 else graphs[0]
+        return batch.to(self.device)
+
+    def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        import torch
+
         model = self.model
         with _torch_numerics(self.dtype, self.matmul_precision):
-            graphs = [
-                atomic_system.ase_atoms_to_atom_graphs(
-                    self._prepared(atoms),
-                    system_config=model.system_config,
-                    device=self.device,
-                    output_dtype=self.dtype,
-                    graph_construction_dtype=self.dtype,
-                )
-                for atoms in frames
-            ]
-            batch = base.batch_graphs(graphs) if len(graphs) > 1 else graphs[0]
-            batch = batch.to(self.device)
+            batch = self._batched_graph(frames)
             out = model.predict(batch)
             energy_key = "energy"
             if self.conservative:
@@ -294,6 +392,8 @@ def load_orb_teacher(
             model = loader(
                 weights_path=str(local), device=device, precision=precision, compile=compile
             )
+            # orb-models >= 0.6 returns (model, atoms_adapter); 0.5 the model alone
+            model, atoms_adapter = model if isinstance(model, tuple) else (model, None)
         except RuntimeError as error:
             raise RuntimeError(
                 f"Orb weights {local} do not fit the {name} architecture: {str(error)[:400]}"
@@ -320,4 +420,5 @@ def load_orb_teacher(
         matmul_precision=matmul_precision,
         charge=charge,
         spin=spin,
+        atoms_adapter=atoms_adapter,
     )

@@ -1,7 +1,10 @@
 """SevenNet teachers (``sevennet:<name-or-path>``), through sevenn's own ASE calculator.
 
 ``7net-0`` (materials, 89 elements) ships inside the sevenn wheel, so it works offline.
-torch and sevenn are imported only inside :func:`load_sevennet_teacher`.
+torch and sevenn are imported only inside this module's functions and methods.
+
+:class:`SevenNetTeacher` adds exact Hessian-vector products (torch double backward, see
+:meth:`SevenNetTeacher.hessian_vector_products`) to the plain ASE-calculator teacher.
 """
 
 from __future__ import annotations
@@ -10,10 +13,141 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ase
+import numpy as np
+
 from jaxdistill.teachers.ase import AseTeacher
 from jaxdistill.teachers.base import check_file, file_sha256, package_version, require_package
 
-__all__ = ["load_sevennet_teacher"]
+__all__ = ["SevenNetTeacher", "load_sevennet_teacher"]
+
+
+def _check_directions(atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
+    """``directions`` as a float64 ``[K, n_atoms, 3]`` array, or a ValueError."""
+    directions = np.asarray(directions, dtype=np.float64)
+    if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
+        raise ValueError(
+            f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
+        )
+    return directions
+
+
+class SevenNetTeacher(AseTeacher):
+    """SevenNet behind ``SevenNetCalculator``, with autodiff Hessian-vector products.
+
+    Labels are exactly the calculator's (see :class:`AseTeacher`).
+    """
+
+    def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
+        """``H·u`` for each direction ``u`` by torch double backward through SevenNet.
+
+        ``H = d²E/dR²`` is the Hessian of the total energy with respect to the Cartesian
+        positions at ``atoms`` (periodic or not; the neighbour list and the integer cell
+        shifts of ``atoms`` are held fixed, as for a force call). The graph is built as
+        ``SevenNetCalculator.calculate`` builds it, except that the edge vectors are
+        computed from a position tensor, ``r_ij = R_j - R_i + S_ij·cell``, so that
+        SevenNet's own force module (``-dE/dr_ij`` scattered onto atoms) yields forces
+        differentiable with respect to the positions; then ``H·u = -d(F·u)/dR``, all
+        ``K`` directions in one batched backward pass.
+
+        Precision: the model runs in its own dtype (float32 for the pretrained
+        models), so the products have float32 rounding, although the positions and
+        edge vectors are formed in float64 as the calculator forms them.
+
+        Args:
+            atoms: The structure (not modified).
+            directions: ``[K, n_atoms, 3]`` float64, each a unit vector over the
+                ``3 n_atoms`` coordinates (dimensionless).
+
+        Returns:
+            ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+        """
+        import torch
+
+        keys = require_package("sevenn._keys", extra="sevennet", distribution="sevenn")
+        graph_data = require_package(
+            "sevenn.atom_graph_data", extra="sevennet", distribution="sevenn"
+        )
+        dataload = require_package("sevenn.train.dataload", extra="sevennet", distribution="sevenn")
+        directions = _check_directions(atoms, directions)
+        calc = self.calculator
+        model = calc.model
+        # Refuse unknown elements exactly as attaching the calculator does.
+        calc.set_atoms(atoms)
+        data = graph_data.AtomGraphData.from_numpy_dict(
+            dataload.unlabeled_atoms_to_graph(atoms, calc.cutoff, with_shift=True)
+        )
+        if calc.modal:
+            data[keys.DATA_MODALITY] = calc.modal
+        data.to(calc.device)
+        dtype = data[keys.POS].dtype
+        if model.key_grad == keys.EDGE_VEC:
+            # Forces are -dE/d(edge vectors), which arrive precomputed by the host
+            # neighbour list: rebuild them from positions with the same fixed cell
+            # shifts, in float64 as the host does, so that the chain rule reaches R.
+            positions = torch.as_tensor(
+                np.asarray(atoms.positions, dtype=np.float64), device=calc.device
+            ).requires_grad_(True)
+            src, dst = data[keys.EDGE_IDX]
+            shifts = data[keys.CELL_SHIFT].to(device=calc.device, dtype=torch.float64)
+            cell = data[keys.CELL].to(device=calc.device, dtype=torch.float64).reshape(3, 3)
+            edge_vec = positions[dst] - positions[src] + shifts @ cell
+            data[keys.EDGE_VEC] = edge_vec.to(dtype)
+        elif model.key_grad == keys.POS:
+            # Models that differentiate with respect to positions (an edge-preprocess
+            # module builds the edge vectors inside the model).
+            positions = data[keys.POS].detach().clone().requires_grad_(True)
+            data[keys.POS] = positions
+        else:
+            raise NotImplementedError(
+                f"SevenNet model differentiates with respect to {model.key_grad!r}; "
+                "autodiff Hessian-vector products support edge_vec or pos"
+            )
+        # SevenNet's force modules pass create_graph=self.training to autograd.grad;
+        # switch only those modules to training mode, so the forces keep their graph
+        # and every other module (none has dropout or running statistics) stays as is.
+        force_modules = [m for m in model if hasattr(m, "get_grad_key")]
+        modes = [m.training for m in force_modules]
+        try:
+            for module in force_modules:
+                module.train(True)
+            with torch.enable_grad():
+                forces = model(data)[keys.PRED_FORCE]
+                hvp = _minus_batched_vjp(forces, positions, directions)
+        finally:
+            for module, mode in zip(force_modules, modes, strict=True):
+                module.train(mode)
+        return hvp
+
+
+def _minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np.ndarray:
+    """``-(dF/dR)ᵀ u_k`` for every direction: ``H·u_k``, as H is symmetric.
+
+    Args:
+        forces: ``[n, 3]`` torch tensor with a graph to ``positions``, eV/Å.
+        positions: ``[n, 3]`` leaf torch tensor, Å.
+        directions: ``[K, n, 3]`` float64.
+
+    Returns:
+        ``[K, n, 3]`` float64 numpy array, eV/Å².
+    """
+    import torch
+
+    u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
+    try:
+        # One vmapped backward pass for all K directions.
+        (grads,) = torch.autograd.grad(
+            forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
+        )
+    except RuntimeError:
+        # Some custom kernels have no vmap rule: one backward pass per direction.
+        grads = torch.stack(
+            [
+                torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]
+                for v in u
+            ]
+        )
+    return -grads.detach().to(torch.float64).cpu().numpy()
 
 
 def load_sevennet_teacher(
@@ -21,7 +155,7 @@ def load_sevennet_teacher(
     device: str = "cpu",
     modal: str | None = None,
     **kwargs: Any,
-) -> AseTeacher:
+) -> SevenNetTeacher:
     """Load a SevenNet model as a teacher.
 
     Args:
@@ -32,7 +166,8 @@ def load_sevennet_teacher(
         **kwargs: Passed to ``sevenn.calculator.SevenNetCalculator``.
 
     Returns:
-        An :class:`~jaxdistill.teachers.ase.AseTeacher` around ``SevenNetCalculator``.
+        A :class:`SevenNetTeacher` (an :class:`~jaxdistill.teachers.ase.AseTeacher`)
+        around ``SevenNetCalculator``.
 
     Raises:
         ImportError: sevenn is not installed.
@@ -78,4 +213,4 @@ def load_sevennet_teacher(
         "modal": modal,
     }
     name = Path(model).stem if looks_like_path else model
-    return AseTeacher(calculator, name=name, device=str(device), provenance=provenance)
+    return SevenNetTeacher(calculator, name=name, device=str(device), provenance=provenance)

@@ -210,3 +210,64 @@ def test_kill_then_resume_gives_the_uninterrupted_labels(tmp_path, emt_teacher):
     np.testing.assert_array_equal(x.input_index, np.arange(len(frames)))
     np.testing.assert_array_equal(x.hessian_directions, y.hessian_directions)
     np.testing.assert_allclose(x.hessian_products, y.hessian_products, rtol=0, atol=1e-12)
+
+
+def test_distill_config_section_and_label_stage_hash():
+    from jaxdistill.config.distill import DistillConfig
+
+    base = {
+        "name": "h",
+        "teacher": EMT_SPEC,
+        "sampling": {"structures": [{"build": "bulk", "args": {"name": "Cu", "cubic": True}}]},
+    }
+    plain = DistillConfig.from_dict(base)
+    assert plain.hessian_labels is None and "hessian_labels" not in plain.to_dict()
+    assert plain.stage_sections()["label"] == [EMT_SPEC, {}]  # as before the section existed
+    with_h = DistillConfig.from_dict({**base, "hessian_labels": {"directions": 2}})
+    assert with_h.hessian_labels.label_arguments()["hessian_directions"] == 2
+    assert DistillConfig.from_dict(with_h.to_dict()) == with_h
+    assert with_h.stage_sections()["label"] != plain.stage_sections()["label"]
+    with pytest.raises(ValueError, match="unknown key"):
+        DistillConfig.from_dict({**base, "hessian_labels": {"direction": 2}})
+    with pytest.raises(ValueError, match="method must be"):
+        DistillConfig.from_dict({**base, "hessian_labels": {"method": "exact"}})
+
+
+def test_label_command_with_hessian_directions(tmp_path):
+    from typer.testing import CliRunner
+
+    from jaxdistill.cli import app
+
+    ase.io.write(tmp_path / "frames.extxyz", copper_frames(3))
+    args = ["label", "--teacher", EMT_SPEC, "-i", str(tmp_path / "frames.extxyz"),
+            "-o", str(tmp_path / "s.h5"), "--hessian-directions", "2", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 directions per frame (finite-difference, step 0.01 Å)" in result.output
+    with LabelStore(tmp_path / "s.h5") as store:
+        assert store.hessian_k == 2 and store.arrays().has_hessian.all()
+    bad = CliRunner().invoke(app, [*args[:-3], "--hessian-directions", "3", "--no-progress"])
+    assert bad.exit_code == 2
+    assert "directions: store has 2, asked for 3" in bad.output
+
+
+def test_non_finite_autodiff_falls_back_to_finite_differences(tmp_path):
+    """A teacher whose autodiff gives NaN on a frame (seen with FeNNol ANI-1x on one
+    ethanol MD frame) gets central differences of its forces there, with a warning."""
+    from ase.calculators.emt import EMT
+
+    from jaxdistill.teachers.ase import AseTeacher
+    from jaxdistill.teachers.hessian import hessian_vector_products
+
+    class NaNCurvatureEMT(AseTeacher):
+        def hessian_vector_products(self, atoms, directions):
+            return np.full(np.shape(directions), np.nan)
+
+    teacher = NaNCurvatureEMT(EMT())
+    atoms = copper_frames(1)[0]
+    u = random_directions(len(atoms), 2, np.random.default_rng(0))
+    with pytest.warns(UserWarning, match="not finite; using central differences"):
+        (products,) = hessian_vector_products(teacher, [atoms], [u])
+    np.testing.assert_allclose(
+        products, finite_difference_hvp(teacher, atoms, u, 1e-3), rtol=0, atol=1e-12
+    )

@@ -24,7 +24,9 @@ def small_student():
 
 @pytest.fixture(scope="session")
 def tiny_student():
-    """PaiNN with one layer of 8 features (cheap to compile), H C O Si, cutoff 4 Å, float64."""
+    """PaiNN with one layer of 8 features (cheap to compile), H C O Si, cutoff 4 Å, float64,
+    with the ZBL repulsion that keeps its random energy surface from pulling atoms onto
+    each other within the tests' few hundred steps."""
     return create_student(
         "painn",
         ["H", "C", "O", "Si"],
@@ -34,4 +36,5 @@ def tiny_student():
         features=8,
         num_layers=1,
         num_radial=6,
+        repulsion="zbl",
     )

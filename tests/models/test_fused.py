@@ -188,8 +188,9 @@ def test_jit_and_vmap_through_the_fused_path():
         )
 
     ours, theirs = run(fused), run(reference)
+    # float32 sums in another order: an untrained student's energies here span 1-1e7 eV.
     for name in ("energy", "forces", "stress"):
-        assert relative_error(getattr(ours, name), getattr(theirs, name)) < 1e-5, name
+        assert relative_error(getattr(ours, name), getattr(theirs, name)) < 3e-5, name
 
 
 def test_mode_option():

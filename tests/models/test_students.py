@@ -237,3 +237,39 @@ def test_hessian_vector_product_equals_full_hessian(student64):
     only_si = np.where(np.arange(len(directions))[:, None] < n_si, masked, 0.0)
     product_si = potential.hessian_vector_product(params, graph, jnp.asarray(only_si))
     np.testing.assert_allclose(np.asarray(product_si)[n_si:], 0.0, atol=1e-12)
+
+
+def test_smooth_at_a_perfect_crystal(student64):
+    """At a perfect crystal every atom's vector features vanish by symmetry; the energy
+    must stay smooth there: the autodiff H·e equals central differences of the forces
+    (a cusp, as from a barely softened norm, makes them differ by orders of magnitude
+    and the phonons imaginary)."""
+    crystal = silicon(rattle=0.0)
+    graph = student64.graph(crystal)
+    e = np.zeros(graph.positions.shape)
+    e[0, 0] = 1.0
+    product = np.asarray(
+        student64.potential.hessian_vector_product(student64.params, graph, jnp.asarray(e))
+    )[0]
+    h = 1e-4
+    forces = []
+    for sign in (1.0, -1.0):
+        moved = crystal.copy()
+        moved.positions[0, 0] += sign * h
+        forces.append(predict(student64, [moved])[1][0][0])
+    difference = -(forces[0] - forces[1]) / (2 * h)
+    np.testing.assert_allclose(product, difference, rtol=1e-5, atol=1e-6)
+
+
+def test_painn_saved_without_norm_softening_loads_as_trained():
+    """Students saved before ``norm_softening`` existed were trained with
+    sqrt(|w|² + 1e-8): a module built without the key must use that; new students
+    record theirs (1.0)."""
+    from jaxdistill.models import build_model
+    from jaxdistill.models.painn import LEGACY_NORM_SOFTENING, NORM_SOFTENING
+    from jaxdistill.student import create_student
+
+    assert build_model("painn", [14], 4.0).norm_softening == LEGACY_NORM_SOFTENING
+    student = create_student("painn", ["Si"], cutoff=4.0, features=8, num_layers=1)
+    assert student.hyperparameters["norm_softening"] == NORM_SOFTENING
+    assert "norm_softening" not in create_student("schnet", ["Si"], features=8).hyperparameters

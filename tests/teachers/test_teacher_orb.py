@@ -70,14 +70,19 @@ def frames() -> list[ase.Atoms]:
 def official_calculator(name, weights):
     """ORBCalculator around a model loaded by orb-models' own pretrained loader."""
     from orb_models.forcefield import pretrained
-    from orb_models.forcefield.calculator import ORBCalculator
 
     dtype = torch.get_default_dtype()
     try:
-        model = pretrained.ORB_PRETRAINED_MODELS[name](
+        loaded = pretrained.ORB_PRETRAINED_MODELS[name](
             weights_path=str(weights), device="cpu", compile=False
         )
-        return ORBCalculator(model, device="cpu")
+        if isinstance(loaded, tuple):  # orb-models >= 0.6: (model, atoms_adapter)
+            from orb_models.forcefield.inference.calculator import ORBCalculator
+
+            return ORBCalculator(*loaded, device="cpu")
+        from orb_models.forcefield.calculator import ORBCalculator
+
+        return ORBCalculator(loaded, device="cpu")
     finally:
         torch.set_default_dtype(dtype)
 

@@ -109,3 +109,14 @@ def test_training_lowers_the_hessian_error(copper_store, tmp_path):
     assert json.dumps(jax.tree.map(np.ndarray.tolist, plain.params)) != json.dumps(
         jax.tree.map(np.ndarray.tolist, student.params)
     )
+
+
+def test_an_empty_shard_is_all_padding(copper_store):
+    """The last validation chunk on two devices may leave one shard without frames."""
+    with LabelStore(copper_store) as store:
+        frames = precompute_neighbours(store.arrays(), 4.0)
+    shards = [np.array([3]), np.zeros(0, np.int64)]
+    capacity = plan_capacity([frames], 1, "single").capacity(frames, shards)
+    batch = make_batch(frames, shards, capacity, hessian_choice=[[0], []])
+    assert batch.graph.node_mask[0].sum() == 4 and not batch.graph.node_mask[1].any()
+    assert not batch.graph.graph_mask[1].any() and not batch.hessian_mask[1].any()
