@@ -39,7 +39,7 @@ from jaxdistill.cluster import n_workers, open_client, prepare_worker, worker_te
 from jaxdistill.config.cluster import ClusterConfig
 from jaxdistill.data.arrays import LabelArrays, frame_hash, frames_fingerprint
 from jaxdistill.data.store import LabelStore, LabelStoreError
-from jaxdistill.labelling import LabelSummary, frame_problems, label
+from jaxdistill.labelling import LabelSummary, frame_problems, label, read_frames
 from jaxdistill.progress import progress_bar
 from jaxdistill.teachers.base import TeacherLabels
 
@@ -82,20 +82,7 @@ def _read_input(
 ) -> tuple[list[ase.Atoms], str, tuple[str, ...]]:
     """The frames to label, the store's input ``source`` and the skipped lines, exactly
     as :func:`jaxdistill.labelling.label` derives them (so the merged store matches)."""
-    if isinstance(frames, (str, Path)):
-        path = Path(frames)
-        if not path.is_file():
-            raise FileNotFoundError(f"input frames not found: {path}")
-        if path.stat().st_size == 0:
-            raise ValueError(f"input frames {path} is an empty file")
-        try:
-            read = ase.io.read(path, index=":")
-        except Exception as error:  # ase raises many kinds for a file it cannot parse
-            text = " ".join(str(error).split()) or type(error).__name__
-            raise ValueError(f"cannot read frames from {path}: {text}") from None
-        items, source = (list(read) if isinstance(read, list) else [read]), str(path)
-    else:
-        items, source = list(frames), "<in-memory frames>"
+    items, source = read_frames(frames)
     if not items:
         raise ValueError(f"no frames to label in {source}")
     problems = frame_problems(items)

@@ -36,7 +36,7 @@ from jaxdistill.teachers.hessian import (
 )
 from jaxdistill.teachers.registry import load_teacher
 
-__all__ = ["LabelSummary", "frame_directions", "label"]
+__all__ = ["LabelSummary", "frame_directions", "label", "read_frames"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ def _hessian_problem(products: np.ndarray) -> str | None:
     return None
 
 
-def _read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
+def read_frames(frames: Sequence[ase.Atoms] | str | Path) -> tuple[list[ase.Atoms], str]:
+    """The frames to label (a list, or every frame of a file ``ase.io`` reads) and how
+    the store names their source; a missing, empty or unreadable file is a clear error."""
     if isinstance(frames, (str, Path)):
         path = Path(frames)
         if not path.is_file():
@@ -191,7 +193,7 @@ def label(
     """
     if isinstance(teacher, str):
         teacher = load_teacher(teacher)
-    items, source = _read_frames(frames)
+    items, source = read_frames(frames)
     if not items:
         raise ValueError(f"no frames to label in {source}")
     problems = frame_problems(items)

@@ -63,13 +63,13 @@ def mutated_text(draw, base: str) -> str:
 @FUZZ
 @given(data=st.data())
 def test_extxyz_reader_reads_or_refuses_in_one_message(tmp_path, data):
-    from jaxdistill.labelling import _read_frames, frame_problems
+    from jaxdistill.labelling import frame_problems, read_frames
 
     text = data.draw(mutated_text(_valid_extxyz(tmp_path)))
     path = tmp_path / "frames.extxyz"
     path.write_text(text)
     try:
-        frames, _ = _read_frames(path)
+        frames, _ = read_frames(path)
     except USER_ERRORS as error:
         assert str(error) and "\n" not in str(error).strip()
         return

@@ -27,6 +27,7 @@ from jaxdistill.teachers.base import (
     package_version,
     require_package,
 )
+from jaxdistill.teachers.hessian import checked_directions
 
 __all__ = ["FennolTeacher", "expand_fennol_paths", "load_fennol_teacher"]
 
@@ -74,11 +75,7 @@ class FennolTeacher(AseTeacher):
         """
         import jax.numpy as jnp
 
-        directions = np.asarray(directions, dtype=np.float64)
-        if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
-            raise ValueError(
-                f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
-            )
+        directions = checked_directions(directions, len(atoms))
         calc = self.calculator
         work = atoms.copy()
         work.calc = None

@@ -32,6 +32,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_FD_STEP_ANGSTROM",
     "HESSIAN_METHODS",
+    "checked_directions",
     "finite_difference_hvp",
     "hessian_vector_products",
     "random_directions",
@@ -69,6 +70,16 @@ def random_directions(n_atoms: int, k: int, rng: np.random.Generator) -> np.ndar
         raise ValueError(f"the number of Hessian directions must be >= 1, got {k}")
     u = rng.standard_normal((k, n_atoms, 3))
     return u / np.linalg.norm(u.reshape(k, -1), axis=1)[:, None, None]
+
+
+def checked_directions(directions: np.ndarray, n_atoms: int) -> np.ndarray:
+    """``directions`` as float64 ``[K >= 1, n_atoms, 3]``, or a ValueError naming the shape."""
+    directions = np.asarray(directions, dtype=np.float64)
+    if directions.ndim != 3 or directions.shape[1:] != (n_atoms, 3) or not len(directions):
+        raise ValueError(
+            f"directions must have shape [K >= 1, {n_atoms}, 3], got {directions.shape}"
+        )
+    return directions
 
 
 def resolve_hessian_method(teacher: Any, method: str = "auto") -> str:

@@ -45,6 +45,7 @@ from jaxdistill.teachers.base import (
     require_package,
     wants_stress,
 )
+from jaxdistill.teachers.hessian import checked_directions
 
 __all__ = ["OrbTeacher", "load_orb_teacher", "orb_model_names"]
 
@@ -201,11 +202,7 @@ class OrbTeacher(BaseTeacher):
         """
         import torch
 
-        directions = np.asarray(directions, dtype=np.float64)
-        if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
-            raise ValueError(
-                f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
-            )
+        directions = checked_directions(directions, len(atoms))
         model = self.model
         with _torch_numerics(self.dtype, self.matmul_precision), torch.enable_grad():
             # The graph exactly as a label call builds it (orb-models 0.5 or >= 0.6).

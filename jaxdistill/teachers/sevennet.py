@@ -18,18 +18,9 @@ import numpy as np
 
 from jaxdistill.teachers.ase import AseTeacher
 from jaxdistill.teachers.base import check_file, file_sha256, package_version, require_package
+from jaxdistill.teachers.hessian import checked_directions
 
 __all__ = ["SevenNetTeacher", "load_sevennet_teacher"]
-
-
-def _check_directions(atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
-    """``directions`` as a float64 ``[K, n_atoms, 3]`` array, or a ValueError."""
-    directions = np.asarray(directions, dtype=np.float64)
-    if directions.ndim != 3 or directions.shape[1:] != (len(atoms), 3) or not len(directions):
-        raise ValueError(
-            f"directions must have shape [K >= 1, {len(atoms)}, 3], got {directions.shape}"
-        )
-    return directions
 
 
 class SevenNetTeacher(AseTeacher):
@@ -69,7 +60,7 @@ class SevenNetTeacher(AseTeacher):
             "sevenn.atom_graph_data", extra="sevennet", distribution="sevenn"
         )
         dataload = require_package("sevenn.train.dataload", extra="sevennet", distribution="sevenn")
-        directions = _check_directions(atoms, directions)
+        directions = checked_directions(directions, len(atoms))
         calc = self.calculator
         model = calc.model
         # Refuse unknown elements exactly as attaching the calculator does.
