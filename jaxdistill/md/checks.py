@@ -68,6 +68,15 @@ def raise_blowup(
         if len(last_good) > 1
         else ""
     )
+    details = {
+        "step": step,
+        "last_good_step": last_step,
+        "atoms": last_good if len(last_good) > 1 else last_good[0],
+        "path": saved,
+        "replicas": bad_replicas,
+        "reason": reason,
+        "summary": summary() if summary is not None else None,
+    }
     if uncertain is not None:
         message = (
             f"MD stopped at step {step}{which}: {reason}. The students do not know this "
@@ -77,16 +86,7 @@ def raise_blowup(
             f"frame is step {last_step}" + (f", saved to {saved}" if saved else "") + "."
         )
         raise MDUncertaintyError(
-            message,
-            step=step,
-            last_good_step=last_step,
-            atoms=last_good if len(last_good) > 1 else last_good[0],
-            path=saved,
-            replicas=bad_replicas,
-            reason=reason,
-            summary=summary() if summary is not None else None,
-            uncertain=uncertain,
-            uncertain_path=uncertain_path,
+            message, **details, uncertain=uncertain, uncertain_path=uncertain_path
         )
     message = (
         f"MD became unstable at step {step}{which}: {reason}. The last good frame is "
@@ -94,16 +94,7 @@ def raise_blowup(
         "timestep, check the starting structure, or the student may be unreliable for "
         "these configurations (more training data there)."
     )
-    raise MDInstabilityError(
-        message,
-        step=step,
-        last_good_step=last_step,
-        atoms=last_good if len(last_good) > 1 else last_good[0],
-        path=saved,
-        replicas=bad_replicas,
-        reason=reason,
-        summary=summary() if summary is not None else None,
-    )
+    raise MDInstabilityError(message, **details)
 
 
 class UncertaintyCheck:

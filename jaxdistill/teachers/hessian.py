@@ -35,6 +35,7 @@ __all__ = [
     "checked_directions",
     "finite_difference_hvp",
     "hessian_vector_products",
+    "minus_batched_vjp",
     "random_directions",
     "resolve_hessian_method",
 ]
@@ -187,3 +188,34 @@ def hessian_vector_products(
             )
         out.append(products)
     return out
+
+
+def minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np.ndarray:
+    """``-(dF/dR)ᵀ u_k`` for every direction: ``H·u_k``, as H is symmetric (the double
+    backward of the torch teachers, SevenNet and Orb conservative).
+
+    Args:
+        forces: ``[n, 3]`` torch tensor with a graph to ``positions``, eV/Å.
+        positions: ``[n, 3]`` leaf torch tensor, Å.
+        directions: ``[K, n, 3]`` float64.
+
+    Returns:
+        ``[K, n, 3]`` float64 numpy array, eV/Å².
+    """
+    import torch
+
+    u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
+    try:
+        # One vmapped backward pass for all K directions.
+        (grads,) = torch.autograd.grad(
+            forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
+        )
+    except RuntimeError:
+        # Some custom kernels have no vmap rule: one backward pass per direction.
+        grads = torch.stack(
+            [
+                torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]
+                for v in u
+            ]
+        )
+    return -grads.detach().to(torch.float64).cpu().numpy()

@@ -45,7 +45,7 @@ from jaxdistill.teachers.base import (
     require_package,
     wants_stress,
 )
-from jaxdistill.teachers.hessian import checked_directions
+from jaxdistill.teachers.hessian import checked_directions, minus_batched_vjp
 
 __all__ = ["OrbTeacher", "load_orb_teacher", "orb_model_names"]
 
@@ -220,20 +220,7 @@ class OrbTeacher(BaseTeacher):
                     "this orb-models version does not keep the graph of its forces in "
                     "training mode; use finite-difference Hessian-vector products"
                 )
-            u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
-            try:
-                (grads,) = torch.autograd.grad(
-                    forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
-                )
-            except RuntimeError:
-                # An op without a vmap rule: one backward pass per direction.
-                grads = torch.stack(
-                    [
-                        torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]
-                        for v in u
-                    ]
-                )
-        return -grads.detach().to(torch.float64).cpu().numpy()
+            return minus_batched_vjp(forces, positions, directions)
 
     def _prepared(self, atoms: ase.Atoms) -> ase.Atoms:
         pbc = np.asarray(atoms.pbc, dtype=bool)

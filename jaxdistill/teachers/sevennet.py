@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxdistill.teachers.ase import AseTeacher
 from jaxdistill.teachers.base import check_file, file_sha256, package_version, require_package
-from jaxdistill.teachers.hessian import checked_directions
+from jaxdistill.teachers.hessian import checked_directions, minus_batched_vjp
 
 __all__ = ["SevenNetTeacher", "load_sevennet_teacher"]
 
@@ -104,41 +104,11 @@ class SevenNetTeacher(AseTeacher):
                 module.train(True)
             with torch.enable_grad():
                 forces = model(data)[keys.PRED_FORCE]
-                hvp = _minus_batched_vjp(forces, positions, directions)
+                hvp = minus_batched_vjp(forces, positions, directions)
         finally:
             for module, mode in zip(force_modules, modes, strict=True):
                 module.train(mode)
         return hvp
-
-
-def _minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np.ndarray:
-    """``-(dF/dR)ᵀ u_k`` for every direction: ``H·u_k``, as H is symmetric.
-
-    Args:
-        forces: ``[n, 3]`` torch tensor with a graph to ``positions``, eV/Å.
-        positions: ``[n, 3]`` leaf torch tensor, Å.
-        directions: ``[K, n, 3]`` float64.
-
-    Returns:
-        ``[K, n, 3]`` float64 numpy array, eV/Å².
-    """
-    import torch
-
-    u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
-    try:
-        # One vmapped backward pass for all K directions.
-        (grads,) = torch.autograd.grad(
-            forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
-        )
-    except RuntimeError:
-        # Some custom kernels have no vmap rule: one backward pass per direction.
-        grads = torch.stack(
-            [
-                torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]
-                for v in u
-            ]
-        )
-    return -grads.detach().to(torch.float64).cpu().numpy()
 
 
 def load_sevennet_teacher(
