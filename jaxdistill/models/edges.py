@@ -1,0 +1,145 @@
+"""Scatter-free edge operations for receiver-major neighbour lists.
+
+A jax-md ``Dense`` neighbour list stores edges receiver-major: edge ``e = r * M + m``
+has receiver ``r`` and sender ``idx[r, m]``, with ``M = n_edge // n_node`` slots per
+node. On that layout the two scatters of message passing disappear:
+
+* summing messages at receivers is a reshape and a sum over slots;
+* the transpose of gathering node features at senders (a scatter-add to senders)
+  is a gather at the *reverse* edge followed by the same sum over slots, because in
+  a symmetric neighbour list the edges with sender ``j`` are in one-to-one
+  correspondence with the slots of row ``j``.
+
+Scatter-adds serialise on atomics on a GPU; gathers and reductions do not, which is
+why this layout is worth having for MD where every step runs both. The functions
+here are pure and jit/vmap-safe; everything static (``n_node``, the slot count) is
+read from shapes.
+
+Reverse-mode derivatives of any order work (the gather and its transpose are each
+other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
+:func:`gather_senders` is not supported by ``jax.custom_vjp``; use the reference
+``x[senders]`` path there.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class ReceiverMajor(NamedTuple):
+    """Where each edge's reverse lives in a receiver-major edge list.
+
+    Attributes:
+        reverse: [n_edge] int32. For the slot ``(j, m')`` (flat ``j * M + m'``) whose
+            sender is ``k``, the flat index of a slot in row ``k`` whose sender is
+            ``j``. Duplicate pairs (periodic images) are matched by occurrence rank,
+            which keeps the map a bijection.
+        reverse_mask: [n_edge] bool. False where row ``k`` holds no matching slot
+            (padding, or an asymmetric list); those slots contribute nothing.
+    """
+
+    reverse: jax.Array
+    reverse_mask: jax.Array
+
+
+def slots_per_node(n_edge: int, n_node: int) -> int:
+    """Slot count ``M`` of a receiver-major list; raises if the shapes disagree."""
+    if n_node <= 0 or n_edge % n_node:
+        raise ValueError(
+            f"a receiver-major edge list needs n_edge divisible by n_node; got "
+            f"n_edge={n_edge}, n_node={n_node}"
+        )
+    return n_edge // n_node
+
+
+def receiver_major_layout(senders: jax.Array, n_node: int) -> ReceiverMajor:
+    """Reverse-edge map of a receiver-major edge list.
+
+    Args:
+        senders: [n_edge] int, ``n_edge = n_node * M``; edge ``r * M + m`` has
+            receiver ``r``. Every sender must lie in ``[0, n_node)`` (point padding
+            slots at a padding node, as jax-md does with index ``N``).
+        n_node: number of nodes, padding node included.
+
+    Returns:
+        The :class:`ReceiverMajor` map. Cost is O(n_node * M²) compares, paid once per
+        neighbour-list update rather than once per step.
+    """
+    n_slots = slots_per_node(senders.shape[0], n_node)
+    table = senders.reshape(n_node, n_slots)
+    same = table[:, :, None] == table[:, None, :]
+    earlier = jnp.tril(jnp.ones((n_slots, n_slots), bool), k=-1)
+    # rank[r, m]: how many earlier slots of row r hold the same sender.
+    rank = jnp.sum(same & earlier[None], axis=-1)
+    rows = jnp.arange(n_node)[:, None, None]
+    # For slot (j, m') with sender k and rank c: the slot in row k with sender j, rank c.
+    match = (table[table] == rows) & (rank[table] == rank[:, :, None])
+    reverse_slot = jnp.argmax(match, axis=-1)
+    reverse = (table * n_slots + reverse_slot).reshape(-1).astype(jnp.int32)
+    return ReceiverMajor(reverse=reverse, reverse_mask=jnp.any(match, axis=-1).reshape(-1))
+
+
+def sum_at_receivers(messages: jax.Array, n_node: int) -> jax.Array:
+    """Sum edge messages at their receivers: [n_edge, ...] -> [n_node, ...]."""
+    n_slots = slots_per_node(messages.shape[0], n_node)
+    return messages.reshape(n_node, n_slots, *messages.shape[1:]).sum(axis=1)
+
+
+def _masked_reverse_sum(values: jax.Array, layout: ReceiverMajor, n_node: int) -> jax.Array:
+    mask = layout.reverse_mask.reshape(-1, *([1] * (values.ndim - 1)))
+    return sum_at_receivers(jnp.where(mask, values[layout.reverse], 0), n_node)
+
+
+@jax.custom_vjp
+def gather_senders(nodes: jax.Array, senders: jax.Array, layout: ReceiverMajor) -> jax.Array:
+    """``nodes[senders]`` whose backward pass is a gather, not a scatter-add.
+
+    Args:
+        nodes: [n_node, ...] node features.
+        senders: [n_edge] int, receiver-major (see :func:`receiver_major_layout`).
+        layout: the reverse map of ``senders``.
+
+    Returns:
+        [n_edge, ...] sender features per edge.
+    """
+    return nodes[senders]
+
+
+def _gather_fwd(nodes, senders, layout):
+    # A zero-width array carries the static node count through the residuals.
+    return nodes[senders], (senders, layout, jnp.zeros((nodes.shape[0], 0), nodes.dtype))
+
+
+def _gather_bwd(residual, cotangent):
+    senders, layout, node_shape = residual
+    return scatter_to_senders(cotangent, senders, layout, node_shape.shape[0]), None, None
+
+
+def scatter_to_senders(
+    edges: jax.Array, senders: jax.Array, layout: ReceiverMajor, n_node: int
+) -> jax.Array:
+    """Sum edge values at their senders, [n_edge, ...] -> [n_node, ...], scatter-free."""
+    return _scatter_impl(edges, senders, layout, n_node)
+
+
+def _scatter_impl_fn(edges, senders, layout, n_node):
+    return _masked_reverse_sum(edges, layout, n_node)
+
+
+_scatter_impl = jax.custom_vjp(_scatter_impl_fn, nondiff_argnums=(3,))
+
+
+def _scatter_fwd(edges, senders, layout, n_node):
+    return _masked_reverse_sum(edges, layout, n_node), (senders, layout)
+
+
+def _scatter_bwd(n_node, residual, cotangent):
+    senders, layout = residual
+    return gather_senders(cotangent, senders, layout), None, None
+
+
+_scatter_impl.defvjp(_scatter_fwd, _scatter_bwd)
+gather_senders.defvjp(_gather_fwd, _gather_bwd)
