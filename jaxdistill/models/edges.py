@@ -10,8 +10,8 @@ node. On that layout the two scatters of message passing disappear:
   a symmetric neighbour list the edges with sender ``j`` are in one-to-one
   correspondence with the slots of row ``j``.
 
-Scatter-adds serialise on atomics on a GPU; gathers and reductions do not, which is
-why this layout is worth having for MD where every step runs both. The functions
+Measured on an H200 this is slower than gather/``segment_sum`` from 512 nodes on
+(docs/benchmarks.md, ``benchmarks/edge_ops.py``), so no model uses it. The functions
 here are pure and jit/vmap-safe; everything static (``n_node``, the slot count) is
 read from shapes.
 
@@ -23,6 +23,7 @@ other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -118,18 +119,12 @@ def _gather_bwd(residual, cotangent):
     return scatter_to_senders(cotangent, senders, layout, node_shape.shape[0]), None, None
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def scatter_to_senders(
     edges: jax.Array, senders: jax.Array, layout: ReceiverMajor, n_node: int
 ) -> jax.Array:
     """Sum edge values at their senders, [n_edge, ...] -> [n_node, ...], scatter-free."""
-    return _scatter_impl(edges, senders, layout, n_node)
-
-
-def _scatter_impl_fn(edges, senders, layout, n_node):
     return _masked_reverse_sum(edges, layout, n_node)
-
-
-_scatter_impl = jax.custom_vjp(_scatter_impl_fn, nondiff_argnums=(3,))
 
 
 def _scatter_fwd(edges, senders, layout, n_node):
@@ -141,5 +136,5 @@ def _scatter_bwd(n_node, residual, cotangent):
     return gather_senders(cotangent, senders, layout), None, None
 
 
-_scatter_impl.defvjp(_scatter_fwd, _scatter_bwd)
+scatter_to_senders.defvjp(_scatter_fwd, _scatter_bwd)
 gather_senders.defvjp(_gather_fwd, _gather_bwd)
