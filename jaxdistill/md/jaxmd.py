@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -201,15 +202,59 @@ def neighbor_edges(neighbor, n_atoms: int) -> tuple[jax.Array, jax.Array, jax.Ar
     return senders, receivers, mask
 
 
+def receiver_major_edges(neighbor, n_atoms: int):
+    """Edges of a jax-md ``Dense`` neighbour list on the receiver-major layout.
+
+    Row ``i`` of ``neighbor.idx`` (``[n_atoms, M]``) holds the neighbours of atom ``i``;
+    a padding row of ``M`` slots is appended for the padding node ``n_atoms``, so edge
+    ``e = i * M + m`` has receiver ``i`` and sender ``idx[i, m]``, and the list's
+    symmetry gives every edge its reverse (:func:`jaxdistill.models.edges.receiver_major_layout`).
+
+    Returns:
+        ``(edges, edge_mask)``: an :class:`~jaxdistill.models.edges.Edges` with its
+        layout, and ``[(n_atoms + 1) * M]`` bool, True for real edges.
+    """
+    from jaxdistill.models.edges import Edges, receiver_major_layout
+
+    idx = neighbor.idx
+    n_slots = idx.shape[1]
+    table = jnp.concatenate([idx, jnp.full((1, n_slots), n_atoms, idx.dtype)], axis=0)
+    table = jnp.minimum(table, n_atoms).astype(jnp.int32)
+    senders = table.reshape(-1)
+    rows = jnp.repeat(jnp.arange(n_atoms + 1, dtype=jnp.int32), n_slots)
+    mask = (senders < n_atoms) & (rows < n_atoms)
+    # Under the minimum-image convention a pair appears at most once per row.
+    layout = receiver_major_layout(senders, n_atoms + 1, unique_pairs=True)
+    receivers = jnp.where(mask, rows, n_atoms)
+    return Edges(senders, receivers, layout), mask
+
+
+def accepts_layout(module) -> bool:
+    """Whether a student module takes the receiver-major ``layout`` argument."""
+    try:
+        return "layout" in inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def _member_energy_fn(
     model: Model, displacement_fn: Callable, species: Sequence[int]
 ) -> Callable[..., jax.Array]:
     """``energy(params, R, neighbor, numbers=None, **kwargs) -> scalar``: one student's
     (one member's) energy on a jax-md neighbour list; ``kwargs`` go to
-    ``displacement_fn``."""
+    ``displacement_fn``.
+
+    A ``Dense`` list runs the receiver-major layout (no scatter-add anywhere in the
+    energy or its gradient; see :mod:`jaxdistill.models.edges`) for students that take
+    it; other formats an edge list."""
+    from jax_md import partition
+
+    from jaxdistill.models.edges import Edges
+
     numbers_np = np.asarray(species, dtype=np.int32)
     n_atoms = len(numbers_np)
     apply = model.model.apply
+    receiver_major_ok = accepts_layout(model.model)
     dtype = jnp.dtype(model.dtype)
     node_mask = np.arange(n_atoms + 1) < n_atoms
     padded_numbers = np.concatenate([numbers_np, [0]]).astype(np.int32)
@@ -222,19 +267,25 @@ def _member_energy_fn(
         )
         if R.shape[0] != n_atoms:
             raise ValueError(f"energy_fn was built for {n_atoms} atoms, got R of {R.shape}")
-        senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
+        if receiver_major_ok and neighbor.format is partition.Dense:
+            edges, edge_mask = receiver_major_edges(neighbor, n_atoms)
+            layout_kwargs = {"layout": edges.layout}
+        else:
+            senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
+            edges, layout_kwargs = Edges(senders, receivers), {}
         padded = jnp.concatenate([R, jnp.zeros_like(R[:1])], axis=0)
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
-        vectors = displacement(padded[senders], padded[receivers])
+        vectors = displacement(edges.from_senders(padded), edges.from_receivers(padded))
         vectors = jnp.where(edge_mask[:, None], vectors, 0.0).astype(dtype)
         atomic = apply(
             params,
             numbers,
             vectors,
-            senders,
-            receivers,
+            edges.senders,
+            edges.receivers,
             jnp.asarray(node_mask),
             edge_mask,
+            **layout_kwargs,
         )
         return jnp.sum(jnp.where(jnp.asarray(node_mask), atomic, 0.0))
 

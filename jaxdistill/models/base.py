@@ -20,6 +20,7 @@ from jaxdistill.models.common import (
     safe_norm,
     species_index_table,
 )
+from jaxdistill.models.edges import Edges
 from jaxdistill.models.fused import FusedEdges, edge_layouts, use_fused
 from jaxdistill.models.repulsion import zbl_atomic_energies
 
@@ -113,8 +114,7 @@ class StudentModule(nn.Module):
         geometry: EdgeGeometry,
         numbers: jax.Array,
         edge_vectors: jax.Array,
-        senders: jax.Array,
-        receivers: jax.Array,
+        edges: Edges,
         node_mask: jax.Array,
         edge_mask: jax.Array,
     ) -> jax.Array:
@@ -128,6 +128,6 @@ class StudentModule(nn.Module):
         )
         if self.repulsion == "zbl":
             energies = energies + zbl_atomic_energies(
-                numbers, edge_vectors, senders, receivers, edge_mask, self.species
+                numbers, edge_vectors, edges, edge_mask, self.species
             )
         return energies * node_mask

@@ -10,10 +10,16 @@ node. On that layout the two scatters of message passing disappear:
   a symmetric neighbour list the edges with sender ``j`` are in one-to-one
   correspondence with the slots of row ``j``.
 
-Measured on an H200 this is slower than gather/``segment_sum`` from 512 nodes on
-(docs/benchmarks.md, ``benchmarks/edge_ops.py``), so no model uses it. The functions
-here are pure and jit/vmap-safe; everything static (``n_node``, the slot count) is
-read from shapes.
+In a student's whole MD step the scatters are what costs: profiled on an H100
+(``benchmarks/step_profile.py``, 2026-12-06), the 14 scatter-adds of a PaiNN 64×3 force
+evaluation took 3.5 of 4.8 ms per step at 4096 Si atoms, and the one that sums edge
+gradients into forces (``[E, 3]`` into ``[N, 3]``, 40 edges per row contending for
+the same addresses) 21 of 238 µs at 64 atoms. (A synthetic round trip on a ring graph,
+``benchmarks/edge_ops.py``, had favoured the scatters: its edges were sorted and
+local.) The students run on this layout when given an :class:`Edges` with a layout,
+which the jax-md adapter builds from a ``Dense`` neighbour list. The functions here are
+pure and jit/vmap-safe; everything static (``n_node``, the slot count) is read from
+shapes.
 
 Reverse-mode derivatives of any order work (the gather and its transpose are each
 other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
@@ -56,7 +62,9 @@ def slots_per_node(n_edge: int, n_node: int) -> int:
     return n_edge // n_node
 
 
-def receiver_major_layout(senders: jax.Array, n_node: int) -> ReceiverMajor:
+def receiver_major_layout(
+    senders: jax.Array, n_node: int, unique_pairs: bool = False
+) -> ReceiverMajor:
     """Reverse-edge map of a receiver-major edge list.
 
     Args:
@@ -64,6 +72,10 @@ def receiver_major_layout(senders: jax.Array, n_node: int) -> ReceiverMajor:
             receiver ``r``. Every sender must lie in ``[0, n_node)`` (point padding
             slots at a padding node, as jax-md does with index ``N``).
         n_node: number of nodes, padding node included.
+        unique_pairs: promise that no row holds the same real sender twice (true of a
+            jax-md list under the minimum-image convention; not of a small periodic
+            cell, whose images repeat pairs). Skips the occurrence ranks (``O(M²)``
+            per node fewer compares). Padding slots may repeat: they have no reverse.
 
     Returns:
         The :class:`ReceiverMajor` map. Cost is O(n_node * M²) compares, paid once per
@@ -71,11 +83,17 @@ def receiver_major_layout(senders: jax.Array, n_node: int) -> ReceiverMajor:
     """
     n_slots = slots_per_node(senders.shape[0], n_node)
     table = senders.reshape(n_node, n_slots)
+    rows = jnp.arange(n_node)[:, None, None]
+    if unique_pairs:
+        # A slot pointing at its own row is padding (jax-md pads with the padding node).
+        match = (table[table] == rows) & (table != jnp.arange(n_node)[:, None])[:, :, None]
+        reverse_slot = jnp.argmax(match, axis=-1)
+        reverse = (table * n_slots + reverse_slot).reshape(-1).astype(jnp.int32)
+        return ReceiverMajor(reverse=reverse, reverse_mask=jnp.any(match, axis=-1).reshape(-1))
     same = table[:, :, None] == table[:, None, :]
     earlier = jnp.tril(jnp.ones((n_slots, n_slots), bool), k=-1)
     # rank[r, m]: how many earlier slots of row r hold the same sender.
     rank = jnp.sum(same & earlier[None], axis=-1)
-    rows = jnp.arange(n_node)[:, None, None]
     # For slot (j, m') with sender k and rank c: the slot in row k with sender j, rank c.
     match = (table[table] == rows) & (rank[table] == rank[:, :, None])
     reverse_slot = jnp.argmax(match, axis=-1)
@@ -138,3 +156,50 @@ def _scatter_bwd(n_node, residual, cotangent):
 
 scatter_to_senders.defvjp(_scatter_fwd, _scatter_bwd)
 gather_senders.defvjp(_gather_fwd, _gather_bwd)
+
+
+class Edges(NamedTuple):
+    """A graph's edges and how messages move along them.
+
+    The students' message passing goes through :meth:`from_senders` and
+    :meth:`to_receivers`, so one model serves both layouts: a plain edge list
+    (``layout`` None: a gather and ``segment_sum``, any edge order) and a
+    receiver-major one (``layout`` a :class:`ReceiverMajor`: sums over slots, and the
+    backward pass of the gather is a gather at the reverse edge; no scatter anywhere).
+
+    Attributes:
+        senders: ``[n_edge]`` int, the neighbour ``j`` of each edge.
+        receivers: ``[n_edge]`` int, the centre ``i``.
+        layout: the reverse map of a receiver-major list, or None.
+    """
+
+    senders: jax.Array
+    receivers: jax.Array
+    layout: ReceiverMajor | None = None
+
+    def from_senders(self, nodes: jax.Array) -> jax.Array:
+        """``nodes[senders]``: ``[n_node, ...] -> [n_edge, ...]``."""
+        if self.layout is None:
+            return nodes[self.senders]
+        return gather_senders(nodes, self.senders, self.layout)
+
+    def to_receivers(self, messages: jax.Array, n_node: int) -> jax.Array:
+        """Sum edge values at their receivers: ``[n_edge, ...] -> [n_node, ...]``.
+
+        On the receiver-major layout a padding slot is summed into its row, so its
+        value must be zero (the students' messages carry the cutoff envelope, which is
+        zero on padding edges).
+        """
+        if self.layout is None:
+            return jax.ops.segment_sum(messages, self.receivers, num_segments=n_node)
+        return sum_at_receivers(messages, n_node)
+
+    def from_receivers(self, nodes: jax.Array) -> jax.Array:
+        """``nodes[receivers]``: on the receiver-major layout a broadcast over slots,
+        whose backward pass is a sum (no scatter)."""
+        if self.layout is None:
+            return nodes[self.receivers]
+        n_node = nodes.shape[0]
+        n_slots = slots_per_node(self.senders.shape[0], n_node)
+        tiled = jnp.broadcast_to(nodes[:, None], (n_node, n_slots, *nodes.shape[1:]))
+        return tiled.reshape(n_node * n_slots, *nodes.shape[1:])

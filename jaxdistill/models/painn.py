@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule, edge_geometry
+from jaxdistill.models.edges import Edges, ReceiverMajor
 from jaxdistill.models.fused import FusedEdges, painn_messages
 
 
@@ -30,8 +31,7 @@ class PaiNNMessage(nn.Module):
         radial: jax.Array,
         envelope: jax.Array,
         unit_vectors: jax.Array,
-        senders: jax.Array,
-        receivers: jax.Array,
+        edges: Edges,
         fused: FusedEdges | None = None,
         edge_vectors: jax.Array | None = None,
         edge_mask: jax.Array | None = None,
@@ -43,7 +43,7 @@ class PaiNNMessage(nn.Module):
             s, v: scalar and vector features.
             radial: ``[n_edge, num_radial]`` basis; envelope ``[n_edge]``;
                 unit_vectors ``[n_edge, 3]``.
-            senders, receivers: ``[n_edge]``.
+            edges: senders, receivers and their layout.
             fused: layouts of the fused path, or None for the reference path; then
                 ``edge_vectors`` (Å), ``edge_mask`` and ``cutoff`` (Å) are needed.
         """
@@ -62,8 +62,8 @@ class PaiNNMessage(nn.Module):
                 edge_mask,
                 weights["kernel"],
                 weights["bias"],
-                senders,
-                receivers,
+                edges.senders,
+                edges.receivers,
                 fused,
                 cutoff,
                 radial.shape[-1],
@@ -72,11 +72,14 @@ class PaiNNMessage(nn.Module):
         # The envelope multiplies after the dense layer so that its bias, too, goes
         # smoothly to zero at the cutoff (and is exactly zero on padding edges).
         filters = filter_layer(radial) * envelope[:, None]
-        x = phi[senders] * filters
+        x = edges.from_senders(phi) * filters
         gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
-        ds = jax.ops.segment_sum(gate_s, receivers, num_segments=n_node)
-        dv_edge = v[senders] * gate_v[:, None, :] + unit_vectors[:, :, None] * gate_r[:, None, :]
-        dv = jax.ops.segment_sum(dv_edge, receivers, num_segments=n_node)
+        ds = edges.to_receivers(gate_s, n_node)
+        dv_edge = (
+            edges.from_senders(v) * gate_v[:, None, :]
+            + unit_vectors[:, :, None] * gate_r[:, None, :]
+        )
+        dv = edges.to_receivers(dv_edge, n_node)
         return s + ds, v + dv
 
 
@@ -123,8 +126,20 @@ class PaiNN(StudentModule):
     norm_softening: float = LEGACY_NORM_SOFTENING
 
     @nn.compact
-    def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
-        """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å)."""
+    def __call__(
+        self,
+        numbers,
+        edge_vectors,
+        senders,
+        receivers,
+        node_mask,
+        edge_mask,
+        layout: ReceiverMajor | None = None,
+    ):
+        """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å);
+        ``layout``: the reverse map of a receiver-major edge list (see
+        :class:`~jaxdistill.models.edges.Edges`), or None for any edge order."""
+        edges = Edges(senders, receivers, layout)
         geometry = edge_geometry(
             numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
         )
@@ -139,14 +154,11 @@ class PaiNN(StudentModule):
                 geometry.radial,
                 geometry.envelope,
                 unit_vectors,
-                senders,
-                receivers,
+                edges,
                 fused,
                 edge_vectors,
                 edge_mask,
                 self.cutoff,
             )
             s, v = PaiNNUpdate(self.features, self.norm_softening, name=f"update_{layer}")(s, v)
-        return self.readout(
-            s, geometry, numbers, edge_vectors, senders, receivers, node_mask, edge_mask
-        )
+        return self.readout(s, geometry, numbers, edge_vectors, edges, node_mask, edge_mask)

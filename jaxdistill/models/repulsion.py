@@ -25,6 +25,7 @@ import numpy as np
 from ase.data import covalent_radii
 
 from jaxdistill.models.common import polynomial_envelope, safe_norm
+from jaxdistill.models.edges import Edges
 
 REPULSIONS = (None, "zbl")
 COULOMB_EV_ANGSTROM = 14.399645
@@ -68,8 +69,7 @@ def zbl_pair_energy(
 def zbl_atomic_energies(
     numbers: jax.Array,
     edge_vectors: jax.Array,
-    senders: jax.Array,
-    receivers: jax.Array,
+    edges: Edges,
     edge_mask: jax.Array,
     species: Sequence[int],
 ) -> jax.Array:
@@ -81,7 +81,7 @@ def zbl_atomic_energies(
     Args:
         numbers: ``[n_node]`` atomic numbers.
         edge_vectors: ``[n_edge, 3]`` Å.
-        senders, receivers: ``[n_edge]`` node indices.
+        edges: senders and receivers (``[n_edge]`` node indices) and their layout.
         edge_mask: ``[n_edge]`` True for real edges.
         species: atomic numbers the student knows (bounds the covalent-radius table).
 
@@ -92,7 +92,7 @@ def zbl_atomic_energies(
     radii[list(species)] = covalent_radii[list(species)]
     radii = jnp.asarray(radii, dtype=edge_vectors.dtype)
     distance = safe_norm(edge_vectors, edge_mask)
-    z_s, z_r = numbers[senders], numbers[receivers]
+    z_s, z_r = numbers[edges.senders], numbers[edges.receivers]
     r_max = radii[z_s] + radii[z_r]
     # Padding edges get Z = 1 so nothing divides by zero; they are masked below.
     pair = zbl_pair_energy(
@@ -102,4 +102,4 @@ def zbl_atomic_energies(
         jnp.where(edge_mask & (r_max > 0), r_max, 1.0),
     )
     pair = jnp.where(edge_mask, pair, 0.0)
-    return 0.5 * jax.ops.segment_sum(pair, receivers, num_segments=numbers.shape[0])
+    return 0.5 * edges.to_receivers(pair, numbers.shape[0])

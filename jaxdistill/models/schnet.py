@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule, edge_geometry
+from jaxdistill.models.edges import Edges, ReceiverMajor
 from jaxdistill.models.fused import FusedEdges, schnet_messages
 
 
@@ -26,8 +27,7 @@ class SchNetInteraction(nn.Module):
         h: jax.Array,
         radial: jax.Array,
         envelope: jax.Array,
-        senders: jax.Array,
-        receivers: jax.Array,
+        edges: Edges,
         fused: FusedEdges | None = None,
         edge_vectors: jax.Array | None = None,
         edge_mask: jax.Array | None = None,
@@ -38,7 +38,7 @@ class SchNetInteraction(nn.Module):
         Args:
             h: ``[n_node, F]`` features.
             radial: ``[n_edge, num_radial]`` basis; envelope ``[n_edge]``.
-            senders, receivers: ``[n_edge]``.
+            edges: senders, receivers and their layout.
             fused: layouts of the fused path, or None for the reference path; then
                 ``edge_vectors`` (Å), ``edge_mask`` and ``cutoff`` (Å) are needed.
         """
@@ -49,7 +49,7 @@ class SchNetInteraction(nn.Module):
         x = nn.Dense(self.features, use_bias=False)(h)
         if fused is None:
             filters = outer(nn.silu(inner(radial))) * envelope[:, None]
-            messages = jax.ops.segment_sum(x[senders] * filters, receivers, num_segments=h.shape[0])
+            messages = edges.to_receivers(edges.from_senders(x) * filters, h.shape[0])
         else:
             # Called once on a dummy row so the parameters exist (at init) and are
             # bound; the result is unused and XLA drops it.
@@ -64,8 +64,8 @@ class SchNetInteraction(nn.Module):
                 w_in["bias"],
                 w_out["kernel"],
                 w_out["bias"],
-                senders,
-                receivers,
+                edges.senders,
+                edges.receivers,
                 fused,
                 cutoff,
                 radial.shape[-1],
@@ -78,8 +78,20 @@ class SchNet(StudentModule):
     :class:`StudentModule` (``num_layers``: interaction blocks)."""
 
     @nn.compact
-    def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
-        """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å)."""
+    def __call__(
+        self,
+        numbers,
+        edge_vectors,
+        senders,
+        receivers,
+        node_mask,
+        edge_mask,
+        layout: ReceiverMajor | None = None,
+    ):
+        """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å);
+        ``layout``: the reverse map of a receiver-major edge list (see
+        :class:`~jaxdistill.models.edges.Edges`), or None for any edge order."""
+        edges = Edges(senders, receivers, layout)
         geometry = edge_geometry(
             numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
         )
@@ -90,13 +102,10 @@ class SchNet(StudentModule):
                 h,
                 geometry.radial,
                 geometry.envelope,
-                senders,
-                receivers,
+                edges,
                 fused,
                 edge_vectors,
                 edge_mask,
                 self.cutoff,
             )
-        return self.readout(
-            h, geometry, numbers, edge_vectors, senders, receivers, node_mask, edge_mask
-        )
+        return self.readout(h, geometry, numbers, edge_vectors, edges, node_mask, edge_mask)
