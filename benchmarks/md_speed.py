@@ -520,15 +520,26 @@ def fused_sweep(sizes: list[int], budget: Budget, record: dict, save) -> dict:
     return record["fused_blocks_chosen"]
 
 
+#: Evaluation paths compared by ``--fused-only``: (label, message_passing, list format).
+#: "receiver_major" is what ``format="auto"`` gives on a GPU (scatter-free students);
+#: "sparse" the edge-list path that was the default before 2026-12-06.
+COMPARED_PATHS = (
+    ("receiver_major", "reference", "dense"),
+    ("sparse", "reference", "sparse"),
+    ("fused", "fused", "dense"),
+)
+
+
 def fused_comparison(
     args, sizes: list[int], budget: Budget, record: dict, save, blocks: dict | None = None
 ) -> None:
-    """Fused vs reference message passing vs the jax-md LJ floor, side by side."""
+    """Each evaluation path (:data:`COMPARED_PATHS`) beside the jax-md LJ floor."""
     from jax_md import energy, partition, space
 
     from jaxdistill.md.jaxmd import jax_md_potential
 
     rows = record.setdefault("fused_vs_reference", [])
+    paths = [p for p in COMPARED_PATHS if not args.paths or p[0] in args.paths.split(",")]
     for n in sizes:
         atoms = silicon_cell(n)
         steps = args.steps_per_chunk if n <= 1000 else max(10, args.steps_per_chunk // 5)
@@ -543,7 +554,7 @@ def fused_comparison(
             row = {"model": "jax-md LJ", "mode": "floor", "n_atoms": n}
             row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
             rows.append(row)
-            print(f"[fused] LJ/{n}: {row['us_per_step']['median']:.1f} us", flush=True)
+            print(f"[paths] LJ/{n}: {row['us_per_step']['median']:.1f} us", flush=True)
         except Exception as error:
             rows.append({"model": "jax-md LJ", "n_atoms": n, **error_record(error)})
         save()
@@ -555,47 +566,65 @@ def fused_comparison(
             student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
             from jaxdistill.models.fused import BLOCKS_ENV_VAR
 
-            for mode in ("fused", "reference"):
+            for mode, message_passing, neighbor_format in paths:
                 if budget.left() < 15:
-                    record["skipped"].append(f"fused comparison {label}/{n}/{mode}: budget")
+                    record["skipped"].append(f"path comparison {label}/{n}/{mode}: budget")
                     continue
-                row = {"model": label, "mode": mode, "n_atoms": n}
+                row = {"model": label, "mode": mode, "n_atoms": n,
+                       "message_passing": message_passing, "format": neighbor_format}  # fmt: skip
                 if blocks and n in blocks:  # read when the loop is traced
                     os.environ[BLOCKS_ENV_VAR] = blocks[n]
                     row["blocks"] = blocks[n]
                 try:
                     neighbor_fn, energy_fn = jax_md_potential(
-                        student.with_message_passing(mode), displacement, box, atoms.numbers
+                        student.with_message_passing(message_passing),
+                        displacement,
+                        box,
+                        atoms.numbers,
+                        format=neighbor_format,
                     )
                     row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
                     target = FUSED_TARGETS_US[label][n] if n in FUSED_TARGETS_US[label] else None
                     median = row["us_per_step"]["median"]
                     row["target_us"] = target
                     row["ratio_to_target"] = None if target is None else median / target
-                    print(f"[fused] {label}/{n}/{mode}: {median:.1f} us (target {target})",
+                    print(f"[paths] {label}/{n}/{mode}: {median:.1f} us (target {target})",
                           flush=True)  # fmt: skip
                 except Exception as error:
                     row.update(error_record(error))
-                    print(f"[fused] {label}/{n}/{mode}: {row['error']}", flush=True)
+                    print(f"[paths] {label}/{n}/{mode}: {row['error']}", flush=True)
                 rows.append(row)
                 save()
 
 
 def fused_replicas(args, budget: Budget, record: dict, save) -> None:
-    """Many replicas in one vmapped run_md, fused vs reference: atom-steps/s."""
+    """Many replicas in one vmapped run_md per pure-JAX path: atom-steps/s (the fused
+    kernels lost to both at 64 and 21 atoms, docs/benchmarks.md)."""
     rows = record.setdefault("fused_replicas", [])
+    paths = [
+        p
+        for p in COMPARED_PATHS
+        if p[0] != "fused" and (not args.paths or p[0] in args.paths.split(","))
+    ]
     for name, atoms in (("si64", silicon_cell(64)), ("hexanol", hexanol())):
         student = student_for("painn", atoms)
-        for mode in ("fused", "reference"):
+        if name == "hexanol":
+            # An untrained student has no repulsion and collapses the molecule within
+            # a few hundred steps (MDInstabilityError); ZBL keeps atoms apart.
+            species = sorted(set(atoms.get_chemical_symbols()))
+            student = create_student("painn", species, cutoff=5.0, repulsion="zbl")
+        for mode, message_passing, neighbor_format in paths:
             if budget.left() < 20:
                 record["skipped"].append(f"fused replicas {name}/{mode}: budget")
                 continue
             row = {"system": name, "n_atoms": len(atoms), "mode": mode,
-                   "replicas": args.replicas}  # fmt: skip
+                   "replicas": args.replicas,
+                   "student": "painn 64x3" + (" + ZBL" if name == "hexanol" else "")}  # fmt: skip
             try:
                 summary = run_md(
-                    student.with_message_passing(mode),
+                    student.with_message_passing(message_passing),
                     atoms,
+                    neighbor_format=neighbor_format,
                     replicas=args.replicas,
                     ensemble="nvt",
                     temperature_kelvin=300.0,
@@ -604,6 +633,9 @@ def fused_replicas(args, budget: Budget, record: dict, save) -> None:
                     sample_every=max(1, args.replica_steps // 4),
                     chunk_steps=max(1, args.replica_steps // 4),
                     max_temperature_factor=1e9,
+                    # Untrained: the random student may pull the molecule apart, which
+                    # is no reason to stop a speed measurement.
+                    bond_factor=None,
                 )
                 row["us_per_step"] = summary.us_per_step
                 row["atom_steps_per_second"] = summary.atom_steps_per_second
@@ -748,6 +780,11 @@ def main() -> None:
         "--fused-students",
         default="",
         help="subset of painn64x3,painn128x3,schnet64x3 for --fused-only (default all)",
+    )
+    parser.add_argument(
+        "--paths",
+        default="",
+        help="subset of receiver_major,sparse,fused for --fused-only (default all)",
     )
     args = parser.parse_args()
     quick = args.quick

@@ -1,0 +1,190 @@
+"""Students on a jax-md Dense list run the receiver-major layout: same energies, forces
+and stress as on a Sparse list, and no scatter-add left in the force program."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from structures import ethanol, silicon
+
+from jaxdistill import create_student
+from jaxdistill.md import jaxmd
+from jaxdistill.md.jaxmd import jax_md_potential, receiver_major_edges
+from jaxdistill.models import edges
+
+jax_md = pytest.importorskip("jax_md")
+from jax_md import partition, quantity, space  # noqa: E402
+
+STUDENTS = {
+    "painn": {"features": 8, "num_layers": 2, "num_radial": 6},
+    "painn+zbl": {"features": 8, "num_layers": 2, "num_radial": 6, "repulsion": "zbl"},
+    "schnet": {"features": 8, "num_layers": 2, "num_radial": 6},
+}
+
+
+def _student(name: str, dtype: str):
+    architecture = name.split("+")[0]
+    return create_student(
+        architecture, ["H", "C", "O", "Si"], cutoff=4.0, seed=5, dtype=dtype, **STUDENTS[name]
+    )
+
+
+def _evaluate(student, atoms, neighbor_format: str, periodic: bool):
+    """Energy, forces and (periodic) jax-md stress through a user's jax-md set-up."""
+    if periodic:
+        box = jnp.asarray(atoms.cell.array.T)
+        displacement_fn, _ = space.periodic_general(box, fractional_coordinates=True)
+        R = jnp.asarray(atoms.get_scaled_positions())
+        fractional = True
+    else:
+        box, fractional = None, False
+        displacement_fn, _ = space.free()
+        R = jnp.asarray(atoms.positions)
+    neighbor_fn, energy_fn = jax_md_potential(
+        student,
+        displacement_fn,
+        box,
+        atoms.numbers,
+        format=neighbor_format,
+        fractional_coordinates=fractional,
+    )
+    nbrs = neighbor_fn.allocate(R)
+
+    @jax.jit
+    def evaluate(R, nbrs):
+        energy = energy_fn(R, nbrs)
+        forces = quantity.force(energy_fn)(R, neighbor=nbrs)
+        stress = quantity.stress(energy_fn, R, box, neighbor=nbrs) if periodic else None
+        return energy, forces, stress
+
+    return evaluate(R, nbrs)
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+@pytest.mark.parametrize(("dtype", "rtol"), [("float64", 1e-10), ("float32", 1e-5)])
+def test_dense_equals_sparse_on_a_crystal(name, dtype, rtol):
+    student = _student(name, dtype)
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=4)
+    e_sparse, f_sparse, s_sparse = _evaluate(student, atoms, "sparse", periodic=True)
+    e_dense, f_dense, s_dense = _evaluate(student, atoms, "dense", periodic=True)
+    assert float(e_dense) == pytest.approx(float(e_sparse), rel=rtol)
+    scale = float(jnp.max(jnp.abs(f_sparse)))
+    assert scale > 0
+    np.testing.assert_allclose(f_dense, f_sparse, rtol=0, atol=rtol * scale * 10)
+    stress_scale = float(jnp.max(jnp.abs(s_sparse)))
+    np.testing.assert_allclose(s_dense, s_sparse, rtol=0, atol=rtol * stress_scale * 10)
+
+
+def test_dense_equals_sparse_for_a_molecule():
+    student = _student("painn+zbl", "float64")
+    atoms = ethanol(seed=2)
+    e_sparse, f_sparse, _ = _evaluate(student, atoms, "sparse", periodic=False)
+    e_dense, f_dense, _ = _evaluate(student, atoms, "dense", periodic=False)
+    assert float(e_dense) == pytest.approx(float(e_sparse), rel=1e-12)
+    np.testing.assert_allclose(f_dense, f_sparse, rtol=0, atol=1e-10)
+
+
+def _force_program(student, atoms, neighbor_format: str) -> str:
+    box = jnp.asarray(np.diag(atoms.cell.array))
+    displacement_fn, _ = space.periodic(box)
+    neighbor_fn, energy_fn = jax_md_potential(
+        student, displacement_fn, box, atoms.numbers, format=neighbor_format
+    )
+    R = jnp.asarray(atoms.positions)
+    nbrs = neighbor_fn.allocate(R)
+    return jax.jit(jax.grad(energy_fn)).lower(R, nbrs).compile().as_text()
+
+
+@pytest.mark.parametrize("name", ["painn+zbl", "schnet"])
+def test_dense_force_program_has_no_scatter(name):
+    """The point of the layout: every scatter-add (segment sums and the transposes of
+    gathers, the force accumulation included) became a gather or a sum over slots."""
+    student = _student(name, "float32")
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.05)
+    sparse = _force_program(student, atoms, "sparse")
+    dense = _force_program(student, atoms, "dense")
+    assert sparse.count(" scatter(") >= 4  # the count below can tell the difference
+    assert dense.count(" scatter(") == 0
+
+
+def test_unique_pairs_layout_equals_the_general_one():
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=1)
+    box = jnp.asarray(np.diag(atoms.cell.array))
+    displacement_fn, _ = space.periodic(box)
+    neighbor_fn = partition.neighbor_list(
+        displacement_fn, box, 4.5, format=partition.Dense, disable_cell_list=True
+    )
+    nbrs = neighbor_fn.allocate(jnp.asarray(atoms.positions))
+    n_atoms = len(atoms)
+    fast, mask = receiver_major_edges(nbrs, n_atoms)
+    general = edges.receiver_major_layout(fast.senders, n_atoms + 1)
+    real = np.asarray(mask)
+    assert real.sum() > 0
+    np.testing.assert_array_equal(np.asarray(fast.layout.reverse_mask)[real], True)
+    np.testing.assert_array_equal(
+        np.asarray(fast.layout.reverse)[real], np.asarray(general.reverse)[real]
+    )
+    # The reverse of the reverse is the edge itself.
+    reverse = np.asarray(fast.layout.reverse)
+    np.testing.assert_array_equal(reverse[reverse[real]], np.flatnonzero(real))
+    # Padding slots have no reverse, so they add nothing to the senders' sums.
+    assert not np.asarray(fast.layout.reverse_mask)[~real].any()
+
+
+def test_vmapped_replicas_on_dense_lists_equal_single_runs():
+    student = _student("painn", "float64")
+    replicas = [silicon(repeat=(2, 2, 2), rattle=0.1, seed=s) for s in range(3)]
+    box = jnp.asarray(np.diag(replicas[0].cell.array))
+    displacement_fn, _ = space.periodic(box)
+    neighbor_fn, energy_fn = jax_md_potential(
+        student, displacement_fn, box, replicas[0].numbers, format="dense"
+    )
+    R = jnp.stack([jnp.asarray(a.positions) for a in replicas])
+    template = neighbor_fn.allocate(R[0], extra_capacity=4)
+    nbrs = jax.vmap(lambda r: template.update(r))(R)
+    energies, gradients = jax.jit(jax.vmap(jax.value_and_grad(energy_fn)))(R, nbrs)
+    for k, atoms in enumerate(replicas):
+        energy, _, _ = _evaluate(student, atoms, "sparse", periodic=True)
+        single = jax.grad(energy_fn)(R[k], neighbor_fn.allocate(R[k]))
+        assert float(energies[k]) == pytest.approx(float(energy), rel=1e-12)
+        np.testing.assert_allclose(gradients[k], single, rtol=0, atol=1e-10)
+
+
+def test_auto_format_is_dense_on_a_gpu_and_sparse_on_a_cpu(monkeypatch):
+    monkeypatch.setattr(jaxmd.jax, "default_backend", lambda: "gpu")
+    assert jaxmd.resolve_format("auto") is partition.Dense
+    monkeypatch.setattr(jaxmd.jax, "default_backend", lambda: "cpu")
+    assert jaxmd.resolve_format("auto") is partition.Sparse
+    assert jaxmd.resolve_format("dense") is partition.Dense
+
+
+def test_a_student_without_the_layout_argument_still_runs_on_a_dense_list(monkeypatch):
+    """Architectures registered by users keep the plain edge list on any format."""
+    from collections.abc import Sequence
+
+    import flax.linen as nn
+
+    from jaxdistill import models
+
+    class PairStudent(nn.Module):
+        species: Sequence[int]
+        cutoff: float
+
+        @nn.compact
+        def __call__(self, numbers, edge_vectors, senders, receivers, node_mask, edge_mask):
+            width = self.param("width", nn.initializers.ones, ())
+            r2 = jnp.sum(edge_vectors**2, axis=-1)
+            pair = jnp.where(edge_mask, jnp.exp(-r2 / width), 0.0)
+            return jax.ops.segment_sum(pair, receivers, num_segments=numbers.shape[0])
+
+    monkeypatch.setitem(models.ARCHITECTURES, "pair-test", PairStudent)
+    student = create_student("pair-test", ["Si"], cutoff=4.0, dtype="float64")
+    assert not jaxmd.accepts_layout(student.model)
+    assert jaxmd.accepts_layout(_student("schnet", "float64").model)
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1)
+    e_sparse, f_sparse, _ = _evaluate(student, atoms, "sparse", periodic=True)
+    e_dense, f_dense, _ = _evaluate(student, atoms, "dense", periodic=True)
+    assert float(e_dense) == pytest.approx(float(e_sparse), rel=1e-12)
+    np.testing.assert_allclose(f_dense, f_sparse, rtol=0, atol=1e-10)
