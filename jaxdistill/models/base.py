@@ -75,8 +75,9 @@ class StudentModule(nn.Module):
             module: training and any derivative order), "fused" (the Pallas kernels
             of ``jaxdistill.models.fused``: energies, forces and stress without
             per-edge arrays) or "auto" (fused on a GPU in float32 for graphs of at
-            least ``fused.AUTO_MIN_NODES`` nodes, else reference; the environment
-            variable ``JAXDISTILL_MESSAGE_PASSING`` overrides it).
+            least ``fused.AUTO_MIN_NODES`` nodes, except on a receiver-major edge
+            layout where :meth:`fused_wins_on_receiver_major` says no; else reference;
+            the environment variable ``JAXDISTILL_MESSAGE_PASSING`` overrides it).
             A :class:`~jaxdistill.student.Student` builds its module with its own
             ``message_passing`` ("auto" unless set).
     """
@@ -89,24 +90,36 @@ class StudentModule(nn.Module):
     repulsion: str | None = None
     message_passing: str = "reference"
 
+    def fused_wins_on_receiver_major(self) -> bool:
+        """Whether ``"auto"`` should pick the fused kernels over the receiver-major
+        reference path for large graphs (measured per architecture; False here)."""
+        return False
+
     def fused_edges(
         self,
         edge_vectors: jax.Array,
         edge_mask: jax.Array,
-        senders: jax.Array,
-        receivers: jax.Array,
+        edges: Edges,
         n_node: int,
     ) -> FusedEdges | None:
         """Edge layouts for the fused kernels, or None where the reference path runs.
 
-        Decided at trace time from ``message_passing``, the backend, the dtype and the
-        sizes (see :func:`jaxdistill.models.fused.use_fused`).
+        Decided at trace time from ``message_passing``, the backend, the dtype, the
+        sizes and the edge layout (see :func:`jaxdistill.models.fused.use_fused`).
         """
         if not use_fused(
-            self.message_passing, edge_vectors.dtype, self.features, self.num_radial, n_node
+            self.message_passing,
+            edge_vectors.dtype,
+            self.features,
+            self.num_radial,
+            n_node,
+            receiver_major=edges.layout is not None,
+            wins_on_receiver_major=self.fused_wins_on_receiver_major(),
         ):
             return None
-        return edge_layouts(edge_vectors, edge_mask, senders, receivers, n_node, self.cutoff)
+        return edge_layouts(
+            edge_vectors, edge_mask, edges.senders, edges.receivers, n_node, self.cutoff
+        )
 
     def readout(
         self,

@@ -95,7 +95,7 @@ class SchNet(StudentModule):
         geometry = edge_geometry(
             numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
         )
-        fused = self.fused_edges(edge_vectors, edge_mask, senders, receivers, numbers.shape[0])
+        fused = self.fused_edges(edge_vectors, edge_mask, edges, numbers.shape[0])
         h = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         for layer in range(self.num_layers):
             h = SchNetInteraction(self.features, name=f"interaction_{layer}")(

@@ -209,6 +209,22 @@ def test_mode_option():
             use_fused("fused", jnp.float32, 48, 16)
 
 
+def test_auto_keeps_the_receiver_major_reference_path_where_it_measured_faster(monkeypatch):
+    from jaxdistill.models import PaiNN, SchNet
+
+    monkeypatch.setattr(fz.jax, "default_backend", lambda: "gpu")
+    assert use_fused("auto", jnp.float32, 64, 16, n_node=4097)
+    assert not use_fused("auto", jnp.float32, 64, 16, n_node=4097, receiver_major=True)
+    assert use_fused(
+        "auto", jnp.float32, 64, 16, n_node=4097, receiver_major=True, wins_on_receiver_major=True
+    )
+    # forced either way, the layout does not matter
+    assert use_fused("fused", jnp.float32, 64, 16, n_node=65, receiver_major=True)
+    assert PaiNN(species=(14,), cutoff=5.0, features=64).fused_wins_on_receiver_major()
+    assert not PaiNN(species=(14,), cutoff=5.0, features=128).fused_wins_on_receiver_major()
+    assert not SchNet(species=(14,), cutoff=5.0).fused_wins_on_receiver_major()
+
+
 def test_environment_variable_decides_auto(monkeypatch):
     monkeypatch.setenv(fz.ENV_VAR, "fused")
     assert use_fused("auto", jnp.float64, 64, 16)
