@@ -98,8 +98,20 @@ class PaiNNUpdate(nn.Module):
 
     @nn.compact
     def __call__(self, s, v):
-        u_v = nn.Dense(self.features, use_bias=False)(v)
-        w_v = nn.Dense(self.features, use_bias=False)(v)
+        u_layer = nn.Dense(self.features, use_bias=False)
+        w_layer = nn.Dense(self.features, use_bias=False)
+        # U and V read the same input: one matrix product with their kernels side by
+        # side instead of two (a kernel fewer forward and backward per layer, which
+        # counts at small sizes, where a step is bound by its number of kernels). The
+        # zero-row calls create (at init) and bind the two layers' parameters.
+        empty = jnp.zeros((0, v.shape[-1]), v.dtype)
+        u_layer(empty)
+        w_layer(empty)
+        kernel = jnp.concatenate(
+            [u_layer.variables["params"]["kernel"], w_layer.variables["params"]["kernel"]],
+            axis=1,
+        )
+        u_v, w_v = jnp.split(v @ kernel, 2, axis=-1)
         # A softened norm sqrt(|w|² + c²): at a site whose symmetry leaves no invariant
         # vector (an atom of a perfect crystal) the vector features vanish, and with a
         # small c the energy has a |x|-like cusp there (phonons and vibrations come out
