@@ -761,7 +761,7 @@ def main() -> None:
     parser.add_argument("--ase-calls", type=int, default=None)
     parser.add_argument("--teacher-calls", type=int, default=None)
     parser.add_argument("--long-steps", type=int, default=None, help="memory run, 64 atoms")
-    parser.add_argument("--replicas", type=int, default=None)
+    parser.add_argument("--replicas", type=int, default=None, help="0: skip the replica runs")
     parser.add_argument("--replica-steps", type=int, default=None)
     parser.add_argument("--skip-teachers", action="store_true")
     parser.add_argument("--skip-cost-split", action="store_true")
@@ -857,7 +857,8 @@ def main() -> None:
             from jaxdistill.models.fused import BLOCKS_ENV_VAR
 
             os.environ[BLOCKS_ENV_VAR] = blocks[64]
-        fused_replicas(args, budget, record, save)
+        if args.replicas > 0:
+            fused_replicas(args, budget, record, save)
         record["memory"].append(memory_snapshot("end"))
         save()
         print(f"wrote {output} after {budget.elapsed():.0f} s", flush=True)

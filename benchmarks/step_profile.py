@@ -1,6 +1,7 @@
 """Where a student's MD step goes, kernel by kernel (issue 13).
 
-    PYTHONPATH=. python benchmarks/step_profile.py --output benchmarks/results/step_profile_h200.json
+    PYTHONPATH=. python benchmarks/step_profile.py --formats sparse,dense \
+        --output benchmarks/results/step_profile_h100.json
 
 For each student and Si cell, a user's own jax-md NVE loop (``nbrs.update`` +
 ``apply_fn`` inside ``lax.scan``, as ``md_speed.user_nve_loop``) is timed, then one
@@ -165,9 +166,17 @@ def measure(
         student, displacement, box, atoms.numbers, format=neighbor_format
     )
     chunk, state, nbrs = nve_chunk(neighbor_fn, energy_fn, atoms, steps, unroll, update)
-    row = {"student": label, "n_atoms": n_atoms, "steps_per_chunk": steps, "unroll": unroll,
-           "format": neighbor_format, "neighbor_update": update}  # fmt: skip
-    row["edges_allocated"] = int(np.prod(nbrs.idx.shape[-2:]) if neighbor_format == "dense" else nbrs.idx.shape[-1])
+    row = {
+        "student": label,
+        "n_atoms": n_atoms,
+        "steps_per_chunk": steps,
+        "unroll": unroll,
+        "format": neighbor_format,
+        "neighbor_update": update,
+    }
+    row["edges_allocated"] = int(
+        np.prod(nbrs.idx.shape[-2:]) if neighbor_format == "dense" else nbrs.idx.shape[-1]
+    )
     t0 = time.perf_counter()
     state, nbrs = jax.block_until_ready(chunk(state, nbrs))
     row["first_chunk_seconds_incl_compile"] = time.perf_counter() - t0
@@ -180,7 +189,8 @@ def measure(
     row["us_per_step_all"] = [round(t, 2) for t in times]
     hlo = chunk.lower(state, nbrs).compile().as_text()
     if args.hlo_dir:
-        name = f"hlo_{label}_{n_atoms}_{neighbor_format}_{'update' if update else 'fixed'}_u{unroll}.txt"
+        loop = "update" if update else "fixed"
+        name = f"hlo_{label}_{n_atoms}_{neighbor_format}_{loop}_u{unroll}.txt"
         Path(args.hlo_dir).mkdir(parents=True, exist_ok=True)
         (Path(args.hlo_dir) / name).write_text(hlo)
     row["hlo_counts"] = {
@@ -211,21 +221,43 @@ def child(args) -> None:
     for label in args.students.split(","):
         architecture, hyper = STUDENTS[label]
         for n in (int(s) for s in args.sizes.split(",")):
-            cases = [(u, f, True) for u in sorted({1, *(int(u) for u in args.unroll.split(",") if u)})
-                     for f in args.formats.split(",")]  # fmt: skip
+            cases = [
+                (u, f, True)
+                for u in sorted({1, *(int(u) for u in args.unroll.split(",") if u)})
+                for f in args.formats.split(",")
+            ]
             if args.fixed_neighbors:
                 cases.append((1, args.formats.split(",")[0], False))
             for unroll, neighbor_format, update in cases:
                 try:
-                    row = measure(label, architecture, hyper, n, args, unroll, neighbor_format, update)
+                    row = measure(
+                        label, architecture, hyper, n, args, unroll, neighbor_format, update
+                    )
                 except Exception as error:
-                    row = {"student": label, "n_atoms": n, "unroll": unroll, "format": neighbor_format,
-                           "error": f"{type(error).__name__}: {error}"[:800],
-                           "traceback": traceback.format_exc()[-2000:]}  # fmt: skip
+                    row = {
+                        "student": label,
+                        "n_atoms": n,
+                        "unroll": unroll,
+                        "format": neighbor_format,
+                        "error": f"{type(error).__name__}: {error}"[:800],
+                        "traceback": traceback.format_exc()[-2000:],
+                    }
                 row["package"] = str(Path(jaxdistill.__file__).parent)
                 rows.append(row)
-                brief = {k: row.get(k) for k in ("student", "n_atoms", "unroll", "format", "neighbor_update", "us_per_step",
-                         "kernels_per_step", "kernel_busy_us_per_step", "error")}  # fmt: skip
+                brief = {
+                    k: row.get(k)
+                    for k in (
+                        "student",
+                        "n_atoms",
+                        "unroll",
+                        "format",
+                        "neighbor_update",
+                        "us_per_step",
+                        "kernels_per_step",
+                        "kernel_busy_us_per_step",
+                        "error",
+                    )
+                }
                 print(json.dumps(brief), flush=True)
     print("ROWS " + json.dumps({"device": str(jax.devices()[0].device_kind), "rows": rows}))
 
@@ -237,14 +269,21 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--students", default="painn64x3,schnet64x3")
     parser.add_argument("--sizes", default="64,512,4096")
-    parser.add_argument("--steps", type=int, default=500, help="steps per chunk (÷5 above 1000 atoms)")
+    parser.add_argument(
+        "--steps", type=int, default=500, help="steps per chunk (÷5 above 1000 atoms)"
+    )
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--unroll", default="", help="extra lax.scan unroll factors, e.g. 8")
     parser.add_argument("--message-passing", default="reference")
     parser.add_argument("--hlo-dir", default="", help="write each compiled chunk's HLO here")
-    parser.add_argument("--formats", default="sparse", help="neighbour-list formats, e.g. sparse,dense")
-    parser.add_argument("--fixed-neighbors", action="store_true",
-                        help="also time the loop without nbrs.update (the model's share)")  # fmt: skip
+    parser.add_argument(
+        "--formats", default="sparse", help="neighbour-list formats, e.g. sparse,dense"
+    )
+    parser.add_argument(
+        "--fixed-neighbors",
+        action="store_true",
+        help="also time the loop without nbrs.update (the model's share)",
+    )
     parser.add_argument("--xla-variants", default="default", help=",".join(XLA_VARIANTS))
     parser.add_argument("--old-package", default="", help="directory holding another jaxdistill")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -271,16 +310,24 @@ def main() -> None:
                 for k, v in vars(args).items()
                 if k not in ("child", "output", "xla_variants", "old_package")
             }
-            command = [sys.executable, __file__, "--child"] + [
-                f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
-                for k, v in forwarded.items()
-                if v is not False
-            ] + ([f"--old-package={package}"] if package else [])
+            command = (
+                [sys.executable, __file__, "--child"]
+                + [
+                    f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+                    for k, v in forwarded.items()
+                    if v is not False
+                ]
+                + ([f"--old-package={package}"] if package else [])
+            )
             print(f"[{variant}/{package_label}] XLA_FLAGS={env['XLA_FLAGS']!r}", flush=True)
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             sys.stderr.write(done.stderr[-3000:])
-            run = {"xla_variant": variant, "xla_flags": env["XLA_FLAGS"], "package": package_label,
-                   "returncode": done.returncode}  # fmt: skip
+            run = {
+                "xla_variant": variant,
+                "xla_flags": env["XLA_FLAGS"],
+                "package": package_label,
+                "returncode": done.returncode,
+            }
             for line in done.stdout.splitlines():
                 if line.startswith("ROWS "):
                     run.update(json.loads(line[5:]))

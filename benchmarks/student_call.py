@@ -19,6 +19,8 @@ every call as MD does:
   which is faster at that size);
 
 median, p99 and the p99/median ratio; compilations after the first call (expected 0).
+On a GPU each case runs with every ``--layouts`` edge layout ("auto" is receiver-major
+there; "edge_list" the layout used before 2026-12-06), side by side.
 """
 
 from __future__ import annotations
@@ -168,9 +170,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small systems, few repeats")
     parser.add_argument("--architectures", default="painn,schnet")
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--layouts", default="auto,edge_list", help="edge layouts on a GPU")
+    parser.add_argument("--devices", default="cpu,gpu", help="devices to time (those present)")
     args = parser.parse_args()
     repeats = 50 if args.quick else args.repeats
-    devices = ["cpu"] + (["gpu"] if any(d.platform == "gpu" for d in jax.devices()) else [])
+    present = {"cpu"} | {d.platform for d in jax.devices()}
+    devices = [d for d in args.devices.split(",") if d in present]
     results = []
     record = {
         "benchmark": "student_call",
@@ -191,15 +196,22 @@ def main() -> None:
         for architecture in args.architectures.split(","):
             species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
             student = create_student(architecture, species, cutoff=5.0)
-            for device in devices:
+            cases = [
+                (device, layout)
+                for device in devices
+                for layout in (args.layouts.split(",") if device == "gpu" else ["auto"])
+            ]
+            for device, layout in cases:
                 row = {
                     "architecture": architecture,
                     "system": name,
                     "n_atoms": len(atoms),
                     "device": device,
+                    "edge_layout": layout,
+                    "receiver_major": ase_calculator.uses_receiver_major(layout, device),
                 }
                 try:
-                    calculator = StudentCalculator(student, device=device)
+                    calculator = StudentCalculator(student, device=device, edge_layout=layout)
                     row["forces"] = time_calculator(atoms, calculator, repeats, ["forces"])
                     properties = ["energy", "forces"] + (["stress"] if all(atoms.pbc) else [])
                     row["all"] = time_calculator(atoms, calculator, repeats, properties)

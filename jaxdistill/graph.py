@@ -17,6 +17,12 @@ Padding: the last graph slot is a padding graph that owns every padding node; pa
 edges connect the last (padding) node to itself with zero shift. Masks mark real
 entries. Models must use the masks and a safe norm so that padding contributes
 exactly zero energy and zero gradient.
+
+Receiver-major layout (``batch_graphs(..., slots_per_node=M)``): every node owns ``M``
+consecutive edge slots, edge ``e`` belongs to node ``e // M``, and ``reverse_edges``
+names each edge's reverse (j→i with the opposite shift). The students then sum
+messages over slots and differentiate the sender gathers by gathers at the reverse
+edges: no scatter-add in energies, forces or stress (``jaxdistill.models.edges``).
 """
 
 from __future__ import annotations
@@ -49,6 +55,9 @@ class Graph(NamedTuple):
         node_mask: ``[n_node]`` bool, True for real atoms.
         edge_mask: ``[n_edge]`` bool, True for real edges.
         graph_mask: ``[n_graph]`` bool, True for real structures.
+        reverse_edges: receiver-major graphs only (see the module docstring),
+            ``[n_edge]`` int32: the index of each edge's reverse; padding slots point
+            at themselves. None for a plain edge list (any edge order).
     """
 
     positions: np.ndarray
@@ -63,6 +72,7 @@ class Graph(NamedTuple):
     node_mask: np.ndarray
     edge_mask: np.ndarray
     graph_mask: np.ndarray
+    reverse_edges: np.ndarray | None = None
 
     @property
     def n_graph_real(self) -> int:
@@ -254,6 +264,7 @@ def batch_graphs(
     edge_capacity: int | None = None,
     graph_capacity: int | None = None,
     dtype: np.dtype | str = np.float32,
+    slots_per_node: int | None = None,
 ) -> Graph:
     """Pack structures into one padded :class:`Graph` with bucketed capacities.
 
@@ -265,6 +276,10 @@ def batch_graphs(
             exceed the real count: one padding node and one padding graph are always
             kept); by default the next bucket is used.
         dtype: float dtype of positions, cell and shifts.
+        slots_per_node: lay the edges out receiver-major with this many slots per node
+            (at least the largest neighbour count; see :func:`slots_for`); then
+            ``edge_capacity`` is ignored (it is ``node_capacity * slots_per_node``) and
+            the graph carries ``reverse_edges``. None: a plain edge list.
 
     Returns:
         A Graph of numpy arrays (convert with ``jax.numpy.asarray`` or pass directly to
@@ -285,6 +300,15 @@ def batch_graphs(
         len(structures),
     )
     node_capacity = node_capacity or bucket_capacity(n_real_nodes + 1)
+    if slots_per_node is not None:
+        for g, nb in enumerate(neighbours):
+            per_atom = np.bincount(nb.receivers, minlength=1)
+            if per_atom.max() > slots_per_node:
+                raise ValueError(
+                    f"atom {int(np.argmax(per_atom))} of structure {g} has {per_atom.max()} "
+                    f"neighbours but the receiver-major graph has {slots_per_node} slots per atom"
+                )
+        edge_capacity = node_capacity * int(slots_per_node)
     edge_capacity = edge_capacity or bucket_capacity(n_real_edges + 1)
     graph_capacity = graph_capacity or bucket_capacity(n_real_graphs + 1, minimum=2)
     if node_capacity <= n_real_nodes or edge_capacity < max(n_real_edges, 1):
@@ -325,6 +349,15 @@ def batch_graphs(
     node_mask = np.arange(node_capacity) < n_real_nodes
     edge_mask = np.arange(edge_capacity) < n_real_edges
     graph_mask = np.arange(graph_capacity) < n_real_graphs
+    reverse_edges = None
+    if slots_per_node is not None:
+        senders, receivers, shifts, edge_mask, reverse_edges = _receiver_major(
+            senders[:n_real_edges],
+            receivers[:n_real_edges],
+            shifts[:n_real_edges],
+            node_capacity,
+            int(slots_per_node),
+        )
     return Graph(
         positions=positions,
         numbers=numbers,
@@ -338,7 +371,73 @@ def batch_graphs(
         node_mask=node_mask,
         edge_mask=edge_mask,
         graph_mask=graph_mask,
+        reverse_edges=reverse_edges,
     )
+
+
+def slots_for(neighbours: Sequence[Neighbours]) -> int:
+    """The bucketed slot count a receiver-major graph of these structures needs: the
+    largest number of neighbours of any atom, rounded up by :func:`bucket_capacity`."""
+    largest = max(
+        (int(np.bincount(nb.receivers).max()) for nb in neighbours if len(nb.receivers)),
+        default=1,
+    )
+    return bucket_capacity(largest, minimum=4)
+
+
+def _receiver_major(
+    senders: np.ndarray,
+    receivers: np.ndarray,
+    shifts: np.ndarray,
+    node_capacity: int,
+    slots: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Real edges (batch indices) laid out receiver-major, with their reverse map.
+
+    Returns ``(senders, receivers, shifts, edge_mask, reverse_edges)`` of
+    ``node_capacity * slots`` edges; padding slots join the padding node to itself.
+    """
+    padding_node = node_capacity - 1
+    n_real = len(senders)
+    order = np.lexsort((senders, receivers))  # stable: by receiver, then sender
+    receivers_sorted = receivers[order]
+    counts = np.bincount(receivers_sorted, minlength=node_capacity)
+    if n_real and counts.max() > slots:
+        worst = int(np.argmax(counts))
+        raise ValueError(
+            f"atom {worst} has {counts[worst]} neighbours but the receiver-major graph has "
+            f"{slots} slots per atom"
+        )
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(n_real) - starts[receivers_sorted]
+    position = receivers_sorted.astype(np.int64) * slots + rank
+    n_edge = node_capacity * slots
+    out_senders = np.full(n_edge, padding_node, dtype=senders.dtype)
+    out_receivers = np.full(n_edge, padding_node, dtype=receivers.dtype)
+    out_shifts = np.zeros((n_edge, 3), dtype=shifts.dtype)
+    edge_mask = np.zeros(n_edge, dtype=bool)
+    out_senders[position] = senders[order]
+    out_receivers[position] = receivers_sorted
+    out_shifts[position] = shifts[order]
+    edge_mask[position] = True
+    # The reverse of (i <- j, shift S) is (j <- i, -S): match the two key sets.
+    reverse_edges = np.arange(n_edge, dtype=np.int32)
+    if n_real:
+        key = np.stack([out_receivers[position], out_senders[position]], axis=1)
+        forward = np.concatenate([key, np.rint(out_shifts[position]).astype(np.int64)], axis=1)
+        backward = np.concatenate([key[:, ::-1], -forward[:, 2:]], axis=1)
+        forward_order = np.lexsort(forward.T[::-1])
+        backward_order = np.lexsort(backward.T[::-1])
+        if not np.array_equal(forward[forward_order], backward[backward_order]):
+            raise ValueError(
+                "the neighbour list is not symmetric (some edge i<-j lacks j<-i with the "
+                "opposite shift): a receiver-major graph needs a full list"
+            )
+        # backward[b] is the key of edge b's reverse, which is forward edge f.
+        reverse = np.empty(n_real, dtype=np.int64)
+        reverse[backward_order] = forward_order
+        reverse_edges[position] = position[reverse]
+    return out_senders, out_receivers, out_shifts, edge_mask, reverse_edges
 
 
 def graph_from_atoms(atoms: ase.Atoms | Sequence[ase.Atoms], cutoff: float, **kwargs) -> Graph:

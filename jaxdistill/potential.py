@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.graph import Graph
+from jaxdistill.models.edges import Edges, accepts_layout, layout_from_reverse
 
 # (params, numbers, edge_vectors, senders, receivers, node_mask, edge_mask) -> [n_node]
 AtomicEnergyFn = Callable[..., jax.Array]
@@ -62,6 +63,16 @@ class Potential(NamedTuple):
     hessian_vector_product: Callable[[Any, Graph, jax.Array], jax.Array]
 
 
+def graph_edges(graph: Graph) -> Edges:
+    """The :class:`~jaxdistill.models.edges.Edges` of a graph: with its reverse map on
+    a receiver-major graph (``graph.reverse_edges``), else a plain edge list."""
+    if graph.reverse_edges is None:
+        return Edges(graph.senders, graph.receivers)
+    return Edges(
+        graph.senders, graph.receivers, layout_from_reverse(graph.reverse_edges, graph.edge_mask)
+    )
+
+
 def edge_vectors(
     positions: jax.Array, graph: Graph, strain: jax.Array | None = None
 ) -> tuple[jax.Array, jax.Array]:
@@ -83,9 +94,10 @@ def edge_vectors(
         )
         positions = jnp.einsum("ni,nij->nj", positions, deformation[graph.node_graph])
         cell = jnp.einsum("gij,gjk->gik", cell, deformation)
-    edge_cell = cell[graph.node_graph[graph.receivers]]
+    edges = graph_edges(graph)
+    edge_cell = edges.from_receivers(cell[graph.node_graph])
     offsets = jnp.einsum("ei,eij->ej", graph.shifts.astype(positions.dtype), edge_cell)
-    vectors = positions[graph.senders] - positions[graph.receivers] + offsets
+    vectors = edges.from_senders(positions) - edges.from_receivers(positions) + offsets
     return vectors, cell
 
 
@@ -103,6 +115,13 @@ def check_graph(graph: Graph) -> None:
     chex.assert_shape([graph.n_node, graph.graph_mask], (n_graph,))
     chex.assert_type([graph.numbers, graph.senders, graph.receivers, graph.node_graph], int)
     chex.assert_type([graph.positions, graph.cell], float)
+    if graph.reverse_edges is not None:
+        chex.assert_shape(graph.reverse_edges, (n_edge,))
+        if n_edge % n_node:
+            raise ValueError(
+                f"a receiver-major graph needs n_edge divisible by n_node; got "
+                f"n_edge={n_edge}, n_node={n_node}"
+            )
 
 
 def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
@@ -111,15 +130,20 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
     Args:
         atomic_energy_fn: ``(params, numbers, edge_vectors, senders, receivers,
             node_mask, edge_mask) -> [n_node]`` energies in eV (a student's
-            ``module.apply``).
+            ``module.apply``). If it is the ``apply`` of a module that takes a
+            ``layout`` argument (jaxdistill's students), a receiver-major graph's
+            layout is passed on, so its message passing runs scatter-free too.
 
     Returns:
         A :class:`Potential`.
     """
+    module = getattr(atomic_energy_fn, "__self__", None)
+    takes_layout = module is not None and accepts_layout(module)
 
     def graph_energies(params, graph: Graph, positions, strain) -> jax.Array:
         check_graph(graph)
         vectors, _ = edge_vectors(positions, graph, strain)
+        layout = graph_edges(graph).layout
         atomic = atomic_energy_fn(
             params,
             graph.numbers,
@@ -128,6 +152,7 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
             graph.receivers,
             graph.node_mask,
             graph.edge_mask,
+            **({"layout": layout} if takes_layout and layout is not None else {}),
         )
         atomic = jnp.where(graph.node_mask, atomic, 0.0)
         return jax.ops.segment_sum(atomic, graph.node_graph, num_segments=graph.cell.shape[0])

@@ -9,7 +9,13 @@ import pytest
 from ase.neighborlist import neighbor_list
 from structures import ethanol, silicon, triclinic_si
 
-from jaxdistill.graph import batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
+from jaxdistill.graph import (
+    batch_graphs,
+    bucket_capacity,
+    neighbour_pairs,
+    slots_for,
+    validate_atoms,
+)
 
 
 def _pair_set(atoms, cutoff):
@@ -109,3 +115,48 @@ def test_validation_errors_name_the_problem():
     with pytest.raises(ValueError, match="singular"):
         validate_atoms(flat)
     validate_atoms(silicon(), known_numbers=[14])  # a good structure passes
+
+
+def _edge_set(graph):
+    mask = np.asarray(graph.edge_mask)
+    shifts = np.rint(np.asarray(graph.shifts)[mask]).astype(int)
+    rows = zip(graph.receivers[mask], graph.senders[mask], map(tuple, shifts), strict=True)
+    return sorted((int(i), int(j), s) for i, j, s in rows)
+
+
+def test_receiver_major_graph_holds_the_same_edges_with_their_reverses():
+    structures = [
+        ase.build.bulk("Si", "diamond", a=5.43),  # 2 atoms: pairs repeat through images
+        ase.build.molecule("CH3CH2OH"),
+    ]
+    neighbours = [neighbour_pairs(atoms, 4.0) for atoms in structures]
+    plain = batch_graphs(structures, 4.0, neighbours=neighbours)
+    slots = slots_for(neighbours)
+    major = batch_graphs(structures, 4.0, neighbours=neighbours, slots_per_node=slots)
+    n_node = len(major.positions)
+    assert len(major.senders) == n_node * slots
+    assert _edge_set(major) == _edge_set(plain)
+    real = np.flatnonzero(major.edge_mask)
+    # every real edge sits in its receiver's row
+    np.testing.assert_array_equal(major.receivers[real], real // slots)
+    reverse = major.reverse_edges
+    np.testing.assert_array_equal(major.senders[reverse[real]], major.receivers[real])
+    np.testing.assert_array_equal(major.receivers[reverse[real]], major.senders[real])
+    np.testing.assert_array_equal(major.shifts[reverse[real]], -major.shifts[real])
+    np.testing.assert_array_equal(reverse[reverse], np.arange(len(reverse)))
+    padding = np.flatnonzero(~major.edge_mask)
+    np.testing.assert_array_equal(reverse[padding], padding)
+    np.testing.assert_array_equal(major.senders[padding], n_node - 1)
+
+
+def test_receiver_major_graph_refuses_too_few_slots_and_half_lists():
+    atoms = ase.build.molecule("CH3CH2OH")
+    neighbours = neighbour_pairs(atoms, 4.0)
+    with pytest.raises(ValueError, match="slots per atom"):
+        batch_graphs([atoms], 4.0, neighbours=[neighbours], slots_per_node=2)
+    half = neighbours.receivers < neighbours.senders
+    one_way = type(neighbours)(
+        neighbours.senders[half], neighbours.receivers[half], neighbours.shifts[half]
+    )
+    with pytest.raises(ValueError, match="not symmetric"):
+        batch_graphs([atoms], 4.0, neighbours=[one_way], slots_per_node=slots_for([neighbours]))

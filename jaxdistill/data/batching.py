@@ -433,7 +433,7 @@ def make_batch(
         if len(parts) != 1:
             raise ValueError("stacked=False needs exactly one shard")
         arrays = parts[0]
-    graph = Graph(**{name: arrays[name] for name in Graph._fields})
+    graph = Graph(**{name: arrays[name] for name in Graph._fields if name in arrays})
     return Batch(
         graph=graph,
         energy=arrays["energy"],

@@ -30,6 +30,11 @@ and lets NPT dynamics and cell filters reuse the list across small strains. Any
 change of atom count, elements or periodicity rebuilds it; a change of atom count
 also re-pads to that system's buckets. Edge capacities only grow for a given system,
 so an MD run compiles once (again only if the neighbour count outgrows a bucket).
+
+Edge layout: on a GPU (``edge_layout="auto"``) the graph is receiver-major (every atom
+owns a bucketed number of edge slots, ``jaxdistill.graph``), so the student's energy,
+forces and stress have no scatter-add; on a CPU a plain edge list, which measured as
+fast there (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -52,8 +57,16 @@ from jaxdistill.committee import (
     is_committee,
     over_members,
 )
-from jaxdistill.graph import Graph, batch_graphs, bucket_capacity, neighbour_pairs, validate_atoms
-from jaxdistill.potential import Potential, edge_vectors, voigt_stress
+from jaxdistill.graph import (
+    Graph,
+    batch_graphs,
+    bucket_capacity,
+    neighbour_pairs,
+    slots_for,
+    validate_atoms,
+)
+from jaxdistill.models.edges import accepts_layout
+from jaxdistill.potential import Potential, edge_vectors, graph_edges, voigt_stress
 from jaxdistill.student import Student
 
 
@@ -74,6 +87,7 @@ class _Reference(NamedTuple):
 #: 0.96 ms), 21-atom hexanol faster on the GPU (1.12 vs 2.80 ms, 1.18 vs 1.46 ms).
 AUTO_GPU_MIN_ATOMS = 16
 DEVICES = ("auto", "cpu", "gpu")
+EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")
 
 
 def _unpack_input(graph: Graph, packed: jax.Array) -> Graph:
@@ -88,6 +102,9 @@ def _atomic_energies(apply: Callable, params, graph: Graph) -> jax.Array:
     """Per-atom energies ``[n_node]`` (eV; zero on padding): the model's own terms
     before the sum that makes the energy (a forward pass of its own; no derivative)."""
     vectors, _ = edge_vectors(graph.positions, graph)
+    layout = graph_edges(graph).layout
+    module = getattr(apply, "__self__", None)
+    takes_layout = layout is not None and module is not None and accepts_layout(module)
     atomic = apply(
         params,
         graph.numbers,
@@ -96,6 +113,7 @@ def _atomic_energies(apply: Callable, params, graph: Graph) -> jax.Array:
         graph.receivers,
         graph.node_mask,
         graph.edge_mask,
+        **({"layout": layout} if takes_layout else {}),
     )
     return jnp.where(graph.node_mask, atomic, 0.0)
 
@@ -225,6 +243,15 @@ def resolve_device(device: str, n_atoms: int) -> jax.Device:
     return jax.devices("cpu")[0]
 
 
+def uses_receiver_major(edge_layout: str, platform: str) -> bool:
+    """Whether a calculator lays its graph out receiver-major on a device of this
+    platform ("auto": on GPUs, where it removes the scatter-adds; on a CPU the edge
+    list measured as fast)."""
+    if edge_layout not in EDGE_LAYOUTS:
+        raise ValueError(f"edge_layout must be one of {EDGE_LAYOUTS}, got {edge_layout!r}")
+    return edge_layout == "receiver_major" or (edge_layout == "auto" and platform == "gpu")
+
+
 def strained_displacement(
     positions: np.ndarray,
     cell: np.ndarray,
@@ -263,6 +290,9 @@ class StudentCalculator(Calculator):
             edges per call.
         device: "auto" (default: the CPU for structures under ``AUTO_GPU_MIN_ATOMS``
             atoms, else the GPU when JAX has one), "cpu" or "gpu".
+        edge_layout: "auto" (default: "receiver_major" on a GPU, "edge_list" on a
+            CPU), "receiver_major" (no scatter-add in the student's evaluation) or
+            "edge_list". Same results either way, to float rounding.
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
@@ -309,6 +339,7 @@ class StudentCalculator(Calculator):
         dtype: str = "float32",
         skin: float = 0.5,
         device: str = "auto",
+        edge_layout: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -316,6 +347,8 @@ class StudentCalculator(Calculator):
             raise ValueError(f"skin must be >= 0, got {skin}")
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        uses_receiver_major(edge_layout, "cpu")  # validates the name
+        self.edge_layout = edge_layout
         self.student = as_model(student, dtype)
         self.committee = is_committee(self.student)
         if self.committee:
@@ -339,6 +372,7 @@ class StudentCalculator(Calculator):
         self._reference: _Reference | None = None
         self._node_capacity = 0
         self._edge_capacity = 0
+        self._slots = 0  # edge slots per atom of a receiver-major graph
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
 
     @property
@@ -355,6 +389,7 @@ class StudentCalculator(Calculator):
             "_reference",
             "_node_capacity",
             "_edge_capacity",
+            "_slots",
             "_input_buffer",
         }
         state = {k: v for k, v in self.__dict__.items() if k not in device_bound}
@@ -362,6 +397,7 @@ class StudentCalculator(Calculator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("edge_layout", "auto")  # pickled before the option
         self._forget_device()
 
     # -- neighbour list -------------------------------------------------------------
@@ -397,14 +433,19 @@ class StudentCalculator(Calculator):
         validate_atoms(atoms, neighbours=neighbours)
         n_atoms = len(atoms)
         n_edges = len(neighbours.senders)
-        if self._reference is None or len(self._reference.numbers) != n_atoms:
+        device = resolve_device(self.device, n_atoms)
+        receiver_major = uses_receiver_major(self.edge_layout, device.platform)
+        new_system = self._reference is None or len(self._reference.numbers) != n_atoms
+        if new_system:
             # A new system: size the buckets for it (shapes seen before hit jit's cache).
             self._node_capacity = bucket_capacity(n_atoms + 1)
             self._edge_capacity = bucket_capacity(n_edges + 1)
+            self._slots = slots_for([neighbours])
         else:
             # The same system moving: capacities only grow, so shrinking neighbour
             # counts never trigger a compilation.
             self._edge_capacity = max(self._edge_capacity, bucket_capacity(n_edges + 1))
+            self._slots = max(self._slots, slots_for([neighbours]))
         graph = batch_graphs(
             [atoms],
             self.student.cutoff,
@@ -413,8 +454,8 @@ class StudentCalculator(Calculator):
             edge_capacity=self._edge_capacity,
             graph_capacity=2,
             dtype=self.dtype,
+            slots_per_node=self._slots if receiver_major else None,
         )
-        device = resolve_device(self.device, n_atoms)
         if device != self.jax_device:
             self._params = jax.device_put(self.student.params, device)
             self.jax_device = device

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -235,14 +234,6 @@ def receiver_major_edges(neighbor, n_atoms: int):
     return Edges(senders, receivers, layout), mask
 
 
-def accepts_layout(module) -> bool:
-    """Whether a student module takes the receiver-major ``layout`` argument."""
-    try:
-        return "layout" in inspect.signature(type(module).__call__).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _member_energy_fn(
     model: Model, displacement_fn: Callable, species: Sequence[int]
 ) -> Callable[..., jax.Array]:
@@ -255,7 +246,7 @@ def _member_energy_fn(
     it; other formats an edge list."""
     from jax_md import partition
 
-    from jaxdistill.models.edges import Edges
+    from jaxdistill.models.edges import Edges, accepts_layout
 
     numbers_np = np.asarray(species, dtype=np.int32)
     n_atoms = len(numbers_np)

@@ -30,6 +30,7 @@ other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -203,3 +204,19 @@ class Edges(NamedTuple):
         n_slots = slots_per_node(self.senders.shape[0], n_node)
         tiled = jnp.broadcast_to(nodes[:, None], (n_node, n_slots, *nodes.shape[1:]))
         return tiled.reshape(n_node * n_slots, *nodes.shape[1:])
+
+
+def layout_from_reverse(reverse: jax.Array, edge_mask: jax.Array) -> ReceiverMajor:
+    """The :class:`ReceiverMajor` map of a graph that stores its reverse edges
+    (``Graph.reverse_edges``: padding slots map to themselves)."""
+    return ReceiverMajor(reverse=reverse.astype(jnp.int32), reverse_mask=edge_mask)
+
+
+def accepts_layout(module) -> bool:
+    """Whether a student module's ``__call__`` takes the receiver-major ``layout``
+    argument (jaxdistill's students do; an architecture registered by a user may not,
+    and then gets the plain edge arrays of the same graph)."""
+    try:
+        return "layout" in inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return False

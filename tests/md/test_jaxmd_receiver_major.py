@@ -181,8 +181,8 @@ def test_a_student_without_the_layout_argument_still_runs_on_a_dense_list(monkey
 
     monkeypatch.setitem(models.ARCHITECTURES, "pair-test", PairStudent)
     student = create_student("pair-test", ["Si"], cutoff=4.0, dtype="float64")
-    assert not jaxmd.accepts_layout(student.model)
-    assert jaxmd.accepts_layout(_student("schnet", "float64").model)
+    assert not edges.accepts_layout(student.model)
+    assert edges.accepts_layout(_student("schnet", "float64").model)
     atoms = silicon(repeat=(2, 2, 2), rattle=0.1)
     e_sparse, f_sparse, _ = _evaluate(student, atoms, "sparse", periodic=True)
     e_dense, f_dense, _ = _evaluate(student, atoms, "dense", periodic=True)

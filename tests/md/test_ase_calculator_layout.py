@@ -1,0 +1,87 @@
+"""The ASE calculator on a receiver-major graph (the GPU default) gives what the
+edge-list graph gives, for cells with repeated periodic images, molecules, committees
+and moving atoms, without recompiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from structures import ethanol, silicon
+
+from jaxdistill import StudentCalculator
+from jaxdistill.diagnostics import count_compilations
+from jaxdistill.md import ase_calculator
+
+
+def _results(atoms, model, layout, properties=("energy", "forces", "stress", "energies")):
+    atoms = atoms.copy()
+    atoms.calc = StudentCalculator(model, dtype="float64", edge_layout=layout, device="cpu")
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    out["energies"] = atoms.get_potential_energies()
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out, atoms.calc
+
+
+@pytest.mark.parametrize(
+    "atoms",
+    [
+        silicon(cubic=False, rattle=0.05),  # 2 atoms: each pair seen through many images
+        silicon(repeat=(2, 1, 1), rattle=0.05),
+        ethanol(),
+    ],
+    ids=["si-primitive", "si-16", "ethanol"],
+)
+def test_receiver_major_equals_edge_list(small_student, atoms):
+    plain, plain_calc = _results(atoms, small_student, "edge_list")
+    major, major_calc = _results(atoms, small_student, "receiver_major")
+    assert plain_calc._graph.reverse_edges is None
+    assert major_calc._graph.reverse_edges is not None
+    assert major["energy"] == pytest.approx(plain["energy"], abs=1e-10)
+    for key in ("forces", "energies", "stress"):
+        if key in plain:
+            np.testing.assert_allclose(major[key], plain[key], rtol=0, atol=1e-10, err_msg=key)
+
+
+def test_committee_on_receiver_major_equals_edge_list(small_student):
+    from jaxdistill import create_student
+
+    other = create_student(
+        "painn", ["H", "C", "O", "Si"], cutoff=4.0, seed=9, dtype="float64",
+        features=16, num_layers=2, num_radial=8,
+    )  # fmt: skip
+    atoms = silicon(repeat=(2, 1, 1), rattle=0.05)
+    results = {}
+    for layout in ("edge_list", "receiver_major"):
+        copy = atoms.copy()
+        copy.calc = StudentCalculator([small_student, other], dtype="float64", edge_layout=layout)
+        results[layout] = (copy.get_forces(), copy.calc.results["force_std"])
+    for a, b in zip(results["edge_list"], results["receiver_major"], strict=True):
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-10)
+
+
+def test_receiver_major_does_not_recompile_as_atoms_move(small_student):
+    atoms = silicon(repeat=(2, 1, 1))
+    atoms.calc = StudentCalculator(small_student, dtype="float64", edge_layout="receiver_major")
+    atoms.get_forces()
+    rng = np.random.default_rng(1)
+    with count_compilations() as compiled:
+        for _ in range(6):
+            # moves beyond half the skin: the list is rebuilt, the slots only grow
+            atoms.positions += rng.normal(scale=0.15, size=atoms.positions.shape)
+            atoms.get_forces()
+    assert atoms.calc.neighbour_list_builds > 1
+    assert compiled.count == 0
+
+
+def test_edge_layout_option(small_student):
+    with pytest.raises(ValueError, match="edge_layout"):
+        StudentCalculator(small_student, edge_layout="sideways")
+    assert ase_calculator.uses_receiver_major("auto", "gpu")
+    assert not ase_calculator.uses_receiver_major("auto", "cpu")
+    assert ase_calculator.uses_receiver_major("receiver_major", "cpu")
+    assert not ase_calculator.uses_receiver_major("edge_list", "gpu")
+    atoms = silicon(repeat=(2, 1, 1))
+    atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu")
+    atoms.get_forces()
+    assert atoms.calc._graph.reverse_edges is None  # auto on a CPU
