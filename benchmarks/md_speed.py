@@ -460,6 +460,7 @@ def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dic
         "steps_per_chunk": steps,
         "first_chunk_seconds_incl_compile": compile_seconds,
         "neighbor_overflow": bool(nbrs.did_buffer_overflow),
+        "neighbor_slots": int(np.prod(nbrs.idx.shape)),
         "finite": bool(jnp.all(jnp.isfinite(state.position))),
     }
 
@@ -582,7 +583,9 @@ def fused_comparison(
                         box,
                         atoms.numbers,
                         format=neighbor_format,
+                        capacity_multiplier=args.capacity_multiplier,
                     )
+                    row["capacity_multiplier"] = args.capacity_multiplier
                     row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
                     target = FUSED_TARGETS_US[label][n] if n in FUSED_TARGETS_US[label] else None
                     median = row["us_per_step"]["median"]
@@ -780,6 +783,13 @@ def main() -> None:
         "--fused-students",
         default="",
         help="subset of painn64x3,painn128x3,schnet64x3 for --fused-only (default all)",
+    )
+    parser.add_argument(
+        "--capacity-multiplier",
+        type=float,
+        default=1.25,
+        help="neighbour-list head-room in the --fused-only user loops (a Dense list holds "
+        "the largest neighbour count of any atom times this)",
     )
     parser.add_argument(
         "--paths",
