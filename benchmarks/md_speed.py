@@ -421,11 +421,12 @@ FUSED_STUDENTS = {
 }
 
 
-def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dict:
-    """A user's own jax-md NVE loop: ``nbrs.update`` + ``apply_fn`` inside ``lax.scan``.
+def nve_chunk(neighbor_fn, energy_fn, atoms, steps: int, unroll: int = 1, update: bool = True):
+    """A user's jax-md NVE chunk at 300 K, 1 fs: ``(chunk, state, nbrs)`` with
+    ``chunk(state, nbrs) -> (state, nbrs)`` jitted over ``steps`` steps in ``lax.scan``.
 
-    µs per step = chunk time / steps, one sample per chunk (first, compiling, chunk
-    excluded); the neighbour list's overflow flag is checked after the run.
+    ``update=False`` keeps the allocated list fixed (no ``nbrs.update`` in the loop):
+    the model's share of the step, without the neighbour-list work.
     """
     from ase import units
     from jax_md import simulate, space
@@ -442,11 +443,22 @@ def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dic
     def chunk(state, nbrs):
         def step(carry, _):
             state, nbrs = carry
-            nbrs = nbrs.update(state.position)
+            if update:
+                nbrs = nbrs.update(state.position)
             return (apply_fn(state, neighbor=nbrs), nbrs), None
 
-        return jax.lax.scan(step, (state, nbrs), None, length=steps)[0]
+        return jax.lax.scan(step, (state, nbrs), None, length=steps, unroll=unroll)[0]
 
+    return chunk, state, nbrs
+
+
+def user_nve_loop(neighbor_fn, energy_fn, atoms, steps: int, chunks: int) -> dict:
+    """A user's own jax-md NVE loop: ``nbrs.update`` + ``apply_fn`` inside ``lax.scan``.
+
+    µs per step = chunk time / steps, one sample per chunk (first, compiling, chunk
+    excluded); the neighbour list's overflow flag is checked after the run.
+    """
+    chunk, state, nbrs = nve_chunk(neighbor_fn, energy_fn, atoms, steps)
     t0 = time.perf_counter()
     state, nbrs = jax.block_until_ready(chunk(state, nbrs))
     compile_seconds = time.perf_counter() - t0

@@ -58,39 +58,6 @@ STUDENTS = {
 }
 
 
-def nve_chunk(neighbor_fn, energy_fn, atoms, steps: int, unroll: int = 1, update: bool = True):
-    """A user's jax-md NVE chunk: ``(chunk(state, nbrs) -> (state, nbrs), state, nbrs)``.
-
-    ``update=False`` keeps the allocated list fixed (no ``nbrs.update`` in the loop):
-    the model's share of the step, without the neighbour-list work.
-    """
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from ase import units
-    from jax_md import simulate, space
-
-    box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
-    _, shift = space.periodic(box)
-    R0 = jnp.asarray(atoms.positions, jnp.float32)
-    masses = jnp.asarray(atoms.get_masses(), jnp.float32)
-    nbrs = neighbor_fn.allocate(R0)
-    init_fn, apply_fn = simulate.nve(energy_fn, shift, 1.0 * units.fs)
-    state = init_fn(jax.random.PRNGKey(0), R0, mass=masses, kT=units.kB * 300.0, neighbor=nbrs)
-
-    @jax.jit
-    def chunk(state, nbrs):
-        def step(carry, _):
-            state, nbrs = carry
-            if update:
-                nbrs = nbrs.update(state.position)
-            return (apply_fn(state, neighbor=nbrs), nbrs), None
-
-        return jax.lax.scan(step, (state, nbrs), None, length=steps, unroll=unroll)[0]
-
-    return chunk, state, nbrs
-
-
 def read_trace(trace_dir: str, steps: int) -> dict:
     """Kernel counts and times per step from a jax.profiler trace of ``steps`` steps."""
     from jax.profiler import ProfileData
@@ -151,6 +118,7 @@ def measure(
     from jax_md import space
 
     sys.path.insert(0, str(Path(__file__).parent))
+    from md_speed import nve_chunk
     from structures import silicon_cell
 
     from jaxdistill import create_student

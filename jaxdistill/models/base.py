@@ -20,7 +20,7 @@ from jaxdistill.models.common import (
     safe_norm,
     species_index_table,
 )
-from jaxdistill.models.edges import Edges
+from jaxdistill.models.edges import Edges, ReceiverMajor
 from jaxdistill.models.fused import FusedEdges, edge_layouts, use_fused
 from jaxdistill.models.repulsion import zbl_atomic_energies
 
@@ -89,6 +89,26 @@ class StudentModule(nn.Module):
     num_radial: int = 16
     repulsion: str | None = None
     message_passing: str = "reference"
+
+    def edges_and_geometry(
+        self,
+        numbers: jax.Array,
+        edge_vectors: jax.Array,
+        senders: jax.Array,
+        receivers: jax.Array,
+        edge_mask: jax.Array,
+        layout: ReceiverMajor | None,
+    ) -> tuple[Edges, EdgeGeometry, FusedEdges | None]:
+        """What an architecture's ``__call__`` starts from: the :class:`Edges` (with the
+        receiver-major ``layout``, or None for any edge order), the invariant
+        :class:`EdgeGeometry`, and the fused kernels' layouts where they run (else None).
+        """
+        edges = Edges(senders, receivers, layout)
+        geometry = edge_geometry(
+            numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
+        )
+        fused = self.fused_edges(edge_vectors, edge_mask, edges, numbers.shape[0])
+        return edges, geometry, fused
 
     def fused_wins_on_receiver_major(self) -> bool:
         """Whether ``"auto"`` should pick the fused kernels over the receiver-major

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdistill.models.base import StudentModule, edge_geometry
+from jaxdistill.models.base import StudentModule
 from jaxdistill.models.edges import Edges, ReceiverMajor
 from jaxdistill.models.fused import FusedEdges, painn_messages
 
@@ -156,12 +156,10 @@ class PaiNN(StudentModule):
         """Per-atom energies ``[n_node]`` (eV) from atomic numbers and edge vectors (Å);
         ``layout``: the reverse map of a receiver-major edge list (see
         :class:`~jaxdistill.models.edges.Edges`), or None for any edge order."""
-        edges = Edges(senders, receivers, layout)
-        geometry = edge_geometry(
-            numbers, edge_vectors, edge_mask, self.species, self.cutoff, self.num_radial
+        edges, geometry, fused = self.edges_and_geometry(
+            numbers, edge_vectors, senders, receivers, edge_mask, layout
         )
         unit_vectors = edge_vectors / geometry.distances[:, None]
-        fused = self.fused_edges(edge_vectors, edge_mask, edges, numbers.shape[0])
         s = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
         for layer in range(self.num_layers):
