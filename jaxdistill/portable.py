@@ -114,8 +114,14 @@ class ExportedStudent:
         node_mask: Any = None,
         edge_mask: Any = None,
         graph_mask: Any = None,
+        reverse_edges: Any = None,
     ) -> dict[str, np.ndarray]:
         """The function's inputs as arrays of the right dtypes, defaults filled in.
+
+        ``reverse_edges`` (the last field of a jaxdistill ``Graph``, so that
+        ``model(*graph)`` works) is not an input: the exported function reads the edges
+        as a plain list, which a receiver-major graph also is (its padding slots are
+        masked).
 
         Without ``node_graph``/``n_node``/masks the arrays are one structure (a
         ``cell [3, 3]`` and ``pbc [3]`` get their graph axis); with no edges at all a

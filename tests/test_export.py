@@ -129,3 +129,24 @@ def test_export_file_and_errors(tmp_path):
     single = model(np.zeros((1, 3)), [14], np.zeros((3, 3)), [False] * 3, [], [], np.zeros((0, 3)))
     assert np.isfinite(float(single["energy"][0]))
     np.testing.assert_allclose(single["forces"], 0.0, atol=1e-6)
+
+
+def test_a_graph_passes_as_it_is_in_either_layout(tmp_path):
+    """docs/export.md: ``model(*graph)``, also for a receiver-major graph (its reverse
+    edges are not an input; its padding slots are masked)."""
+    from jaxdistill.graph import batch_graphs, neighbour_pairs, slots_for
+
+    student = create_student("schnet", ["H", "C", "O", "Si"], cutoff=4.0, features=8, num_layers=1)
+    model = portable.load_exported(export_compiled(student, tmp_path / "s.jaxexport"))
+    structures = _structures()
+    neighbours = [neighbour_pairs(atoms, student.cutoff) for atoms in structures]
+    plain = batch_graphs(structures, student.cutoff, neighbours=neighbours)
+    major = batch_graphs(
+        structures, student.cutoff, neighbours=neighbours, slots_per_node=slots_for(neighbours)
+    )
+    assert major.reverse_edges is not None
+    expected = student.potential.predict(student.params, plain)
+    for graph in (plain, major):
+        out = model(*graph)
+        np.testing.assert_allclose(out["energy"], expected.energy, rtol=1e-5)
+        np.testing.assert_allclose(out["forces"], expected.forces, rtol=1e-4, atol=1e-5)
