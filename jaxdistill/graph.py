@@ -351,7 +351,7 @@ def batch_graphs(
     graph_mask = np.arange(graph_capacity) < n_real_graphs
     reverse_edges = None
     if slots_per_node is not None:
-        senders, receivers, shifts, edge_mask, reverse_edges = _receiver_major(
+        senders, receivers, shifts, edge_mask, reverse_edges = receiver_major_arrays(
             senders[:n_real_edges],
             receivers[:n_real_edges],
             shifts[:n_real_edges],
@@ -385,7 +385,7 @@ def slots_for(neighbours: Sequence[Neighbours]) -> int:
     return bucket_capacity(largest, minimum=4)
 
 
-def _receiver_major(
+def receiver_major_arrays(
     senders: np.ndarray,
     receivers: np.ndarray,
     shifts: np.ndarray,
@@ -393,6 +393,12 @@ def _receiver_major(
     slots: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Real edges (batch indices) laid out receiver-major, with their reverse map.
+
+    Args:
+        senders, receivers: ``[n_real_edge]`` node indices of a full (symmetric) list.
+        shifts: ``[n_real_edge, 3]`` integer cell shifts (any numeric dtype).
+        node_capacity: nodes of the padded graph, the last one the padding node.
+        slots: edge slots per node (at least the largest neighbour count).
 
     Returns ``(senders, receivers, shifts, edge_mask, reverse_edges)`` of
     ``node_capacity * slots`` edges; padding slots join the padding node to itself.

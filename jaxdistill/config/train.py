@@ -29,7 +29,9 @@ RESUMABLE_KEYS = frozenset({"log_interval", "checkpoint_interval"})
 DEFAULT_HESSIAN_WEIGHT = 0.01
 # Keys left out of to_dict() while None, so runs made before they existed keep their
 # stage hashes and checkpoints.
-OPTIONAL_KEYS = ("force_disagreement_limit", "hessian_weight", "hessian_batch_size")
+OPTIONAL_KEYS = ("force_disagreement_limit", "hessian_weight", "hessian_batch_size", "edge_layout")
+#: Values of ``edge_layout`` (None is "edge_list").
+EDGE_LAYOUTS = ("edge_list", "receiver_major")
 
 
 def _default_split() -> dict[str, float]:
@@ -95,6 +97,13 @@ class TrainConfig:
         capacity: "single" pads every batch to one capacity (one compilation),
             "bucket" pads each batch to the next capacity bucket (a few compilations,
             less padding), "auto" picks "single" unless it would waste more than half.
+        edge_layout: how training batches lay out their edges: None or "edge_list"
+            (the default) or "receiver_major" (every atom owns the slots of the
+            largest neighbour count in the data; no scatter-add in the loss or its
+            gradient, as in the GPU MD paths). Validation batches of data with Hessian
+            labels, and the Hessian batches, stay edge lists (their Hessian-vector
+            products use forward mode, which the receiver-major gathers lack).
+            Experimental: not yet measured on a GPU for training.
     """
 
     architecture: str = "painn"
@@ -126,6 +135,7 @@ class TrainConfig:
     split: dict[str, float] = field(default_factory=_default_split)
     split_seed: int = 0
     capacity: str = "auto"
+    edge_layout: str | None = None
 
     def __post_init__(self) -> None:
         errors: list[str] = []
@@ -210,6 +220,10 @@ class TrainConfig:
             f"patience must be an integer >= 1 or null, got {self.patience!r}",
         )
         check(self.capacity in CAPACITY_MODES, f"capacity must be one of {CAPACITY_MODES}")
+        check(
+            self.edge_layout is None or self.edge_layout in EDGE_LAYOUTS,
+            f"edge_layout must be one of {EDGE_LAYOUTS} or null, got {self.edge_layout!r}",
+        )
         if not isinstance(self.split, Mapping):
             errors.append(f"split must be a mapping of fractions, got {self.split!r}")
         else:
@@ -279,6 +293,11 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some keys changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    @property
+    def receiver_major(self) -> bool:
+        """Whether training batches are receiver-major (``edge_layout``)."""
+        return self.edge_layout == "receiver_major"
 
     @property
     def effective_hessian_weight(self) -> float:

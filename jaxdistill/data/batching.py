@@ -19,6 +19,7 @@ of length ``n``: shard ``k`` is an ordinary padded :class:`~jaxdistill.graph.Gra
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -27,7 +28,7 @@ import ase
 import numpy as np
 
 from jaxdistill.data.arrays import LabelArrays
-from jaxdistill.graph import Graph, bucket_capacity, neighbour_pairs
+from jaxdistill.graph import Graph, bucket_capacity, neighbour_pairs, receiver_major_arrays
 
 __all__ = [
     "Batch",
@@ -81,11 +82,16 @@ class Batch(NamedTuple):
 
 @dataclass(frozen=True)
 class Capacity:
-    """Static sizes of one shard's padded graph (one padding node and graph included)."""
+    """Static sizes of one shard's padded graph (one padding node and graph included).
+
+    ``slots``: edge slots per node of a receiver-major graph (then ``edges`` is
+    ``nodes * slots``), or None for an edge list.
+    """
 
     nodes: int
     edges: int
     graphs: int
+    slots: int | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,15 @@ class FrameGraphs:
     def atoms(self, i: int) -> ase.Atoms:
         """Frame ``i`` as ase.Atoms (no labels)."""
         return frame_atoms(self.labels, i)
+
+    @functools.cached_property
+    def max_neighbours(self) -> int:
+        """The largest neighbour count of any atom of any frame (0 without pairs)."""
+        if len(self.receivers) == 0:
+            return 0
+        frame_of_pair = np.repeat(np.arange(self.n_frames), self.n_edges)
+        atom = self.labels.offsets[frame_of_pair] + self.receivers.astype(np.int64)
+        return int(np.bincount(atom).max())
 
 
 def frame_atoms(labels: LabelArrays, i: int) -> ase.Atoms:
@@ -218,14 +233,17 @@ class CapacityPlan:
     graphs: int
     fixed: Capacity | None = None
     fill: float = 1.0
+    slots: int | None = None
 
     def capacity(self, frames: FrameGraphs, shards: Sequence[np.ndarray]) -> Capacity:
         """The capacity of a batch made of ``shards`` (lists of frame indices)."""
         if self.fixed is not None:
             return self.fixed
-        nodes = max(int(frames.n_atoms[s].sum()) for s in shards)
+        nodes = bucket_capacity(max(int(frames.n_atoms[s].sum()) for s in shards) + 1)
+        if self.slots is not None:
+            return Capacity(nodes, nodes * self.slots, self.graphs, self.slots)
         edges = max(int(frames.n_edges[s].sum()) for s in shards)
-        return Capacity(bucket_capacity(nodes + 1), bucket_capacity(edges + 1), self.graphs)
+        return Capacity(nodes, bucket_capacity(edges + 1), self.graphs)
 
 
 def _round_up(value: int, multiple: int = 8) -> int:
@@ -237,6 +255,7 @@ def plan_capacity(
     graphs_per_shard: int,
     mode: str = "auto",
     rows: np.ndarray | None = None,
+    receiver_major: bool = False,
 ) -> CapacityPlan:
     """Choose the padding of batches of ``graphs_per_shard`` structures per shard.
 
@@ -248,6 +267,9 @@ def plan_capacity(
             less than half of the single capacity).
         rows: only these frames (positions in the one set of ``frames``) are batched,
             e.g. the frames with Hessian labels.
+        receiver_major: lay batches out receiver-major (``Graph.reverse_edges``): every
+            node gets the slots of the largest neighbour count of all ``frames``
+            (bucketed), so shapes stay fixed; edges are ``nodes * slots``.
     """
     if mode not in ("auto", "single", "bucket"):
         raise ValueError(f"capacity mode must be auto, single or bucket, got {mode!r}")
@@ -262,14 +284,20 @@ def plan_capacity(
     # order wraps into the next epoch), so k times the largest.
     top_atoms = int(np.sort(atoms)[-k:].sum()) if len(atoms) >= k else k * int(atoms.max())
     top_edges = int(np.sort(edges)[-k:].sum()) if len(edges) >= k else k * int(edges.max())
-    fixed = Capacity(_round_up(top_atoms + 1), _round_up(top_edges + 1), k + 1)
+    slots = None
+    if receiver_major:
+        slots = bucket_capacity(max(f.max_neighbours for f in frames), minimum=4)
+        nodes = _round_up(top_atoms + 1)
+        fixed = Capacity(nodes, nodes * slots, k + 1, slots)
+    else:
+        fixed = Capacity(_round_up(top_atoms + 1), _round_up(top_edges + 1), k + 1)
     fill = min(
         min(k, len(atoms)) * atoms.mean() / fixed.nodes,
         min(k, len(edges)) * edges.mean() / fixed.edges,
     )
     if mode == "single" or (mode == "auto" and fill >= 0.5):
-        return CapacityPlan("single", k + 1, fixed, float(fill))
-    return CapacityPlan("bucket", k + 1, None, float(fill))
+        return CapacityPlan("single", k + 1, fixed, float(fill), slots)
+    return CapacityPlan("bucket", k + 1, None, float(fill), slots)
 
 
 def _shard_arrays(
@@ -333,11 +361,18 @@ def _shard_arrays(
     frame_index[:k] = idx
     weights = np.zeros((g_cap, 2), dtype)
     weights[:k] = 1.0 if frames.frame_weights is None else frames.frame_weights[idx]
+    edge_mask = np.arange(e_cap) < e_real
+    layout: dict[str, np.ndarray] = {}
+    if capacity.slots is not None:
+        senders, receivers, shifts, edge_mask, layout["reverse_edges"] = receiver_major_arrays(
+            senders[:e_real], receivers[:e_real], shifts[:e_real], n_cap, capacity.slots
+        )
     hessian: dict[str, np.ndarray] = {}
     if choice is not None:
         hessian = _hessian_arrays(lab, idx, atom_rows, counts, choice, n_cap, g_cap, dtype)
     return {
         **hessian,
+        **layout,
         "positions": positions,
         "numbers": numbers,
         "cell": cell,
@@ -348,7 +383,7 @@ def _shard_arrays(
         "node_graph": node_graph,
         "n_node": n_node,
         "node_mask": np.arange(n_cap) < n_real,
-        "edge_mask": np.arange(e_cap) < e_real,
+        "edge_mask": edge_mask,
         "graph_mask": np.arange(g_cap) < k,
         "energy": energy,
         "forces": forces,

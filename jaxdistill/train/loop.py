@@ -488,13 +488,20 @@ def _train(
     mesh = make_mesh(devices)
     n_shards = mesh.devices.size
     per_shard = -(-config.batch_size // n_shards)
-    plan = plan_capacity(
-        [f for f in (train_frames, val_frames) if f is not None], per_shard, config.capacity
-    )
-    order = BatchOrder(train_frames.n_frames, config.batch_size, config.seed)
     # Hessian labels: a small batch of their own per step (see TrainConfig).
     hessian_rows = np.flatnonzero(train_labels.has_hessian)
     use_hessian = len(hessian_rows) > 0 and config.effective_hessian_weight > 0
+    all_frames = [f for f in (train_frames, val_frames) if f is not None]
+    plan = plan_capacity(
+        all_frames, per_shard, config.capacity, receiver_major=config.receiver_major
+    )
+    # Validation of Hessian labels is a forward-mode product: edge lists there.
+    val_plan = (
+        plan_capacity(all_frames, per_shard, config.capacity)
+        if use_hessian and config.receiver_major
+        else plan
+    )
+    order = BatchOrder(train_frames.n_frames, config.batch_size, config.seed)
     hessian_order = hessian_plan = None
     if use_hessian:
         hessian_size = config.effective_hessian_batch_size
@@ -540,7 +547,7 @@ def _train(
                 make_batch(
                     val_frames,
                     shards,
-                    plan.capacity(val_frames, shards),
+                    val_plan.capacity(val_frames, shards),
                     dtype,
                     hessian_choice=choice,
                 )
@@ -743,6 +750,8 @@ def _copy_tree(tree: Any) -> Any:
 
 def _plan_summary(plan: CapacityPlan) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": plan.mode, "graphs_per_shard": plan.graphs - 1}
+    if plan.slots is not None:
+        out["slots_per_atom"] = plan.slots
     if plan.fixed is not None:
         out.update(nodes=plan.fixed.nodes, edges=plan.fixed.edges, fill=round(plan.fill, 3))
     return out

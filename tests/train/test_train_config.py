@@ -49,6 +49,7 @@ def test_unknown_keys_raise_with_a_hint():
         ({"energy_weight": 0, "forces_weight": 0, "stress_weight": 0}, "at least one loss weight"),
         ({"patience": 0}, "patience must be"),
         ({"capacity": "huge"}, "capacity must be one of"),
+        ({"edge_layout": "dense"}, "edge_layout must be one of"),
     ],
 )
 def test_invalid_values_raise(changes, message):
@@ -76,3 +77,11 @@ def test_schedules_warm_up_and_decay(schedule):
     else:
         assert float(lr(1000)) == pytest.approx(1e-5, rel=1e-3)
         assert 1e-5 < float(lr(550)) < 1e-3
+
+
+def test_edge_layout_is_left_out_of_the_resolved_config_while_unset():
+    """Runs made before the key existed keep their stage hashes."""
+    assert "edge_layout" not in TrainConfig().to_dict()
+    assert not TrainConfig().receiver_major
+    config = TrainConfig(edge_layout="receiver_major")
+    assert config.to_dict()["edge_layout"] == "receiver_major" and config.receiver_major

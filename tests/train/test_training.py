@@ -146,6 +146,27 @@ def test_train_step_compiles_once_per_capacity(si_store):
     assert compiled.count == len(capacities)
 
 
+def test_receiver_major_training_follows_the_edge_list_run(si_store, tmp_path):
+    """The same run with receiver-major batches (TrainConfig.edge_layout): the same
+    losses and errors at every validation, up to float32 rounding."""
+    config = {**TINY, "steps": 20, "validation_interval": 10, "checkpoint_interval": 20}
+    runs, capacities = {}, {}
+    for layout in ("edge_list", "receiver_major"):
+        output = tmp_path / layout
+        student = train(si_store, output, {**config, "edge_layout": layout}, progress=False)
+        runs[layout] = read_metrics(output)
+        capacities[layout] = student.metadata["training"]["capacity"]
+    assert "slots_per_atom" not in capacities["edge_list"]
+    assert capacities["receiver_major"]["slots_per_atom"] >= 4
+    for a, b in zip(runs["edge_list"], runs["receiver_major"], strict=True):
+        assert a["step"] == b["step"]
+        for key in ("loss", "force_mae_meV_per_A", "energy_mae_meV_per_atom"):
+            assert b["validation"][key] == pytest.approx(a["validation"][key], rel=2e-3), key
+        if "train" in a:
+            assert b["train"]["loss"] == pytest.approx(a["train"]["loss"], rel=2e-3)
+    assert [line["step"] for line in runs["edge_list"]] == [0, 10, 20]
+
+
 def test_early_stopping_bookkeeping():
     stopper = EarlyStopping(patience=2)
     assert stopper.update(0, 10.0) and stopper.step == 0
