@@ -54,13 +54,17 @@ class Potential(NamedTuple):
         hessian_vector_product: ``(params, graph, directions [n_node, 3]) -> [n_node,
             3]``: ``H·u`` in eV/Å² (per unit of ``u``) for every graph of the batch at
             once (graphs are independent, so the batch's Hessian is block diagonal and
-            one product gives each graph's own); zero on padding.
+            one product gives each graph's own); zero on padding. Needs an edge-list
+            graph (a forward-mode derivative, which the receiver-major gathers lack).
+        atomic_energies: per-atom energies ``[n_node]``, eV, zero on padding: the
+            terms the model sums into each graph's energy.
     """
 
     energy: Callable[[Any, Graph], jax.Array]
     predict: Callable[[Any, Graph], Prediction]
     energy_and_forces: Callable[[Any, Graph], tuple[jax.Array, jax.Array]]
     hessian_vector_product: Callable[[Any, Graph, jax.Array], jax.Array]
+    atomic_energies: Callable[[Any, Graph], jax.Array]
 
 
 def graph_edges(graph: Graph) -> Edges:
@@ -140,7 +144,7 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
     module = getattr(atomic_energy_fn, "__self__", None)
     takes_layout = module is not None and accepts_layout(module)
 
-    def graph_energies(params, graph: Graph, positions, strain) -> jax.Array:
+    def node_energies(params, graph: Graph, positions, strain) -> jax.Array:
         check_graph(graph)
         vectors, _ = edge_vectors(positions, graph, strain)
         layout = graph_edges(graph).layout
@@ -154,8 +158,14 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
             graph.edge_mask,
             **({"layout": layout} if takes_layout and layout is not None else {}),
         )
-        atomic = jnp.where(graph.node_mask, atomic, 0.0)
+        return jnp.where(graph.node_mask, atomic, 0.0)
+
+    def graph_energies(params, graph: Graph, positions, strain) -> jax.Array:
+        atomic = node_energies(params, graph, positions, strain)
         return jax.ops.segment_sum(atomic, graph.node_graph, num_segments=graph.cell.shape[0])
+
+    def atomic_energies(params, graph: Graph) -> jax.Array:
+        return node_energies(params, graph, jnp.asarray(graph.positions), None)
 
     def energy(params, graph: Graph) -> jax.Array:
         positions = jnp.asarray(graph.positions)
@@ -196,6 +206,13 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
         return jnp.where(graph.graph_mask, energies, 0.0), forces
 
     def hessian_vector_product(params, graph: Graph, directions: jax.Array) -> jax.Array:
+        if graph.reverse_edges is not None:
+            raise ValueError(
+                "Hessian-vector products need an edge-list graph (a forward-mode "
+                "derivative, which the receiver-major layout's gathers lack): build the "
+                "graph without slots_per_node (edge_layout 'edge_list')"
+            )
+
         def total(positions):
             energies = graph_energies(params, graph, positions, None)
             return jnp.sum(jnp.where(graph.graph_mask, energies, 0.0))
@@ -212,6 +229,7 @@ def make_potential(atomic_energy_fn: AtomicEnergyFn) -> Potential:
         predict=predict,
         energy_and_forces=energy_and_forces,
         hessian_vector_product=hessian_vector_product,
+        atomic_energies=atomic_energies,
     )
 
 

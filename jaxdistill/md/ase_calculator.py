@@ -40,7 +40,7 @@ fast there (docs/benchmarks.md).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -65,8 +65,7 @@ from jaxdistill.graph import (
     slots_for,
     validate_atoms,
 )
-from jaxdistill.models.edges import accepts_layout
-from jaxdistill.potential import Potential, edge_vectors, graph_edges, voigt_stress
+from jaxdistill.potential import Potential, voigt_stress
 from jaxdistill.student import Student
 
 
@@ -98,29 +97,8 @@ def _unpack_input(graph: Graph, packed: jax.Array) -> Graph:
     return graph._replace(positions=packed[:n_node], cell=cell)
 
 
-def _atomic_energies(apply: Callable, params, graph: Graph) -> jax.Array:
-    """Per-atom energies ``[n_node]`` (eV; zero on padding): the model's own terms
-    before the sum that makes the energy (a forward pass of its own; no derivative)."""
-    vectors, _ = edge_vectors(graph.positions, graph)
-    layout = graph_edges(graph).layout
-    module = getattr(apply, "__self__", None)
-    takes_layout = layout is not None and module is not None and accepts_layout(module)
-    atomic = apply(
-        params,
-        graph.numbers,
-        vectors,
-        graph.senders,
-        graph.receivers,
-        graph.node_mask,
-        graph.edge_mask,
-        **({"layout": layout} if takes_layout else {}),
-    )
-    return jnp.where(graph.node_mask, atomic, 0.0)
-
-
 def _evaluate_program(
     potential: Potential,
-    apply: Callable | None,
     params,
     graph: Graph,
     packed: jax.Array,
@@ -150,7 +128,7 @@ def _evaluate_program(
             graph_energies, forces = potential.energy_and_forces(p, graph)
             out = {"energy": graph_energies[:1], "forces": forces}
         if energies:
-            out["energies"] = _atomic_energies(apply, p, graph)
+            out["energies"] = potential.atomic_energies(p, graph)
         return out
 
     if committee:
@@ -164,36 +142,32 @@ def _evaluate_program(
     return jnp.concatenate([out[k].reshape(-1) for k in order if k in out])
 
 
-# One jitted program for all calculators: the potential and apply function (static,
-# hashed by identity) are cached per Student, so calculators sharing a student share
-# compilations; each combination of flags is its own (compiled once) program.
+# One jitted program for all calculators: the potential (static, hashed by identity) is
+# cached per model description, so calculators sharing a student share compilations;
+# each combination of flags is its own (compiled once) program.
 _program = jax.jit(
-    _evaluate_program, static_argnames=("potential", "apply", "stress", "energies", "committee")
+    _evaluate_program, static_argnames=("potential", "stress", "energies", "committee")
 )
 
 
 def _evaluate_jit(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
     """``[energy, forces (n_node x 3), Voigt stress (6)]`` of one student, flat."""
-    return _program(
-        potential, None, params, graph, packed, stress=True, energies=False, committee=False
-    )
+    return _program(potential, params, graph, packed, stress=True, energies=False, committee=False)
 
 
 def _evaluate_forces_jit(
     potential: Potential, params, graph: Graph, packed: jax.Array
 ) -> jax.Array:
     """``[energy, forces (n_node x 3)]`` of one student, flat (no strain derivative)."""
-    return _program(
-        potential, None, params, graph, packed, stress=False, energies=False, committee=False
-    )
+    return _program(potential, params, graph, packed, stress=False, energies=False, committee=False)
 
 
-#: model description -> (potential, apply) of the first student seen with it
-_SHARED: dict[tuple, tuple[Potential, Callable]] = {}
+#: model description -> the potential of the first student seen with it
+_SHARED: dict[tuple, Potential] = {}
 
 
-def _shared(model: Student | StudentCommittee) -> tuple[Potential, Callable]:
-    """One potential and apply function per model description (architecture,
+def _shared(model: Student | StudentCommittee) -> Potential:
+    """One potential per model description (architecture,
     hyper-parameters, species, cutoff, message passing), not per Student object: the
     compiled programs are keyed by them, so a reloaded, copied or unpickled student,
     a committee's members and a committee of one share compilations (parameters are
@@ -206,7 +180,7 @@ def _shared(model: Student | StudentCommittee) -> tuple[Potential, Callable]:
         model.message_passing,
     )
     if key not in _SHARED:
-        _SHARED[key] = (model.potential, model.model.apply)
+        _SHARED[key] = model.potential
     return _SHARED[key]
 
 
@@ -377,7 +351,7 @@ class StudentCalculator(Calculator):
 
     @property
     def _potential(self) -> Potential:
-        return _shared(self.student)[0]
+        return _shared(self.student)
 
     def __getstate__(self) -> dict[str, Any]:
         """Host state only: the student (its parameters as host arrays), options,
@@ -511,7 +485,6 @@ class StudentCalculator(Calculator):
         # one transfer in (the packed buffer), one out (the packed result)
         out = _program(
             self._potential,
-            _shared(self.student)[1] if with_energies else None,
             self._params,
             self._graph,
             packed,

@@ -273,3 +273,29 @@ def test_painn_saved_without_norm_softening_loads_as_trained():
     student = create_student("painn", ["Si"], cutoff=4.0, features=8, num_layers=1)
     assert student.hyperparameters["norm_softening"] == NORM_SOFTENING
     assert "norm_softening" not in create_student("schnet", ["Si"], features=8).hyperparameters
+
+
+def test_receiver_major_graphs_give_atomic_energies_but_refuse_hessian_products(student64):
+    """Per-atom energies equal the edge list's; a Hessian-vector product (forward mode)
+    on a receiver-major graph is refused by name instead of failing inside JAX."""
+    from jaxdistill.graph import neighbour_pairs, slots_for
+
+    atoms = silicon(cubic=False, rattle=0.05, seed=2)
+    neighbours = [neighbour_pairs(atoms, student64.cutoff)]
+    plain = batch_graphs([atoms], student64.cutoff, neighbours=neighbours, dtype="float64")
+    major = batch_graphs(
+        [atoms],
+        student64.cutoff,
+        neighbours=neighbours,
+        dtype="float64",
+        slots_per_node=slots_for(neighbours),
+    )
+    potential, params = student64.potential, student64.params
+    np.testing.assert_allclose(
+        potential.atomic_energies(params, major),
+        potential.atomic_energies(params, plain),
+        rtol=0,
+        atol=1e-12,
+    )
+    with pytest.raises(ValueError, match="edge-list graph"):
+        potential.hessian_vector_product(params, major, np.ones_like(major.positions))
