@@ -138,18 +138,23 @@ def test_vmapped_replicas_on_dense_lists_equal_single_runs():
     replicas = [silicon(repeat=(2, 2, 2), rattle=0.1, seed=s) for s in range(3)]
     box = jnp.asarray(np.diag(replicas[0].cell.array))
     displacement_fn, _ = space.periodic(box)
-    neighbor_fn, energy_fn = jax_md_potential(
-        student, displacement_fn, box, replicas[0].numbers, format="dense"
-    )
+    lists = {}
+    for neighbor_format in ("dense", "sparse"):
+        lists[neighbor_format] = jax_md_potential(
+            student, displacement_fn, box, replicas[0].numbers, format=neighbor_format
+        )
     R = jnp.stack([jnp.asarray(a.positions) for a in replicas])
+    neighbor_fn, energy_fn = lists["dense"]
     template = neighbor_fn.allocate(R[0], extra_capacity=4)
     nbrs = jax.vmap(lambda r: template.update(r))(R)
     energies, gradients = jax.jit(jax.vmap(jax.value_and_grad(energy_fn)))(R, nbrs)
-    for k, atoms in enumerate(replicas):
-        energy, _, _ = _evaluate(student, atoms, "sparse", periodic=True)
-        single = jax.grad(energy_fn)(R[k], neighbor_fn.allocate(R[k]))
+    sparse_fn, sparse_energy = lists["sparse"]
+    single = jax.jit(jax.value_and_grad(sparse_energy))
+    sparse_template = sparse_fn.allocate(R[0], extra_capacity=64)
+    for k in range(len(replicas)):
+        energy, gradient = single(R[k], sparse_template.update(R[k]))
         assert float(energies[k]) == pytest.approx(float(energy), rel=1e-12)
-        np.testing.assert_allclose(gradients[k], single, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gradients[k], gradient, rtol=0, atol=1e-10)
 
 
 def test_auto_format_is_dense_on_a_gpu_and_sparse_on_a_cpu(monkeypatch):
