@@ -301,17 +301,12 @@ def batch_graphs(
     )
     node_capacity = node_capacity or bucket_capacity(n_real_nodes + 1)
     if slots_per_node is not None:
-        for g, nb in enumerate(neighbours):
-            per_atom = np.bincount(nb.receivers, minlength=1)
-            if per_atom.max() > slots_per_node:
-                raise ValueError(
-                    f"atom {int(np.argmax(per_atom))} of structure {g} has {per_atom.max()} "
-                    f"neighbours but the receiver-major graph has {slots_per_node} slots per atom"
-                )
+        # Too few slots is refused by receiver_major_arrays, naming the atom.
         edge_capacity = node_capacity * int(slots_per_node)
     edge_capacity = edge_capacity or bucket_capacity(n_real_edges + 1)
     graph_capacity = graph_capacity or bucket_capacity(n_real_graphs + 1, minimum=2)
-    if node_capacity <= n_real_nodes or edge_capacity < max(n_real_edges, 1):
+    too_few_edges = slots_per_node is None and edge_capacity < max(n_real_edges, 1)
+    if node_capacity <= n_real_nodes or too_few_edges:
         raise ValueError(
             f"capacities (nodes {node_capacity}, edges {edge_capacity}) too small for "
             f"{n_real_nodes} nodes and {n_real_edges} edges (one padding node is required)"
@@ -326,9 +321,11 @@ def batch_graphs(
     cell = np.zeros((graph_capacity, 3, 3), dtype=dtype)
     pbc = np.zeros((graph_capacity, 3), dtype=bool)
     n_node = np.zeros(graph_capacity, dtype=np.int32)
-    senders = np.full(edge_capacity, padding_node, dtype=np.int32)
-    receivers = np.full(edge_capacity, padding_node, dtype=np.int32)
-    shifts = np.zeros((edge_capacity, 3), dtype=dtype)
+    # A receiver-major graph is laid out from the real edges alone (below).
+    edge_rows = edge_capacity if slots_per_node is None else n_real_edges
+    senders = np.full(edge_rows, padding_node, dtype=np.int32)
+    receivers = np.full(edge_rows, padding_node, dtype=np.int32)
+    shifts = np.zeros((edge_rows, 3), dtype=dtype)
 
     node_offsets = np.concatenate([[0], np.cumsum(counts)])
     edge_offsets = np.concatenate([[0], np.cumsum(edge_counts)])
@@ -352,11 +349,7 @@ def batch_graphs(
     reverse_edges = None
     if slots_per_node is not None:
         senders, receivers, shifts, edge_mask, reverse_edges = receiver_major_arrays(
-            senders[:n_real_edges],
-            receivers[:n_real_edges],
-            shifts[:n_real_edges],
-            node_capacity,
-            int(slots_per_node),
+            senders, receivers, shifts, node_capacity, int(slots_per_node)
         )
     return Graph(
         positions=positions,
@@ -411,8 +404,8 @@ def receiver_major_arrays(
     if n_real and counts.max() > slots:
         worst = int(np.argmax(counts))
         raise ValueError(
-            f"atom {worst} has {counts[worst]} neighbours but the receiver-major graph has "
-            f"{slots} slots per atom"
+            f"atom {worst} (numbered across the batch) has {counts[worst]} neighbours but "
+            f"the receiver-major graph has {slots} slots per atom"
         )
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.arange(n_real) - starts[receivers_sorted]
