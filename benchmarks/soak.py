@@ -112,6 +112,7 @@ def _soak_run(student, atoms, args, callback):
         max_temperature_factor=1e6,
         bond_factor=None,
         callback=callback,
+        keep_on_interrupt=True,  # a `timeout` still leaves the points recorded so far
     )
 
 

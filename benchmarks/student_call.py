@@ -13,7 +13,8 @@ every call as MD does:
 - ``bare``: the same jitted packed evaluation called directly with a ready buffer (no
   ASE, no neighbour check): ``forces - bare`` is the calculator's own overhead;
 - ``null``: a jitted function that takes the packed buffer and returns a vector of the
-  result's size (the transfer floor of the device);
+  result's size, into the same memory as the calculator's result (the transfer floor
+  of the device);
 - ``neighbours``: one host neighbour-list build (vesin) and one jax-md device rebuild of
   the same structure (an alternative the calculator does not use: measured to show
   which is faster at that size);
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -106,13 +108,22 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     atoms.get_forces()  # builds the graph and compiles
     packed = calculator._input_buffer.copy()
     graph, params, potential = calculator._graph, calculator._params, calculator._potential
-    evaluate = ase_calculator._evaluate_forces_jit
+    # the calculator's own program: its result lands where the calculator's does
+    evaluate = functools.partial(
+        calculator._evaluate, stress=False, energies=False, committee=False
+    )
     n_out = 1 + 3 * graph.positions.shape[0]
     device = calculator.jax_device
 
-    @jax.jit
-    def null(x):
+    def zeros(x):
         return jnp.zeros((n_out,), x.dtype) + x[0, 0]
+
+    memory = os.environ.get(ase_calculator.RESULT_MEMORY_ENV, ase_calculator.RESULT_MEMORY)
+    if calculator._evaluate is ase_calculator._program:
+        memory = "device"  # (a CPU, or a GPU without pinned host memory)
+    null = jax.jit(
+        zeros, out_shardings=jax.sharding.SingleDeviceSharding(device, memory_kind=memory)
+    )
 
     start = time.perf_counter()
     np.asarray(evaluate(potential, params, graph, packed))
@@ -127,7 +138,7 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
             start = time.perf_counter()
             np.asarray(null(packed))
             floor.append(time.perf_counter() - start)
-    return {"bare": stats(bare), "null": stats(floor)}
+    return {"bare": stats(bare), "null": stats(floor), "result_memory": memory}
 
 
 def time_neighbours(atoms, cutoff: float, repeats: int) -> dict:

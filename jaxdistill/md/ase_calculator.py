@@ -39,7 +39,9 @@ fast there (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -142,12 +144,42 @@ def _evaluate_program(
     return jnp.concatenate([out[k].reshape(-1) for k in order if k in out])
 
 
+_STATIC = ("potential", "stress", "energies", "committee")
 # One jitted program for all calculators: the potential (static, hashed by identity) is
 # cached per model description, so calculators sharing a student share compilations;
 # each combination of flags is its own (compiled once) program.
-_program = jax.jit(
-    _evaluate_program, static_argnames=("potential", "stress", "energies", "committee")
-)
+_program = jax.jit(_evaluate_program, static_argnames=_STATIC)
+
+#: Where a GPU call leaves its packed result. "pinned_host": the program writes it to
+#: page-locked host memory itself, so reading it is a host copy. "device": it stays on
+#: the GPU and ``np.asarray`` fetches it through JAX's device-to-host path, which cost
+#: 130-160 µs for a few hundred bytes on an H100 (benchmarks/round_trip.py,
+#: 2026-12-06): pinned results made a 64-atom Si call 130 µs faster (660 -> 530 µs)
+#: and a 1000-atom one 176 µs (docs/benchmarks.md).
+RESULT_MEMORY = "pinned_host"
+#: Environment variable that overrides :data:`RESULT_MEMORY` ("device" or "pinned_host").
+RESULT_MEMORY_ENV = "JAXDISTILL_RESULT_MEMORY"
+
+
+@functools.cache
+def _program_for(device: jax.Device, result_memory: str):
+    """The evaluation program for ``device`` whose result lands in ``result_memory``
+    ("device" or "pinned_host"; the plain program on a CPU, or where the device offers
+    no such memory)."""
+    if result_memory not in ("device", "pinned_host"):
+        raise ValueError(
+            f"{RESULT_MEMORY_ENV} must be 'device' or 'pinned_host', got {result_memory!r}"
+        )
+    if result_memory == "device" or device.platform == "cpu":
+        return _program
+    try:
+        kinds = {memory.kind for memory in device.addressable_memories()}
+    except Exception:  # a backend without memory spaces
+        kinds = set()
+    if result_memory not in kinds:
+        return _program
+    sharding = jax.sharding.SingleDeviceSharding(device, memory_kind=result_memory)
+    return jax.jit(_evaluate_program, static_argnames=_STATIC, out_shardings=sharding)
 
 
 def _evaluate_jit(potential: Potential, params, graph: Graph, packed: jax.Array) -> jax.Array:
@@ -348,10 +380,17 @@ class StudentCalculator(Calculator):
         self._edge_capacity = 0
         self._slots = 0  # edge slots per atom of a receiver-major graph
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
+        self._potential_cached: Potential | None = None
+        self._evaluate = _program  # the jitted evaluation for jax_device
+        self._snapshot: ase.Atoms | None = None  # what self.atoms points at (see _remember)
 
     @property
     def _potential(self) -> Potential:
-        return _shared(self.student)
+        # looked up once per device binding, not per call (the key serialises the
+        # hyper-parameters: tens of µs an MD step would otherwise pay)
+        if self._potential_cached is None:
+            self._potential_cached = _shared(self.student)
+        return self._potential_cached
 
     def __getstate__(self) -> dict[str, Any]:
         """Host state only: the student (its parameters as host arrays), options,
@@ -365,6 +404,9 @@ class StudentCalculator(Calculator):
             "_edge_capacity",
             "_slots",
             "_input_buffer",
+            "_potential_cached",
+            "_evaluate",
+            "_snapshot",
         }
         state = {k: v for k, v in self.__dict__.items() if k not in device_bound}
         return state
@@ -433,6 +475,9 @@ class StudentCalculator(Calculator):
         if device != self.jax_device:
             self._params = jax.device_put(self.student.params, device)
             self.jax_device = device
+            self._evaluate = _program_for(
+                device, os.environ.get(RESULT_MEMORY_ENV, RESULT_MEMORY)
+            )
         self._graph = jax.device_put(graph, device)
         self._input_buffer = np.zeros((self._node_capacity + 3, 3), dtype=self.dtype)
         pbc = atoms.pbc.copy()
@@ -466,8 +511,28 @@ class StudentCalculator(Calculator):
             changes.append("pbc")
         return changes
 
+    def _remember(self, atoms: ase.Atoms) -> None:
+        """Keep ``self.atoms``, the snapshot ASE's ``check_state`` compares the next
+        call against, as one host copy updated in place while only positions and cell
+        change. ASE's ``Calculator.calculate`` makes a full ``atoms.copy()`` (and a
+        directory check) on every call instead: tens of µs of an MD step spent on
+        arrays and info a student never reads."""
+        snapshot = self._snapshot
+        if (
+            snapshot is None
+            or len(snapshot) != len(atoms)
+            or not np.array_equal(snapshot.arrays["numbers"], atoms.arrays["numbers"])
+            or not np.array_equal(snapshot.pbc, atoms.pbc)
+        ):
+            snapshot = self._snapshot = atoms.copy()
+        else:
+            snapshot.arrays["positions"][...] = atoms.arrays["positions"]
+            snapshot.cell.array[...] = atoms.cell.array
+        self.atoms = snapshot
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
+        if atoms is not None:
+            self._remember(atoms)
         atoms = self.atoms
         periodic = bool(np.all(atoms.pbc))
         if "stress" in properties and not periodic:
@@ -483,7 +548,7 @@ class StudentCalculator(Calculator):
         with_stress = periodic and "stress" in properties
         with_energies = "energies" in properties
         # one transfer in (the packed buffer), one out (the packed result)
-        out = _program(
+        out = self._evaluate(
             self._potential,
             self._params,
             self._graph,
