@@ -55,7 +55,14 @@ def label_store(path: Path, n_frames: int) -> Path:
     return path
 
 
-def time_variant(store_path: Path, architecture: str, batch_size: int, steps: int, model: dict):
+def time_variant(
+    store_path: Path,
+    architecture: str,
+    batch_size: int,
+    steps: int,
+    model: dict,
+    edge_layout: str = "edge_list",
+):
     import jax
 
     from jaxdistill.data.batching import (
@@ -79,7 +86,9 @@ def time_variant(store_path: Path, architecture: str, batch_size: int, steps: in
         sharded,
     )
 
-    config = TrainConfig(architecture=architecture, batch_size=batch_size, model=model)
+    config = TrainConfig(
+        architecture=architecture, batch_size=batch_size, model=model, edge_layout=edge_layout
+    )
     with LabelStore(store_path) as store:
         labels = store.arrays()
     student = create_student(
@@ -90,7 +99,7 @@ def time_variant(store_path: Path, architecture: str, batch_size: int, steps: in
     mesh = make_mesh()
     n_shards = mesh.devices.size
     per_shard = -(-batch_size // n_shards)
-    plan = plan_capacity([frames], per_shard, config.capacity)
+    plan = plan_capacity([frames], per_shard, config.capacity, receiver_major=config.receiver_major)
     order = BatchOrder(frames.n_frames, batch_size, seed=0)
     optimizer = make_optimizer(config)
     weights = LossWeights(config.energy_weight, config.forces_weight, config.stress_weight)
@@ -122,6 +131,7 @@ def time_variant(store_path: Path, architecture: str, batch_size: int, steps: in
     return {
         "architecture": architecture,
         "model": model or "defaults",
+        "edge_layout": edge_layout,
         "num_parameters": student.num_parameters,
         "batch_size": batch_size,
         "atoms_per_structure": 64,
@@ -146,6 +156,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps per variant")
     parser.add_argument("--frames", type=int, default=None, help="labelled 64-atom frames")
     parser.add_argument("--output", type=Path, default=None, help="JSON file to write")
+    parser.add_argument(
+        "--edge-layouts",
+        default="edge_list",
+        help="training batch layouts to time, e.g. edge_list,receiver_major",
+    )
+    parser.add_argument("--variants", default=None, help="e.g. painn:16,schnet:16 (arch:batch)")
     args = parser.parse_args()
 
     import jax
@@ -164,6 +180,10 @@ def main() -> None:
             ("schnet", 16, {}),
         ]
         steps, n_frames = args.steps or 200, args.frames or 256
+    if args.variants:
+        variants = [
+            (name, int(batch), {}) for name, batch in (v.split(":") for v in args.variants.split(","))
+        ]
     device = jax.devices()[0]
     results = {
         "benchmark": "train_speed",
@@ -180,11 +200,14 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         store = label_store(Path(tmp) / "si64.h5", n_frames)
-        for architecture, batch_size, model in variants:
-            result = time_variant(store, architecture, batch_size, steps, model)
+        for (architecture, batch_size, model), layout in (
+            (v, layout) for v in variants for layout in args.edge_layouts.split(",")
+        ):
+            result = time_variant(store, architecture, batch_size, steps, model, layout)
             results["variants"].append(result)
             print(
                 f"{architecture:7s} batch {batch_size:3d} {json.dumps(model) if model else '':18s}"
+                f" {layout:14s}"
                 f" {result['step_ms']:9.2f} ms/step {result['structures_per_s']:9.1f} structures/s"
                 f" (first step {result['first_step_s_incl_compile']:.1f} s)",
                 flush=True,
