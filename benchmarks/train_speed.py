@@ -182,7 +182,8 @@ def main() -> None:
         steps, n_frames = args.steps or 200, args.frames or 256
     if args.variants:
         variants = [
-            (name, int(batch), {}) for name, batch in (v.split(":") for v in args.variants.split(","))
+            (name, int(batch), {})
+            for name, batch in (v.split(":") for v in args.variants.split(","))
         ]
     device = jax.devices()[0]
     results = {

@@ -378,12 +378,61 @@ def slots_for(neighbours: Sequence[Neighbours]) -> int:
     return bucket_capacity(largest, minimum=4)
 
 
+def pair_slots(
+    senders: np.ndarray, receivers: np.ndarray, shifts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each pair of a full (symmetric) neighbour list sits in a receiver-major
+    layout, and which pair is its reverse: everything that layout needs besides the
+    slot count, found by sorting once (training finds it once per data set).
+
+    Args:
+        senders, receivers: ``[n_pair]`` node indices (distinct structures must use
+            distinct indices).
+        shifts: ``[n_pair, 3]`` integer cell shifts (any numeric dtype).
+
+    Returns:
+        ``(rank, reverse)``, both ``[n_pair]`` int64: ``rank[e]``, the slot of pair ``e``
+        in its receiver's row (a row's pairs ordered by sender); ``reverse[e]``, the
+        index of the pair ``j <- i`` with the opposite shift.
+
+    Raises:
+        ValueError: the list is not symmetric.
+    """
+    senders = np.asarray(senders, dtype=np.int64)
+    receivers = np.asarray(receivers, dtype=np.int64)
+    n_pair = len(senders)
+    rank = np.zeros(n_pair, dtype=np.int64)
+    reverse = np.zeros(n_pair, dtype=np.int64)
+    if n_pair == 0:
+        return rank, reverse
+    order = np.lexsort((senders, receivers))  # stable: by receiver, then sender
+    sorted_receivers = receivers[order]
+    first = np.flatnonzero(np.r_[True, sorted_receivers[1:] != sorted_receivers[:-1]])
+    run_start = np.repeat(first, np.diff(np.r_[first, n_pair]))
+    rank[order] = np.arange(n_pair) - run_start
+    # The reverse of (i <- j, shift S) is (j <- i, -S): match the two key sets.
+    shift = np.rint(np.asarray(shifts)).astype(np.int64)
+    forward = np.column_stack([receivers, senders, shift])
+    backward = np.column_stack([senders, receivers, -shift])
+    forward_order = np.lexsort(forward.T[::-1])
+    backward_order = np.lexsort(backward.T[::-1])
+    if not np.array_equal(forward[forward_order], backward[backward_order]):
+        raise ValueError(
+            "the neighbour list is not symmetric (some edge i<-j lacks j<-i with the "
+            "opposite shift): a receiver-major graph needs a full list"
+        )
+    # backward[b] is the key of pair b's reverse, which is forward pair f.
+    reverse[backward_order] = forward_order
+    return rank, reverse
+
+
 def receiver_major_arrays(
     senders: np.ndarray,
     receivers: np.ndarray,
     shifts: np.ndarray,
     node_capacity: int,
     slots: int,
+    slots_of_pairs: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Real edges (batch indices) laid out receiver-major, with their reverse map.
 
@@ -392,50 +441,33 @@ def receiver_major_arrays(
         shifts: ``[n_real_edge, 3]`` integer cell shifts (any numeric dtype).
         node_capacity: nodes of the padded graph, the last one the padding node.
         slots: edge slots per node (at least the largest neighbour count).
+        slots_of_pairs: :func:`pair_slots` of these edges if already known (then
+            nothing is sorted here), with ``reverse`` indexing these edges.
 
     Returns ``(senders, receivers, shifts, edge_mask, reverse_edges)`` of
     ``node_capacity * slots`` edges; padding slots join the padding node to itself.
     """
     padding_node = node_capacity - 1
-    n_real = len(senders)
-    order = np.lexsort((senders, receivers))  # stable: by receiver, then sender
-    receivers_sorted = receivers[order]
-    counts = np.bincount(receivers_sorted, minlength=node_capacity)
-    if n_real and counts.max() > slots:
-        worst = int(np.argmax(counts))
+    rank, reverse = slots_of_pairs or pair_slots(senders, receivers, shifts)
+    if len(rank) and rank.max() >= slots:
+        worst = int(receivers[int(np.argmax(rank))])
+        counts = int(np.count_nonzero(receivers == worst))
         raise ValueError(
-            f"atom {worst} (numbered across the batch) has {counts[worst]} neighbours but "
+            f"atom {worst} (numbered across the batch) has {counts} neighbours but "
             f"the receiver-major graph has {slots} slots per atom"
         )
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.arange(n_real) - starts[receivers_sorted]
-    position = receivers_sorted.astype(np.int64) * slots + rank
+    position = receivers.astype(np.int64) * slots + rank
     n_edge = node_capacity * slots
     out_senders = np.full(n_edge, padding_node, dtype=senders.dtype)
     out_receivers = np.full(n_edge, padding_node, dtype=receivers.dtype)
     out_shifts = np.zeros((n_edge, 3), dtype=shifts.dtype)
     edge_mask = np.zeros(n_edge, dtype=bool)
-    out_senders[position] = senders[order]
-    out_receivers[position] = receivers_sorted
-    out_shifts[position] = shifts[order]
+    out_senders[position] = senders
+    out_receivers[position] = receivers
+    out_shifts[position] = shifts
     edge_mask[position] = True
-    # The reverse of (i <- j, shift S) is (j <- i, -S): match the two key sets.
     reverse_edges = np.arange(n_edge, dtype=np.int32)
-    if n_real:
-        key = np.stack([out_receivers[position], out_senders[position]], axis=1)
-        forward = np.concatenate([key, np.rint(out_shifts[position]).astype(np.int64)], axis=1)
-        backward = np.concatenate([key[:, ::-1], -forward[:, 2:]], axis=1)
-        forward_order = np.lexsort(forward.T[::-1])
-        backward_order = np.lexsort(backward.T[::-1])
-        if not np.array_equal(forward[forward_order], backward[backward_order]):
-            raise ValueError(
-                "the neighbour list is not symmetric (some edge i<-j lacks j<-i with the "
-                "opposite shift): a receiver-major graph needs a full list"
-            )
-        # backward[b] is the key of edge b's reverse, which is forward edge f.
-        reverse = np.empty(n_real, dtype=np.int64)
-        reverse[backward_order] = forward_order
-        reverse_edges[position] = position[reverse]
+    reverse_edges[position] = position[reverse]
     return out_senders, out_receivers, out_shifts, edge_mask, reverse_edges
 
 

@@ -28,7 +28,13 @@ import ase
 import numpy as np
 
 from jaxdistill.data.arrays import LabelArrays
-from jaxdistill.graph import Graph, bucket_capacity, neighbour_pairs, receiver_major_arrays
+from jaxdistill.graph import (
+    Graph,
+    bucket_capacity,
+    neighbour_pairs,
+    pair_slots,
+    receiver_major_arrays,
+)
 
 __all__ = [
     "Batch",
@@ -136,6 +142,19 @@ class FrameGraphs:
     def atoms(self, i: int) -> ase.Atoms:
         """Frame ``i`` as ase.Atoms (no labels)."""
         return frame_atoms(self.labels, i)
+
+    @functools.cached_property
+    def pair_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`~jaxdistill.graph.pair_slots` of every pair of every frame (``reverse``
+        in global pair indices; a pair's reverse is in the same frame), found once, so
+        receiver-major batches are assembled without sorting."""
+        frame_of_pair = np.repeat(np.arange(self.n_frames), self.n_edges)
+        base = self.labels.offsets[frame_of_pair].astype(np.int64)
+        return pair_slots(
+            base + self.senders.astype(np.int64),
+            base + self.receivers.astype(np.int64),
+            self.shifts,
+        )
 
     @functools.cached_property
     def max_neighbours(self) -> int:
@@ -364,8 +383,17 @@ def _shard_arrays(
     edge_mask = np.arange(e_cap) < e_real
     layout: dict[str, np.ndarray] = {}
     if capacity.slots is not None:
+        # ranks and reverses were found once for the data set: a batch sorts nothing
+        rank, reverse = frames.pair_slots
+        batch_rows = np.arange(e_real)
+        slots_of_pairs = (rank[edge_rows], batch_rows + (reverse[edge_rows] - edge_rows))
         senders, receivers, shifts, edge_mask, layout["reverse_edges"] = receiver_major_arrays(
-            senders[:e_real], receivers[:e_real], shifts[:e_real], n_cap, capacity.slots
+            senders[:e_real],
+            receivers[:e_real],
+            shifts[:e_real],
+            n_cap,
+            capacity.slots,
+            slots_of_pairs,
         )
     hessian: dict[str, np.ndarray] = {}
     if choice is not None:

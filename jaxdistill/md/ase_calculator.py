@@ -433,8 +433,10 @@ class StudentCalculator(Calculator):
         half_skin = 0.5 * self.skin
         if np.array_equal(cell, reference.cell) or not np.any(atoms.pbc):
             # Fixed cell (or a molecule, whose cell plays no role): plain displacement.
-            squared = np.max(np.sum((positions - reference.positions) ** 2, axis=1))
-            return bool(squared > half_skin**2)
+            delta = positions - reference.positions
+            if np.abs(delta).max(initial=0.0) * np.sqrt(3.0) <= half_skin:
+                return False  # |d| <= sqrt(3) max|d_k|: settled without the norms (MD's case)
+            return bool(np.einsum("ij,ij->i", delta, delta).max() > half_skin**2)
         if reference.inverse_cell is None:
             return True  # partly periodic and the cell changed: rebuild, keep it simple
         d, shrink = strained_displacement(
@@ -473,11 +475,10 @@ class StudentCalculator(Calculator):
             slots_per_node=self._slots if receiver_major else None,
         )
         if device != self.jax_device:
+            # (the program first: a bad setting raises before anything is bound)
+            self._evaluate = _program_for(device, os.environ.get(RESULT_MEMORY_ENV, RESULT_MEMORY))
             self._params = jax.device_put(self.student.params, device)
             self.jax_device = device
-            self._evaluate = _program_for(
-                device, os.environ.get(RESULT_MEMORY_ENV, RESULT_MEMORY)
-            )
         self._graph = jax.device_put(graph, device)
         self._input_buffer = np.zeros((self._node_capacity + 3, 3), dtype=self.dtype)
         pbc = atoms.pbc.copy()

@@ -318,3 +318,41 @@ def test_what_the_student_reads_decides_a_recalculation(small_student):
     atoms.set_cell(atoms.cell.array * 1.01, scale_atoms=True)
     assert set(atoms.calc.check_state(atoms)) == {"positions", "cell"}
     assert atoms.get_potential_energy() != moved
+
+
+def test_one_snapshot_updated_in_place(small_student):
+    """The calculator keeps one host copy of the atoms it last computed (updated in
+    place while only positions and cell change, instead of a full copy per call): never
+    the caller's object, always what was computed, so two Atoms sharing it do not mix."""
+    first, second = silicon(), silicon()
+    second.positions[0] += 0.1
+    calc = StudentCalculator(small_student, dtype="float64")
+    energy_first = calc.get_potential_energy(first)
+    snapshot = calc.atoms
+    assert snapshot is not first
+    energy_second = calc.get_potential_energy(second)
+    assert calc.atoms is snapshot  # the same copy, updated
+    np.testing.assert_array_equal(calc.atoms.positions, second.positions)
+    assert energy_second != energy_first
+    assert calc.get_potential_energy(first) == pytest.approx(energy_first, abs=1e-12)
+    # other elements at the same atom count: a fresh copy, and the right energy
+    carbon = first.copy()
+    carbon.numbers[0] = 6
+    reference = small_student.predict([carbon])
+    assert calc.get_potential_energy(carbon) == pytest.approx(float(reference.energy[0]), abs=1e-10)
+    assert calc.atoms is not snapshot
+    assert calc.atoms.numbers[0] == 6
+
+
+def test_result_memory_setting(small_student, monkeypatch):
+    """A GPU call's result goes to pinned host memory by default; on a CPU the plain
+    program serves, and a wrong value of the variable is named."""
+    from jaxdistill.md import ase_calculator
+
+    cpu = jax.devices("cpu")[0]
+    assert ase_calculator._program_for(cpu, "pinned_host") is ase_calculator._program
+    monkeypatch.setenv(ase_calculator.RESULT_MEMORY_ENV, "gpu_memory")
+    atoms = silicon()
+    atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu")
+    with pytest.raises(ValueError, match="JAXDISTILL_RESULT_MEMORY"):
+        atoms.get_forces()

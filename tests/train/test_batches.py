@@ -167,6 +167,25 @@ def test_receiver_major_batches_give_the_loss_and_gradient_of_edge_lists(mixed):
     assert float(value_major) == pytest.approx(float(value_plain), rel=1e-10)
     for a, b in zip(jax.tree.leaves(grad_plain), jax.tree.leaves(grad_major), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-8, atol=1e-10)
+    # Frames in another order: the ranks and reverses found once for the data set give
+    # exactly the arrays of sorting this batch's own edges.
+    from jaxdistill.graph import receiver_major_arrays
+
+    shuffled = [np.array([2, 0, 3, 1])]
+    plain = make_batch(graphs, shuffled, plain_plan.capacity(graphs, shuffled), np.float64, False)
+    major = make_batch(graphs, shuffled, major_plan.capacity(graphs, shuffled), np.float64, False)
+    real = np.asarray(plain.graph.edge_mask)
+    expected = receiver_major_arrays(
+        np.asarray(plain.graph.senders)[real],
+        np.asarray(plain.graph.receivers)[real],
+        np.asarray(plain.graph.shifts)[real],
+        major.graph.positions.shape[0],
+        major_plan.slots,
+    )
+    got = (major.graph.senders, major.graph.receivers, major.graph.shifts)
+    got += (major.graph.edge_mask, major.graph.reverse_edges)
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(np.asarray(b), a)
     # bucket mode keeps the slots fixed, so batches of other sizes share them
     bucket = plan_capacity([graphs], 4, "bucket", receiver_major=True)
     small = bucket.capacity(graphs, [np.array([1])])
