@@ -103,7 +103,8 @@ class TrainConfig:
             gradient, as in the GPU MD paths). Validation batches of data with Hessian
             labels, and the Hessian batches, stay edge lists (their Hessian-vector
             products use forward mode, which the receiver-major gathers lack).
-            Experimental: not yet measured on a GPU for training.
+            Measured slower for training on an H100 (docs/training.md), hence not
+            the default.
     """
 
     architecture: str = "painn"

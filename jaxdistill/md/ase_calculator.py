@@ -7,7 +7,8 @@ An existing ASE script changes one line::
 Everything else (VelocityVerlet, Langevin, NPT integrators, optimisers, cell filters)
 runs unchanged. Per call the calculator moves one array each way: positions and cell
 packed into one buffer in, energy, forces (and stress) packed into one vector out, around
-one jitted evaluation. When ASE asks only for energy and forces (as its integrators do)
+one jitted evaluation; on a GPU that program writes its vector to pinned host memory
+itself (:data:`RESULT_MEMORY`), which halves the round trip. When ASE asks only for energy and forces (as its integrators do)
 the strain derivative is skipped; stress is computed when asked for, per-atom energies
 likewise. A student committee (``jaxdistill.committee``) runs its members in one vmap
 of the same program and returns their mean plus their disagreement in the same vector.
@@ -82,10 +83,11 @@ class _Reference(NamedTuple):
 
 
 #: Structures with fewer atoms run on the CPU under ``device="auto"``: a GPU call's
-#: fixed cost (the transfer round trip, 0.4-0.7 ms) outweighs its speed below this
-#: size. Measured on one H200 and its 16-core host (2026-11-29, docs/benchmarks.md):
-#: 9-atom ethanol was faster on the CPU for painn and schnet (1.10 vs 1.31 ms, 0.67 vs
-#: 0.96 ms), 21-atom hexanol faster on the GPU (1.12 vs 2.80 ms, 1.18 vs 1.46 ms).
+#: fixed cost (the transfer round trip) outweighs its speed below this size. Measured
+#: on one H100 and its 16-core host (2026-12-06, results in pinned host memory,
+#: docs/benchmarks.md): 9-atom ethanol about even (painn 0.64 ms on the CPU vs
+#: 0.34-0.54 on the GPU, schnet 0.26 vs 0.30-0.35), 21-atom hexanol 2.5-6x faster on
+#: the GPU (painn 2.66 vs 0.37-0.43 ms, schnet 0.82 vs 0.33).
 AUTO_GPU_MIN_ATOMS = 16
 DEVICES = ("auto", "cpu", "gpu")
 EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")

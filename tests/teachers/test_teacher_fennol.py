@@ -189,3 +189,25 @@ def test_labels_along_an_md_trajectory_equal_fresh_evaluations(model0):
         assert atoms.get_potential_energy() == pytest.approx(
             reference.get_potential_energy(), abs=1e-4
         )
+
+
+def test_a_molecule_met_again_keeps_its_shapes(model0):
+    """The teacher keeps FeNNol's preprocessing state (padded neighbour-list sizes) per
+    system: coming back to a molecule after another one reuses the sizes it had, so
+    nothing compiles again (a fresh state sized to the frame at hand would give a new
+    shape, and a compilation, at many frames of a mixed data set)."""
+    from jaxdistill.diagnostics import count_compilations
+
+    teacher = load_teacher(f"fennol:{model0}")
+    ethanol, water, _ = molecules()
+    squeezed = ethanol.copy()  # more pairs within the cutoffs: larger padded sizes
+    squeezed.positions = squeezed.positions.mean(axis=0) + 0.85 * (
+        squeezed.positions - squeezed.positions.mean(axis=0)
+    )
+    teacher.label([squeezed, ethanol, water])
+    with count_compilations() as compiled:
+        (again,) = teacher.label([ethanol])
+    assert compiled.count == 0
+    energy, forces = reference_labels(model0, ethanol)
+    assert again.energy == pytest.approx(energy, abs=2e-5)
+    np.testing.assert_allclose(again.forces, forces, atol=2e-5)
