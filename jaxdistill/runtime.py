@@ -32,6 +32,7 @@ Every setting is only a default: a variable the user already set is left alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -131,3 +132,33 @@ def configure(threads: int | None = None, deterministic: bool | None = None) -> 
         torch.set_num_threads(threads)
         torch_threads = threads
     return RuntimeSettings(threads, deterministic, flags, started, torch_threads)
+
+
+def initialize_processes(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
+    """Join a multi-process (multi-host) JAX run: one process per host, started together.
+
+    Call it first thing in every process, before any jax computation; then
+    ``jaxdistill.train`` splits each batch over the devices of all processes (each
+    process builds the shards of its own devices) and process 0 writes the metrics and
+    the exported student (checkpoints are written together). Without arguments JAX
+    finds the coordinator under SLURM or Open MPI; elsewhere give all three. On CPUs
+    the processes reduce their gradients through gloo.
+
+    Args:
+        coordinator_address: ``host:port`` of process 0.
+        num_processes: how many processes take part.
+        process_id: this one's rank, 0 to ``num_processes - 1``.
+    """
+    import jax
+
+    with contextlib.suppress(Exception):  # a GPU-only jax may lack the CPU option
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+    )

@@ -219,7 +219,14 @@ class Student:
         staging = path.with_name(path.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        checkpointer = ocp.StandardCheckpointer()
+        # A student is a host-side file written by one process: in a multi-process run
+        # (jax.distributed) only the calling process takes part in Orbax's barriers.
+        process = jax.process_index()
+        checkpointer = ocp.StandardCheckpointer(
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=process, active_processes={process}
+            )
+        )
         checkpointer.save(staging / PARAMS_DIR, jax.device_get(self.params))
         checkpointer.wait_until_finished()
         checkpointer.close()

@@ -58,7 +58,8 @@ def select_device(device: str, flag: str = "--device") -> list[Any] | None:
     except RuntimeError as error:
         text = " ".join(str(error).split())[:200]
         raise ValueError(f"{flag} {device}: JAX finds no {device.upper()} here ({text})") from None
-    jax.config.update("jax_default_device", devices[0])
+    # this process's own device (in a multi-process run the list spans every process)
+    jax.config.update("jax_default_device", jax.local_devices(backend=device)[0])
     return list(devices)
 
 

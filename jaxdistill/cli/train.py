@@ -66,6 +66,25 @@ def train_command(
             "forces, each named, instead of refusing the store."
         ),
     ] = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            "--distributed",
+            help="One of several processes (one per host, started together) training one "
+            "student over all their devices; under SLURM or Open MPI nothing else is "
+            "needed, elsewhere give --coordinator, --num-processes and --process-id.",
+        ),
+    ] = False,
+    coordinator: Annotated[
+        str | None,
+        typer.Option("--coordinator", help="host:port of process 0 (implies --distributed)."),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option("--num-processes", help="Processes in all.", min=1)
+    ] = None,
+    process_id: Annotated[
+        int | None, typer.Option("--process-id", help="This process's rank, from 0.", min=0)
+    ] = None,
 ) -> None:
     """Train a student on a label store (resumes from OUTPUT's last checkpoint)."""
     from jaxdistill.train import TrainConfig, train
@@ -74,6 +93,11 @@ def train_command(
         raise FileNotFoundError(f"--data {data}: label store not found")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} is a file; training writes a folder")
+    if distributed or coordinator is not None:
+        from jaxdistill.runtime import initialize_processes
+
+        # before anything starts JAX's backends
+        initialize_processes(coordinator, num_processes, process_id)
     devices = select_device(device)
     train_config = TrainConfig.from_yaml(config) if config else TrainConfig()
     if seed is not None:
@@ -91,6 +115,11 @@ def train_command(
     )
     summary = student.metadata["training"]
     best = summary.get("best_validation_force_mae_meV_per_A")
+    if distributed or coordinator is not None:
+        import jax
+
+        if jax.process_index() != 0:
+            return  # process 0 wrote the student and says so
     console.print(
         f"student [bold]{student.architecture}[/] ({student.num_parameters} parameters) written to "
         f"{output}; {summary['steps_completed']} steps"

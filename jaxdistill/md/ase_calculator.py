@@ -8,10 +8,11 @@ Everything else (VelocityVerlet, Langevin, NPT integrators, optimisers, cell fil
 runs unchanged. Per call the calculator moves one array each way: positions and cell
 packed into one buffer in, energy, forces (and stress) packed into one vector out, around
 one jitted evaluation; on a GPU that program writes its vector to pinned host memory
-itself (:data:`RESULT_MEMORY`), which halves the round trip. When ASE asks only for energy and forces (as its integrators do)
-the strain derivative is skipped; stress is computed when asked for, per-atom energies
-likewise. A student committee (``jaxdistill.committee``) runs its members in one vmap
-of the same program and returns their mean plus their disagreement in the same vector.
+itself (:data:`RESULT_MEMORY`), which halves the round trip. When ASE asks only for
+energy and forces (as its integrators do) the strain derivative is skipped; stress is
+computed when asked for, per-atom energies likewise. A student committee
+(``jaxdistill.committee``) runs its members in one vmap of the same program and returns
+their mean plus their disagreement in the same vector.
 
 Device: ``device="auto"`` runs small structures on the CPU, where a call costs less
 than the round trip to a GPU, and larger ones on the GPU (the crossover,

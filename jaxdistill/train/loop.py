@@ -65,11 +65,12 @@ from jaxdistill.train.reference import (
 )
 from jaxdistill.train.step import (
     init_state,
+    local_shards,
     make_eval_step,
     make_mesh,
     make_train_step,
-    replicated,
-    sharded,
+    put_replicated,
+    put_sharded,
 )
 
 RUN_DIR = "training"
@@ -454,10 +455,14 @@ def _train(
         fingerprint["extra_training"] = [store_fingerprint(extra) for extra in extras]
     checkpoints_dir = run_dir / CHECKPOINT_DIR
     metrics_path = run_dir / METRICS_FILE
-    if not resume:
+    # Several processes (jax.distributed, one per host): process 0 writes the files;
+    # checkpoints are collective (Orbax).
+    main_process = jax.process_index() == 0
+    if not resume and main_process:
         shutil.rmtree(checkpoints_dir, ignore_errors=True)
         metrics_path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _sync_processes("jaxdistill-train-start")
     checkpoints = RunCheckpoints(checkpoints_dir)
     latest = checkpoints.latest_step()
     saved_meta = checkpoints.restore_meta(latest) if latest is not None else None
@@ -487,6 +492,7 @@ def _train(
     val_frames = precompute_neighbours(val_labels, student.cutoff) if val_labels else None
     mesh = make_mesh(devices)
     n_shards = mesh.devices.size
+    mine = local_shards(mesh)  # the shards this process builds (all in one process)
     per_shard = -(-config.batch_size // n_shards)
     # Hessian labels: a small batch of their own per step (see TrainConfig).
     hessian_rows = np.flatnonzero(train_labels.has_hessian)
@@ -531,10 +537,11 @@ def _train(
         state, best_params = tree["state"], tree["best_params"]
         best = EarlyStopping.from_dict(config.patience, meta["best"])
         start_step = int(state.step)
-    _truncate_metrics(metrics_path, start_step)
-    config.to_yaml(run_dir / CONFIG_YAML)
-    state = jax.device_put(state, replicated(mesh))
-    best_params = jax.device_put(best_params, replicated(mesh))
+    if main_process:
+        _truncate_metrics(metrics_path, start_step)
+        config.to_yaml(run_dir / CONFIG_YAML)
+    state = put_replicated(state, mesh)
+    best_params = put_replicated(best_params, mesh)
 
     val_batches: list[Batch] = []
     if val_frames is not None:
@@ -542,12 +549,12 @@ def _train(
         for lo in range(0, val_frames.n_frames, chunk):
             shards = shard_indices(np.arange(lo, min(lo + chunk, val_frames.n_frames)), n_shards)
             # Validation frames with Hessian labels are checked along their first direction.
-            choice = [np.zeros(len(s), np.int64) for s in shards] if use_hessian else None
+            choice = [np.zeros(len(shards[i]), np.int64) for i in mine] if use_hessian else None
             val_batches.append(
                 make_batch(
                     val_frames,
-                    shards,
-                    val_plan.capacity(val_frames, shards),
+                    [shards[i] for i in mine],
+                    val_plan.capacity(val_frames, shards),  # every process: same shapes
                     dtype,
                     hessian_choice=choice,
                 )
@@ -556,30 +563,31 @@ def _train(
     def validate(params) -> dict[str, float]:
         total: dict[str, float] = {}
         for batch in val_batches:
-            _add_sums(
-                total, jax.device_get(eval_step(params, jax.device_put(batch, sharded(mesh))))
-            )
+            _add_sums(total, jax.device_get(eval_step(params, put_sharded(batch, mesh))))
         metrics = metrics_from_sums(total)
         metrics["loss"] = total.get("loss", math.nan) / max(len(val_batches), 1)
         return metrics
 
     def host_batch(step: int) -> tuple[Batch, ...]:
+        # Every process draws the whole batch (a pure function of seed and step) and
+        # sizes it alike, but builds only the shards of its own devices.
         shards = shard_indices(order.indices(step), n_shards)
-        batch = make_batch(train_frames, shards, plan.capacity(train_frames, shards), dtype)
+        capacity = plan.capacity(train_frames, shards)
+        batch = make_batch(train_frames, [shards[i] for i in mine], capacity, dtype)
         if not use_hessian:
-            return (jax.device_put(batch, sharded(mesh)),)
+            return put_sharded((batch,), mesh)
         # Which frames and which of their directions: a pure function of (seed, step).
         frames = shard_indices(hessian_rows[hessian_order.indices(step)], n_shards)
         rng = np.random.default_rng([config.seed, step, 2])
         choice = [rng.integers(train_labels.hessian_k, size=len(f)) for f in frames]
         hessian_batch = make_batch(
             train_frames,
-            frames,
+            [frames[i] for i in mine],
             hessian_plan.capacity(train_frames, frames),
             dtype,
-            hessian_choice=choice,
+            hessian_choice=[choice[i] for i in mine],
         )
-        return jax.device_put((batch, hessian_batch), sharded(mesh))
+        return put_sharded((batch, hessian_batch), mesh)
 
     end_step = config.steps if stop_after is None else min(config.steps, int(stop_after))
     window: dict[str, float] = {k: float(v) for k, v in meta.get("window", {}).items()}
@@ -642,15 +650,16 @@ def _train(
             line["best_step"] = best.step
             line[f"best_validation_{BEST_METRIC}"] = best.metric
             stop = best.should_stop
-        with metrics_path.open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
+        if main_process:
+            with metrics_path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
         return stop
 
     loop_started = time.perf_counter()
     step = start_step
     steps_run = 0
     info = ""
-    with progress_bar(console, enabled=progress, info=True) as bar:
+    with progress_bar(console, enabled=progress and main_process, info=True) as bar:
         task = bar.add_task("training", total=config.steps, completed=step, info="")
         if step == 0 and not finished:
             record_validation(0)
@@ -738,9 +747,19 @@ def _train(
         student.dtype,
         metadata,
     )
-    export_student(trained, output_dir)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(metadata["training"], indent=2) + "\n")
+    if main_process:
+        export_student(trained, output_dir)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(metadata["training"], indent=2) + "\n")
+    _sync_processes("jaxdistill-train-exported")
     return trained
+
+
+def _sync_processes(name: str) -> None:
+    """Wait for every process of a multi-process run (nothing in a single process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def _copy_tree(tree: Any) -> Any:

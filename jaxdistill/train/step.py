@@ -61,9 +61,49 @@ class TrainState(NamedTuple):
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A one-axis ("data") mesh over ``devices`` (default: all local devices)."""
-    devices = list(devices) if devices is not None else jax.local_devices()
+    """A one-axis ("data") mesh over ``devices`` (default: every device of every
+    process, which in a single process are its local devices)."""
+    devices = list(devices) if devices is not None else jax.devices()
     return Mesh(np.array(devices), (AXIS,))
+
+
+def local_shards(mesh: Mesh) -> np.ndarray:
+    """Positions along the mesh's shard axis of the devices this process addresses
+    (all of them in a single process).
+
+    Raises:
+        ValueError: a multi-process mesh whose devices of this process are not one
+            contiguous block (each process builds the shards of its block).
+    """
+    process = jax.process_index()
+    mine = np.flatnonzero([d.process_index == process for d in mesh.devices.flat])
+    if len(mine) == 0 or not np.array_equal(mine, np.arange(mine[0], mine[0] + len(mine))):
+        raise ValueError(
+            f"process {process} addresses mesh positions {mine.tolist()}: each process "
+            "needs one contiguous block of the mesh (order devices by process)"
+        )
+    return mine
+
+
+def _put(tree: Any, sharding: NamedSharding) -> Any:
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+    # Several processes: each gives its own part (its shards, or the whole value when
+    # replicated) and JAX assembles the global array.
+    return jax.tree_util.tree_map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+    )
+
+
+def put_sharded(tree: Any, mesh: Mesh) -> Any:
+    """Host arrays holding this process's shards (leading axis over
+    :func:`local_shards`) as arrays split over the whole mesh."""
+    return _put(tree, sharded(mesh))
+
+
+def put_replicated(tree: Any, mesh: Mesh) -> Any:
+    """A host value that every process holds alike, copied on every device."""
+    return _put(tree, replicated(mesh))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -120,3 +120,70 @@ def test_two_device_step_equals_one_device_step(si_store, tmp_path):
     assert one["sums"]["n_stress"] == 5 and one["sums"]["stress_abs"] > 0
     for a, b in zip(one["params"], two["params"], strict=True):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-10, atol=1e-13)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_as_one_process_with_two_devices(si_store, tmp_path):
+    """Multi-host training (`jaxdistill train --coordinator ... --process-id k`, one
+    process per host; here two CPU processes on this machine, one device each) gives
+    the run of one process with two devices: the same parameters, one metrics file
+    (written by process 0), checkpoints and the exported student."""
+    import yaml
+
+    from jaxdistill import load_student
+
+    config = {
+        **TINY, "dtype": "float64", "steps": 6, "validation_interval": 3, "batch_size": 6,
+        "checkpoint_interval": 3,
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "jaxdistill", "train", "--data", str(si_store)]
+    command += ["--config", str(tmp_path / "config.yaml"), "--no-progress", "--device", "cpu"]
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [
+                *command,
+                *("--output", str(tmp_path / "multi"), "--coordinator", f"localhost:{port}"),
+                *("--num-processes", "2", "--process-id", str(k)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=1200) for p in processes]
+    for p, (out, err) in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, (out + err)[-3000:]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    single = subprocess.run(
+        [*command, "--output", str(tmp_path / "single")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
+    assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+    multi, one = load_student(tmp_path / "multi"), load_student(tmp_path / "single")
+    assert len(multi.metadata["training"]["devices"]) == 2
+    assert len(one.metadata["training"]["devices"]) == 2
+    for a, b in zip(jax_leaves(one.params), jax_leaves(multi.params), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
+    assert np.max(np.abs(jax_leaves(multi.params)[0])) > 0
+    lines = (tmp_path / "multi" / "training" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 3, 6]  # written once
+    assert (tmp_path / "multi" / "training" / "checkpoints").is_dir()
+
+
+def jax_leaves(tree) -> list[np.ndarray]:
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
