@@ -93,6 +93,13 @@ def train_command(
         raise FileNotFoundError(f"--data {data}: label store not found")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} is a file; training writes a folder")
+    if (num_processes is not None or process_id is not None) and not (
+        distributed or coordinator is not None
+    ):
+        raise ValueError(
+            "--num-processes and --process-id belong to a multi-process run: add "
+            "--coordinator HOST:PORT (or --distributed under SLURM or Open MPI)"
+        )
     if distributed or coordinator is not None:
         from jaxdistill.runtime import initialize_processes
 

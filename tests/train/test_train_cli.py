@@ -61,3 +61,12 @@ def test_clear_errors(ethanol_store, tmp_path):
         app, ["train", "--data", str(tmp_path / "missing.h5"), "--output", str(tmp_path / "s")]
     )
     assert result.exit_code != 0 and "not found" in result.output
+    # the ranks of a multi-process run without its coordinator
+    result = runner.invoke(
+        app,
+        [
+            *("train", "--data", str(ethanol_store), "--output", str(tmp_path / "s")),
+            *("--num-processes", "2", "--process-id", "1"),
+        ],
+    )
+    assert result.exit_code != 0 and "--coordinator" in result.output
