@@ -93,14 +93,13 @@ def train_command(
         raise FileNotFoundError(f"--data {data}: label store not found")
     if output.exists() and not output.is_dir():
         raise FileExistsError(f"--output {output} is a file; training writes a folder")
-    if (num_processes is not None or process_id is not None) and not (
-        distributed or coordinator is not None
-    ):
+    multi_process = distributed or coordinator is not None
+    if (num_processes is not None or process_id is not None) and not multi_process:
         raise ValueError(
             "--num-processes and --process-id belong to a multi-process run: add "
             "--coordinator HOST:PORT (or --distributed under SLURM or Open MPI)"
         )
-    if distributed or coordinator is not None:
+    if multi_process:
         from jaxdistill.runtime import initialize_processes
 
         # before anything starts JAX's backends
@@ -122,7 +121,7 @@ def train_command(
     )
     summary = student.metadata["training"]
     best = summary.get("best_validation_force_mae_meV_per_A")
-    if distributed or coordinator is not None:
+    if multi_process:
         import jax
 
         if jax.process_index() != 0:

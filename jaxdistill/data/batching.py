@@ -144,12 +144,18 @@ class FrameGraphs:
         return frame_atoms(self.labels, i)
 
     @functools.cached_property
+    def _first_atom_of_pair(self) -> np.ndarray:
+        """``[n_pairs_total]`` int64: the data-set index of the first atom of each
+        pair's frame (local atom index + this = an index unique across frames)."""
+        frame_of_pair = np.repeat(np.arange(self.n_frames), self.n_edges)
+        return self.labels.offsets[frame_of_pair].astype(np.int64)
+
+    @functools.cached_property
     def pair_slots(self) -> tuple[np.ndarray, np.ndarray]:
         """:func:`~jaxdistill.graph.pair_slots` of every pair of every frame (``reverse``
         in global pair indices; a pair's reverse is in the same frame), found once, so
         receiver-major batches are assembled without sorting."""
-        frame_of_pair = np.repeat(np.arange(self.n_frames), self.n_edges)
-        base = self.labels.offsets[frame_of_pair].astype(np.int64)
+        base = self._first_atom_of_pair
         return pair_slots(
             base + self.senders.astype(np.int64),
             base + self.receivers.astype(np.int64),
@@ -161,8 +167,7 @@ class FrameGraphs:
         """The largest neighbour count of any atom of any frame (0 without pairs)."""
         if len(self.receivers) == 0:
             return 0
-        frame_of_pair = np.repeat(np.arange(self.n_frames), self.n_edges)
-        atom = self.labels.offsets[frame_of_pair] + self.receivers.astype(np.int64)
+        atom = self._first_atom_of_pair + self.receivers.astype(np.int64)
         return int(np.bincount(atom).max())
 
 

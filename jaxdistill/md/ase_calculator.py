@@ -389,8 +389,8 @@ class StudentCalculator(Calculator):
 
     @property
     def _potential(self) -> Potential:
-        # looked up once per device binding, not per call (the key serialises the
-        # hyper-parameters: tens of µs an MD step would otherwise pay)
+        # looked up once per calculator (and again after unpickling), not per call:
+        # the key serialises the hyper-parameters, tens of µs an MD step would pay
         if self._potential_cached is None:
             self._potential_cached = _shared(self.student)
         return self._potential_cached
