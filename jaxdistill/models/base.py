@@ -21,7 +21,7 @@ from jaxdistill.models.common import (
     species_index_table,
 )
 from jaxdistill.models.edges import Edges, ReceiverMajor
-from jaxdistill.models.fused import FusedEdges, edge_layouts, use_fused
+from jaxdistill.models.fused import FusedEdges, SlotEdges, edge_layouts, slot_edges, use_fused
 from jaxdistill.models.repulsion import zbl_atomic_energies
 
 
@@ -98,7 +98,7 @@ class StudentModule(nn.Module):
         receivers: jax.Array,
         edge_mask: jax.Array,
         layout: ReceiverMajor | None,
-    ) -> tuple[Edges, EdgeGeometry, FusedEdges | None]:
+    ) -> tuple[Edges, EdgeGeometry, FusedEdges | SlotEdges | None]:
         """What an architecture's ``__call__`` starts from: the :class:`Edges` (with the
         receiver-major ``layout``, or None for any edge order), the invariant
         :class:`EdgeGeometry`, and the fused kernels' layouts where they run (else None).
@@ -115,13 +115,19 @@ class StudentModule(nn.Module):
         reference path for large graphs (measured per architecture; False here)."""
         return False
 
+    def has_slot_kernels(self) -> bool:
+        """Whether the architecture's fused path has kernels for receiver-major lists
+        (:class:`~jaxdistill.models.fused.SlotEdges`, no sorting); without them it
+        sorts such a list like any other."""
+        return False
+
     def fused_edges(
         self,
         edge_vectors: jax.Array,
         edge_mask: jax.Array,
         edges: Edges,
         n_node: int,
-    ) -> FusedEdges | None:
+    ) -> FusedEdges | SlotEdges | None:
         """Edge layouts for the fused kernels, or None where the reference path runs.
 
         Decided at trace time from ``message_passing``, the backend, the dtype, the
@@ -137,6 +143,10 @@ class StudentModule(nn.Module):
             wins_on_receiver_major=self.fused_wins_on_receiver_major(),
         ):
             return None
+        if edges.layout is not None and self.has_slot_kernels():
+            return slot_edges(
+                edges.senders, edges.layout.reverse, edges.layout.reverse_mask, edge_mask
+            )
         return edge_layouts(
             edge_vectors, edge_mask, edges.senders, edges.receivers, n_node, self.cutoff
         )

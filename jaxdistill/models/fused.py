@@ -797,6 +797,281 @@ def _painn_backward(cfg, phi, v, edge_vectors, w, b, layout: EdgeLayout, cot_s, 
     return dphi[:n_node], dv[:n_node].reshape(n_node, 3, f), dvec[:n_edge]
 
 
+# --------------------------------------------------------- receiver-major (slots)
+#
+# On a receiver-major edge list (jaxdistill.models.edges: edge ``r * M + m`` has
+# receiver ``r``; its reverse edge is known) the kernels need no sorting: a program
+# owns one receiver's ``M`` slots (forward) or one sender's (backward: the slots of row
+# ``j`` name, through the reverse map, exactly the edges that ``j`` sends), tiles them
+# ``slot_block`` at a time across the threads, and reduces over the slots in
+# registers. There is one program per node and feature block, so small graphs still
+# fill the GPU, and a program's serial loop is ``M / slot_block`` steps long (the
+# sorted kernels above walk 16 centres' edges 16 at a time: ~40 dependent steps).
+
+#: Slots per tile (powers of two, >= 16 for Triton's matrix products).
+SLOT_BLOCK = 32
+#: Feature channels per program (at most ``features``).
+SLOT_FEATURE_BLOCK = 64
+#: Warps per slot program.
+SLOT_NUM_WARPS = 4
+#: Tuning knob for benchmarks: "slot_block,feature_block,num_warps" (read at trace time).
+SLOT_BLOCKS_ENV_VAR = "JAXDISTILL_SLOT_BLOCKS"
+
+
+class SlotEdges(NamedTuple):
+    """A receiver-major edge list as the slot kernels read it.
+
+    Attributes:
+        index: ``[E, 4]`` int32 per slot ``p = r * M + m``: its sender; its reverse edge
+            (a slot of the sender's row whose sender is ``r``); 1 where ``p`` is a real
+            edge (else 0: padding, which contributes nothing); 1 where it is a real edge
+            whose reverse exists (the backward pass reads only those, as
+            :func:`jaxdistill.models.edges.scatter_to_senders` does).
+    """
+
+    index: jax.Array
+
+
+def slot_edges(
+    senders: jax.Array, reverse: jax.Array, reverse_mask: jax.Array, edge_mask: jax.Array
+) -> SlotEdges:
+    """The :class:`SlotEdges` of a receiver-major list (one small fusion per evaluation).
+
+    Args:
+        senders: ``[E]`` int, receiver-major.
+        reverse, reverse_mask: ``[E]``, the reverse map (``ReceiverMajor``).
+        edge_mask: ``[E]`` bool, real edges.
+    """
+    edge_mask = jnp.asarray(edge_mask)
+    columns = [senders, reverse, edge_mask, jnp.asarray(reverse_mask) & edge_mask]
+    return SlotEdges(jnp.stack([jnp.asarray(c).astype(jnp.int32) for c in columns], axis=1))
+
+
+class _SlotConfig(NamedTuple):
+    cutoff: float
+    num_radial: int
+    features: int
+    n_slots: int
+    slot_block: int
+    feature_block: int
+    num_warps: int
+
+
+def _slot_config(cutoff, num_radial, features, n_edge, n_node) -> _SlotConfig:
+    from jaxdistill.models.edges import slots_per_node
+
+    slot_block, feature_block, warps = SLOT_BLOCK, SLOT_FEATURE_BLOCK, SLOT_NUM_WARPS
+    value = os.environ.get(SLOT_BLOCKS_ENV_VAR, "").strip()
+    if value:
+        slot_block, feature_block, warps = (int(x) for x in value.split(","))
+    n_slots = slots_per_node(n_edge, n_node)
+    # A tile no longer than the row (rounded up to a power of two, at least 16).
+    slot_block = min(slot_block, max(16, 1 << (n_slots - 1).bit_length()))
+    feature_block = min(feature_block, features)
+    if features % feature_block:
+        raise FusedPathError(
+            f"features={features} is not a multiple of the slot kernels' feature block "
+            f"{feature_block}; use message_passing='reference'"
+        )
+    return _SlotConfig(
+        float(cutoff), int(num_radial), int(features), n_slots, slot_block, feature_block, warps
+    )
+
+
+def _slot_call(cfg: _SlotConfig, kernel, n_node, out_shapes, *args):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    n_out = len(out_shapes) if isinstance(out_shapes, tuple) else 1
+    return pl.pallas_call(
+        kernel,
+        grid=(n_node, cfg.features // cfg.feature_block),
+        out_shape=out_shapes,
+        in_specs=[pl.no_block_spec] * len(args),
+        out_specs=(pl.no_block_spec,) * n_out if n_out > 1 else pl.no_block_spec,
+        interpret=_interpret(),
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps),
+    )(*args)
+
+
+class _SlotTile(NamedTuple):
+    in_row: jax.Array  # [S] bool: the lane is one of the row's M slots
+    ok: jax.Array  # [S] bool: ... and a real edge with a reverse
+    slot: jax.Array  # [S] flat slot index (0 outside the row)
+    edge: jax.Array  # [S] the edge whose geometry the lane handles (0 where not ok)
+    other: jax.Array  # [S] the other endpoint (0 where not ok)
+
+
+def _slot_tile(index_ref, row, i, cfg: _SlotConfig, backward: bool) -> _SlotTile:
+    """Lanes of the ``i``-th tile of ``row``'s slots. Forward: the slot's own edge
+    (other = its sender). Backward: the slot's reverse edge, which ``row`` sends
+    (other = its receiver, the slot's sender)."""
+    m = i * cfg.slot_block + lax.broadcasted_iota(jnp.int32, (cfg.slot_block,), 0)
+    in_row = m < cfg.n_slots
+    slot = jnp.where(in_row, row * cfg.n_slots + m, 0)
+    ok = in_row & (index_ref[slot, 3 if backward else 2] != 0)
+    other = jnp.where(ok, index_ref[slot, 0], 0)
+    edge = jnp.where(ok, index_ref[slot, 1], 0) if backward else jnp.where(ok, slot, 0)
+    return _SlotTile(in_row, ok, slot, edge, other)
+
+
+def _store_edge_grads(dvec_ref, tile: _SlotTile, grads, block, n_edge: int):
+    """Write a tile's edge-vector gradients into feature block ``block``'s rows: at the
+    reverse edge for real lanes, a zero at the slot itself for padding lanes (so every
+    edge is written exactly once per block), nothing outside the row."""
+    from jax.experimental.pallas import triton as plgpu
+
+    base = block * (n_edge + 1)
+    # Lanes outside the row point at the spare last row: the interpreter implements
+    # masked stores as read-modify-write scatters, where duplicate rows race.
+    sink = base + jnp.where(tile.ok, tile.edge, jnp.where(tile.in_row, tile.slot, n_edge))
+    for c in range(3):
+        plgpu.store(dvec_ref.at[sink, c], jnp.where(tile.ok, grads[c], 0.0), mask=tile.in_row)
+
+
+def _sum_blocks(dvec, n_edge: int):
+    """``[blocks * (E + 1), 3]`` per-block edge gradients -> ``[E, 3]``."""
+    return dvec.reshape(-1, n_edge + 1, 3)[:, :n_edge].sum(axis=0)
+
+
+def _painn_slot_forward_kernel(
+    index_ref, vec_ref, phi_ref, v_ref, w_ref, b_ref, ds_ref, dv_ref, *, cfg: _SlotConfig
+):
+    from jax.experimental import pallas as pl
+
+    row, block = pl.program_id(0), pl.program_id(1)
+    f, fb = cfg.features, cfg.feature_block
+    cols = [pl.ds(k * f + block * fb, fb) for k in range(3)]
+    ws = [w_ref[:, col] for col in cols]
+    bs = [b_ref[:, col] for col in cols]
+
+    def body(i, accs):
+        t = _slot_tile(index_ref, row, i, cfg, backward=False)
+        g = _basis(
+            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
+            cfg.cutoff, cfg.num_radial,
+        )  # fmt: skip
+        env = g.envelope[:, None]
+        gate_v, gate_s, gate_r = (
+            phi_ref[t.other, cols[k]] * ((_dot(g.radial, ws[k]) + bs[k]) * env) for k in range(3)
+        )
+        out = [accs[0] + jnp.sum(gate_s, axis=0)]
+        for c in range(3):
+            message = v_ref[t.other, cols[c]] * gate_v + g.units[c][:, None] * gate_r
+            out.append(accs[1 + c] + jnp.sum(message, axis=0))
+        return tuple(out)
+
+    n_tiles = -(-cfg.n_slots // cfg.slot_block)
+    zero = jnp.zeros((fb,), ds_ref.dtype)
+    acc_s, *acc_v = lax.fori_loop(0, n_tiles, body, (zero,) * 4)
+    ds_ref[row, pl.ds(block * fb, fb)] = acc_s
+    for c in range(3):
+        dv_ref[row, cols[c]] = acc_v[c]
+
+
+def _painn_slot_backward_kernel(
+    index_ref, vec_ref, phi_ref, v_ref, gs_ref, gv_ref, w_ref, b_ref,
+    dphi_ref, dv_ref, dvec_ref, *, cfg: _SlotConfig, n_edge: int,
+):  # fmt: skip
+    from jax.experimental import pallas as pl
+
+    row, block = pl.program_id(0), pl.program_id(1)  # row: the sender j
+    f, fb = cfg.features, cfg.feature_block
+    cols = [pl.ds(k * f + block * fb, fb) for k in range(3)]
+    ws = [w_ref[:, col] for col in cols]
+    bs = [b_ref[:, col] for col in cols]
+    phi_v, phi_s, phi_r = (phi_ref[pl.ds(row, 1), col] for col in cols)  # [1, fb]
+    v_j = [v_ref[pl.ds(row, 1), col] for col in cols]
+
+    def body(i, accs):
+        t = _slot_tile(index_ref, row, i, cfg, backward=True)  # other: the receiver
+        g = _basis(
+            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
+            cfg.cutoff, cfg.num_radial,
+        )  # fmt: skip
+        env = g.envelope[:, None]
+        unscaled = [_dot(g.radial, ws[k]) + bs[k] for k in range(3)]
+        filt_v, filt_s, filt_r = (h * env for h in unscaled)
+        cot_s = gs_ref[t.other, pl.ds(block * fb, fb)]
+        cot_v = [gv_ref[t.other, col] for col in cols]
+        units = [u[:, None] for u in g.units]
+        cot_dot_v = cot_v[0] * v_j[0] + cot_v[1] * v_j[1] + cot_v[2] * v_j[2]
+        cot_dot_u = cot_v[0] * units[0] + cot_v[1] * units[1] + cot_v[2] * units[2]
+        gate_v = phi_v * filt_v
+        acc_pv, acc_ps, acc_pr, acc_x, acc_y, acc_z = accs
+        out = (
+            acc_pv + jnp.sum(filt_v * cot_dot_v, axis=0),
+            acc_ps + jnp.sum(filt_s * cot_s, axis=0),
+            acc_pr + jnp.sum(filt_r * cot_dot_u, axis=0),
+            acc_x + jnp.sum(cot_v[0] * gate_v, axis=0),
+            acc_y + jnp.sum(cot_v[1] * gate_v, axis=0),
+            acc_z + jnp.sum(cot_v[2] * gate_v, axis=0),
+        )
+        # The edge vector's gradient (this feature block's share): through the filters
+        # (distance) and through the unit vector of the Δv term.
+        d_filt = (phi_v * cot_dot_v, phi_s * cot_s, phi_r * cot_dot_u)
+        d_env = jnp.sum(
+            d_filt[0] * unscaled[0] + d_filt[1] * unscaled[1] + d_filt[2] * unscaled[2], axis=1
+        )
+        d_radial = (
+            _dot_t(d_filt[0] * env, ws[0])
+            + _dot_t(d_filt[1] * env, ws[1])
+            + _dot_t(d_filt[2] * env, ws[2])
+        )
+        d_dist = jnp.sum(d_radial * g.d_radial, axis=1) + d_env * g.d_envelope
+        gate_r = phi_r * filt_r
+        d_units = [jnp.sum(cot_v[c] * gate_r, axis=1) for c in range(3)]
+        along = d_units[0] * g.units[0] + d_units[1] * g.units[1] + d_units[2] * g.units[2]
+        inv_d = 1.0 / g.distance
+        grads = [
+            jnp.where(g.ok, d_dist * g.units[c] + (d_units[c] - along * g.units[c]) * inv_d, 0.0)
+            for c in range(3)
+        ]
+        _store_edge_grads(dvec_ref, t, grads, block, n_edge)
+        return out
+
+    n_tiles = -(-cfg.n_slots // cfg.slot_block)
+    zero = jnp.zeros((fb,), dphi_ref.dtype)
+    accs = lax.fori_loop(0, n_tiles, body, (zero,) * 6)
+    for k in range(3):
+        dphi_ref[row, cols[k]] = accs[k]
+        dv_ref[row, cols[k]] = accs[3 + k]
+
+
+def _painn_slot_forward(cfg: _SlotConfig, phi, v, edge_vectors, w, b, slots: SlotEdges):
+    n_node, f = phi.shape[0], cfg.features
+    ds, dv = _slot_call(
+        cfg,
+        functools.partial(_painn_slot_forward_kernel, cfg=cfg),
+        n_node,
+        (
+            jax.ShapeDtypeStruct((n_node, f), phi.dtype),
+            jax.ShapeDtypeStruct((n_node, 3 * f), phi.dtype),
+        ),
+        slots.index, edge_vectors, phi, v.reshape(n_node, 3 * f), w, b[None],
+    )  # fmt: skip
+    return ds, dv.reshape(n_node, 3, f)
+
+
+def _painn_slot_backward(cfg: _SlotConfig, phi, v, edge_vectors, w, b, slots, cot_s, cot_v):
+    n_node, f = phi.shape[0], cfg.features
+    n_edge = edge_vectors.shape[0]
+    blocks = f // cfg.feature_block
+    dphi, dv, dvec = _slot_call(
+        cfg,
+        functools.partial(_painn_slot_backward_kernel, cfg=cfg, n_edge=n_edge),
+        n_node,
+        (
+            jax.ShapeDtypeStruct((n_node, 3 * f), phi.dtype),
+            jax.ShapeDtypeStruct((n_node, 3 * f), phi.dtype),
+            jax.ShapeDtypeStruct((blocks * (n_edge + 1), 3), edge_vectors.dtype),
+        ),
+        slots.index, edge_vectors, phi, v.reshape(n_node, 3 * f), cot_s,
+        cot_v.reshape(n_node, 3 * f), w, b[None],
+    )  # fmt: skip
+    return dphi, dv.reshape(n_node, 3, f), _sum_blocks(dvec, n_edge)
+
+
 def _painn_ref(cfg, phi, v, edge_vectors, edge_mask, w, b, senders, receivers):
     return painn_messages_reference(
         phi, v, edge_vectors, edge_mask, w, b, senders, receivers, cfg.cutoff, cfg.num_radial
@@ -806,6 +1081,8 @@ def _painn_ref(cfg, phi, v, edge_vectors, edge_mask, w, b, senders, receivers):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _painn_input_grads(cfg, phi, v, edge_vectors, edge_mask, w, b, senders, receivers, fused,
                        cot_s, cot_v):  # fmt: skip
+    if isinstance(cfg, _SlotConfig):
+        return _painn_slot_backward(cfg, phi, v, edge_vectors, w, b, fused, cot_s, cot_v)
     return _painn_backward(cfg, phi, v, edge_vectors, w, b, fused.by_sender, cot_s, cot_v)
 
 
@@ -835,6 +1112,8 @@ _painn_input_grads.defvjp(_painn_input_grads_fwd, _painn_input_grads_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _painn_fused(cfg, phi, v, edge_vectors, edge_mask, w, b, senders, receivers, fused):
+    if isinstance(cfg, _SlotConfig):
+        return _painn_slot_forward(cfg, phi, v, edge_vectors, w, b, fused)
     return _painn_forward(cfg, phi, v, edge_vectors, w, b, fused.by_receiver)
 
 
@@ -869,7 +1148,7 @@ def painn_messages(
     b: jax.Array,
     senders: jax.Array,
     receivers: jax.Array,
-    fused: FusedEdges,
+    fused: FusedEdges | SlotEdges,
     cutoff: float,
     num_radial: int,
 ) -> tuple[jax.Array, jax.Array]:
@@ -881,12 +1160,16 @@ def painn_messages(
         edge_vectors: ``[E, 3]`` Å; edge_mask ``[E]`` bool.
         w, b: filter weights ``[num_radial, 3F]``, ``[3F]``.
         senders, receivers: ``[E]`` int.
-        fused: layouts from :func:`edge_layouts`.
+        fused: layouts from :func:`edge_layouts`, or the :class:`SlotEdges` of a
+            receiver-major list (then the slot kernels run).
         cutoff: Å.
         num_radial: Bessel functions.
 
     Returns:
         ``(Δs [N, F], Δv [N, 3, F])``.
     """
-    cfg = _PaiNNConfig(float(cutoff), int(num_radial), int(v.shape[-1]), *block_config()[:2])
+    if isinstance(fused, SlotEdges):
+        cfg = _slot_config(cutoff, num_radial, v.shape[-1], edge_vectors.shape[0], v.shape[0])
+    else:
+        cfg = _PaiNNConfig(float(cutoff), int(num_radial), int(v.shape[-1]), *block_config()[:2])
     return _painn_fused(cfg, phi, v, edge_vectors, edge_mask, w, b, senders, receivers, fused)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule
 from jaxdistill.models.edges import Edges, ReceiverMajor
-from jaxdistill.models.fused import FusedEdges, painn_messages
+from jaxdistill.models.fused import FusedEdges, SlotEdges, painn_messages
 
 
 class PaiNNMessage(nn.Module):
@@ -32,7 +32,7 @@ class PaiNNMessage(nn.Module):
         envelope: jax.Array,
         unit_vectors: jax.Array,
         edges: Edges,
-        fused: FusedEdges | None = None,
+        fused: FusedEdges | SlotEdges | None = None,
         edge_vectors: jax.Array | None = None,
         edge_mask: jax.Array | None = None,
         cutoff: float | None = None,
@@ -136,6 +136,9 @@ class PaiNN(StudentModule):
     """
 
     norm_softening: float = LEGACY_NORM_SOFTENING
+
+    def has_slot_kernels(self) -> bool:
+        return True
 
     def fused_wins_on_receiver_major(self) -> bool:
         # H100, 4096 Si atoms (benchmarks/results/md_speed_paths_h100.json): 64 features
