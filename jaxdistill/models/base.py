@@ -118,8 +118,9 @@ class StudentModule(nn.Module):
     def has_slot_kernels(self) -> bool:
         """Whether the architecture's fused path has kernels for receiver-major lists
         (:class:`~jaxdistill.models.fused.SlotEdges`, no sorting); without them it
-        sorts such a list like any other."""
-        return False
+        sorts such a list like any other (a user's architecture that calls the sorted
+        kernels). jaxdistill's students have them."""
+        return True
 
     def fused_edges(
         self,

@@ -360,6 +360,143 @@ def _zero_left_out(index_ref, offsets_ref, out_ref, n_edge: int, block_nodes, bl
     lax.fori_loop(0, mine, body, 0)
 
 
+# --------------------------------------------------------- receiver-major (slots)
+#
+# On a receiver-major edge list (jaxdistill.models.edges: edge ``r * M + m`` has
+# receiver ``r``; its reverse edge is known) the kernels need no sorting: a program
+# owns one receiver's ``M`` slots (forward) or one sender's (backward: the slots of row
+# ``j`` name, through the reverse map, exactly the edges that ``j`` sends), tiles them
+# ``slot_block`` at a time across the threads, and reduces over the slots in
+# registers. There is one program per node and feature block, so small graphs still
+# fill the GPU, and a program's serial loop is ``M / slot_block`` steps long (the
+# sorted kernels above walk 16 centres' edges 16 at a time: ~40 dependent steps).
+
+#: Slots per tile (powers of two, >= 16 for Triton's matrix products).
+SLOT_BLOCK = 32
+#: Feature channels per program (at most ``features``).
+SLOT_FEATURE_BLOCK = 64
+#: Warps per slot program.
+SLOT_NUM_WARPS = 4
+#: Tuning knob for benchmarks: "slot_block,feature_block,num_warps" (read at trace time).
+SLOT_BLOCKS_ENV_VAR = "JAXDISTILL_SLOT_BLOCKS"
+
+
+class SlotEdges(NamedTuple):
+    """A receiver-major edge list as the slot kernels read it.
+
+    Attributes:
+        index: ``[E, 4]`` int32 per slot ``p = r * M + m``: its sender; its reverse edge
+            (a slot of the sender's row whose sender is ``r``); 1 where ``p`` is a real
+            edge (else 0: padding, which contributes nothing); 1 where it is a real edge
+            whose reverse exists (the backward pass reads only those, as
+            :func:`jaxdistill.models.edges.scatter_to_senders` does).
+    """
+
+    index: jax.Array
+
+
+def slot_edges(
+    senders: jax.Array, reverse: jax.Array, reverse_mask: jax.Array, edge_mask: jax.Array
+) -> SlotEdges:
+    """The :class:`SlotEdges` of a receiver-major list (one small fusion per evaluation).
+
+    Args:
+        senders: ``[E]`` int, receiver-major.
+        reverse, reverse_mask: ``[E]``, the reverse map (``ReceiverMajor``).
+        edge_mask: ``[E]`` bool, real edges.
+    """
+    edge_mask = jnp.asarray(edge_mask)
+    columns = [senders, reverse, edge_mask, jnp.asarray(reverse_mask) & edge_mask]
+    return SlotEdges(jnp.stack([jnp.asarray(c).astype(jnp.int32) for c in columns], axis=1))
+
+
+class _SlotConfig(NamedTuple):
+    cutoff: float
+    num_radial: int
+    features: int
+    n_slots: int
+    slot_block: int
+    feature_block: int
+    num_warps: int
+
+
+def _slot_config(cutoff, num_radial, features, n_edge, n_node) -> _SlotConfig:
+    from jaxdistill.models.edges import slots_per_node
+
+    slot_block, feature_block, warps = SLOT_BLOCK, SLOT_FEATURE_BLOCK, SLOT_NUM_WARPS
+    value = os.environ.get(SLOT_BLOCKS_ENV_VAR, "").strip()
+    if value:
+        slot_block, feature_block, warps = (int(x) for x in value.split(","))
+    n_slots = slots_per_node(n_edge, n_node)
+    # A tile no longer than the row (rounded up to a power of two, at least 16).
+    slot_block = min(slot_block, max(16, 1 << (n_slots - 1).bit_length()))
+    feature_block = min(feature_block, features)
+    if features % feature_block:
+        raise FusedPathError(
+            f"features={features} is not a multiple of the slot kernels' feature block "
+            f"{feature_block}; use message_passing='reference'"
+        )
+    return _SlotConfig(
+        float(cutoff), int(num_radial), int(features), n_slots, slot_block, feature_block, warps
+    )
+
+
+def _slot_call(cfg: _SlotConfig, kernel, n_node, out_shapes, *args):
+    from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as plgpu
+
+    n_out = len(out_shapes) if isinstance(out_shapes, tuple) else 1
+    return pl.pallas_call(
+        kernel,
+        grid=(n_node, cfg.features // cfg.feature_block),
+        out_shape=out_shapes,
+        in_specs=[pl.no_block_spec] * len(args),
+        out_specs=(pl.no_block_spec,) * n_out if n_out > 1 else pl.no_block_spec,
+        interpret=_interpret(),
+        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps),
+    )(*args)
+
+
+class _SlotTile(NamedTuple):
+    in_row: jax.Array  # [S] bool: the lane is one of the row's M slots
+    ok: jax.Array  # [S] bool: ... and a real edge with a reverse
+    slot: jax.Array  # [S] flat slot index (0 outside the row)
+    edge: jax.Array  # [S] the edge whose geometry the lane handles (0 where not ok)
+    other: jax.Array  # [S] the other endpoint (0 where not ok)
+
+
+def _slot_tile(index_ref, row, i, cfg: _SlotConfig, backward: bool) -> _SlotTile:
+    """Lanes of the ``i``-th tile of ``row``'s slots. Forward: the slot's own edge
+    (other = its sender). Backward: the slot's reverse edge, which ``row`` sends
+    (other = its receiver, the slot's sender)."""
+    m = i * cfg.slot_block + lax.broadcasted_iota(jnp.int32, (cfg.slot_block,), 0)
+    in_row = m < cfg.n_slots
+    slot = jnp.where(in_row, row * cfg.n_slots + m, 0)
+    ok = in_row & (index_ref[slot, 3 if backward else 2] != 0)
+    other = jnp.where(ok, index_ref[slot, 0], 0)
+    edge = jnp.where(ok, index_ref[slot, 1], 0) if backward else jnp.where(ok, slot, 0)
+    return _SlotTile(in_row, ok, slot, edge, other)
+
+
+def _store_edge_grads(dvec_ref, tile: _SlotTile, grads, block, n_edge: int):
+    """Write a tile's edge-vector gradients into feature block ``block``'s rows: at the
+    reverse edge for real lanes, a zero at the slot itself for padding lanes (so every
+    edge is written exactly once per block), nothing outside the row."""
+    from jax.experimental.pallas import triton as plgpu
+
+    base = block * (n_edge + 1)
+    # Lanes outside the row point at the spare last row: the interpreter implements
+    # masked stores as read-modify-write scatters, where duplicate rows race.
+    sink = base + jnp.where(tile.ok, tile.edge, jnp.where(tile.in_row, tile.slot, n_edge))
+    for c in range(3):
+        plgpu.store(dvec_ref.at[sink, c], jnp.where(tile.ok, grads[c], 0.0), mask=tile.in_row)
+
+
+def _sum_blocks(dvec, n_edge: int):
+    """``[blocks * (E + 1), 3]`` per-block edge gradients -> ``[E, 3]``."""
+    return dvec.reshape(-1, n_edge + 1, 3)[:, :n_edge].sum(axis=0)
+
+
 # -------------------------------------------------------------------------- SchNet
 
 
@@ -507,6 +644,93 @@ def _schnet_backward(cfg, x, edge_vectors, w1, b1, w2, b2, layout: EdgeLayout, c
     return dx[:n_node], dvec[:n_edge]
 
 
+def _schnet_slot_forward_kernel(
+    index_ref, vec_ref, x_ref, w1_ref, b1_ref, w2_ref, b2_ref, out_ref, *, cfg: _SlotConfig
+):
+    from jax.experimental import pallas as pl
+
+    row, block = pl.program_id(0), pl.program_id(1)
+    cols = pl.ds(block * cfg.feature_block, cfg.feature_block)
+    w1, b1 = w1_ref[...], b1_ref[...]
+    w2, b2 = w2_ref[:, cols], b2_ref[:, cols]
+
+    def body(i, acc):
+        t = _slot_tile(index_ref, row, i, cfg, backward=False)
+        g = _basis(
+            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
+            cfg.cutoff, cfg.num_radial,
+        )  # fmt: skip
+        hidden, _ = _silu_parts(_dot(g.radial, w1) + b1)
+        filters = (_dot(hidden, w2) + b2) * g.envelope[:, None]
+        return acc + jnp.sum(x_ref[t.other, cols] * filters, axis=0)
+
+    n_tiles = -(-cfg.n_slots // cfg.slot_block)
+    acc = lax.fori_loop(0, n_tiles, body, jnp.zeros((cfg.feature_block,), out_ref.dtype))
+    out_ref[row, cols] = acc
+
+
+def _schnet_slot_backward_kernel(
+    index_ref, vec_ref, x_ref, g_ref, w1_ref, b1_ref, w2_ref, b2_ref, dx_ref, dvec_ref,
+    *, cfg: _SlotConfig, n_edge: int,
+):  # fmt: skip
+    from jax.experimental import pallas as pl
+
+    row, block = pl.program_id(0), pl.program_id(1)  # row: the sender j
+    cols = pl.ds(block * cfg.feature_block, cfg.feature_block)
+    w1, b1 = w1_ref[...], b1_ref[...]
+    w2, b2 = w2_ref[:, cols], b2_ref[:, cols]
+    x_j = x_ref[pl.ds(row, 1), cols]  # [1, feature_block]
+
+    def body(i, acc):
+        t = _slot_tile(index_ref, row, i, cfg, backward=True)  # other: the receiver
+        vx, vy, vz = vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2]
+        g = _basis(vx, vy, vz, t.ok, cfg.cutoff, cfg.num_radial)
+        hidden, d_silu = _silu_parts(_dot(g.radial, w1) + b1)
+        unscaled = _dot(hidden, w2) + b2
+        env = g.envelope[:, None]
+        cot = g_ref[t.other, cols]  # cotangent of the receiver's message
+        acc = acc + jnp.sum(cot * (unscaled * env), axis=0)
+        # This feature block's share of the edge vector's gradient (it is linear in
+        # the shares: the hidden layer's derivative multiplies their sum).
+        d_filters = cot * x_j
+        d_env = jnp.sum(d_filters * unscaled, axis=1)
+        d_radial = _dot_t(_dot_t(d_filters * env, w2) * d_silu, w1)
+        d_dist = jnp.sum(d_radial * g.d_radial, axis=1) + d_env * g.d_envelope
+        scale = jnp.where(g.ok, d_dist / g.distance, 0.0)
+        _store_edge_grads(dvec_ref, t, [scale * vx, scale * vy, scale * vz], block, n_edge)
+        return acc
+
+    n_tiles = -(-cfg.n_slots // cfg.slot_block)
+    acc = lax.fori_loop(0, n_tiles, body, jnp.zeros((cfg.feature_block,), dx_ref.dtype))
+    dx_ref[row, cols] = acc
+
+
+def _schnet_slot_forward(cfg: _SlotConfig, x, edge_vectors, w1, b1, w2, b2, slots: SlotEdges):
+    return _slot_call(
+        cfg,
+        functools.partial(_schnet_slot_forward_kernel, cfg=cfg),
+        x.shape[0],
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        slots.index, edge_vectors, x, w1, b1[None], w2, b2[None],
+    )  # fmt: skip
+
+
+def _schnet_slot_backward(cfg: _SlotConfig, x, edge_vectors, w1, b1, w2, b2, slots, cot):
+    n_edge = edge_vectors.shape[0]
+    blocks = cfg.features // cfg.feature_block
+    dx, dvec = _slot_call(
+        cfg,
+        functools.partial(_schnet_slot_backward_kernel, cfg=cfg, n_edge=n_edge),
+        x.shape[0],
+        (
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            jax.ShapeDtypeStruct((blocks * (n_edge + 1), 3), edge_vectors.dtype),
+        ),
+        slots.index, edge_vectors, x, cot, w1, b1[None], w2, b2[None],
+    )  # fmt: skip
+    return dx, _sum_blocks(dvec, n_edge)
+
+
 def _schnet_ref(cfg, x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receivers):
     return schnet_messages_reference(
         x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receivers, cfg.cutoff,
@@ -517,6 +741,8 @@ def _schnet_ref(cfg, x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receiv
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _schnet_input_grads(cfg, x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receivers,
                         fused, cot):  # fmt: skip
+    if isinstance(cfg, _SlotConfig):
+        return _schnet_slot_backward(cfg, x, edge_vectors, w1, b1, w2, b2, fused, cot)
     return _schnet_backward(cfg, x, edge_vectors, w1, b1, w2, b2, fused.by_sender, cot)
 
 
@@ -546,6 +772,8 @@ _schnet_input_grads.defvjp(_schnet_input_grads_fwd, _schnet_input_grads_bwd)
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _schnet_fused(cfg, x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receivers, fused):
+    if isinstance(cfg, _SlotConfig):
+        return _schnet_slot_forward(cfg, x, edge_vectors, w1, b1, w2, b2, fused)
     return _schnet_forward(cfg, x, edge_vectors, w1, b1, w2, b2, fused.by_receiver)
 
 
@@ -585,7 +813,7 @@ def schnet_messages(
     b2: jax.Array,
     senders: jax.Array,
     receivers: jax.Array,
-    fused: FusedEdges,
+    fused: FusedEdges | SlotEdges,
     cutoff: float,
     num_radial: int,
 ) -> jax.Array:
@@ -597,14 +825,18 @@ def schnet_messages(
         w1, b1, w2, b2: the filter network's weights (``[num_radial, F]``, ``[F]``,
             ``[F, F]``, ``[F]``).
         senders, receivers: ``[E]`` int.
-        fused: layouts from :func:`edge_layouts`.
+        fused: layouts from :func:`edge_layouts`, or the :class:`SlotEdges` of a
+            receiver-major list (then the slot kernels run).
         cutoff: Å.
         num_radial: Bessel functions.
 
     Returns:
         ``[N, F]`` messages summed per receiver.
     """
-    cfg = _SchNetConfig(float(cutoff), int(num_radial), *block_config()[:2])
+    if isinstance(fused, SlotEdges):
+        cfg = _slot_config(cutoff, num_radial, x.shape[-1], edge_vectors.shape[0], x.shape[0])
+    else:
+        cfg = _SchNetConfig(float(cutoff), int(num_radial), *block_config()[:2])
     return _schnet_fused(cfg, x, edge_vectors, edge_mask, w1, b1, w2, b2, senders, receivers,
                          fused)  # fmt: skip
 
@@ -795,143 +1027,6 @@ def _painn_backward(cfg, phi, v, edge_vectors, w, b, layout: EdgeLayout, cot_s, 
         cot_v.reshape(n_node, 3 * f), w, b[None],
     )  # fmt: skip
     return dphi[:n_node], dv[:n_node].reshape(n_node, 3, f), dvec[:n_edge]
-
-
-# --------------------------------------------------------- receiver-major (slots)
-#
-# On a receiver-major edge list (jaxdistill.models.edges: edge ``r * M + m`` has
-# receiver ``r``; its reverse edge is known) the kernels need no sorting: a program
-# owns one receiver's ``M`` slots (forward) or one sender's (backward: the slots of row
-# ``j`` name, through the reverse map, exactly the edges that ``j`` sends), tiles them
-# ``slot_block`` at a time across the threads, and reduces over the slots in
-# registers. There is one program per node and feature block, so small graphs still
-# fill the GPU, and a program's serial loop is ``M / slot_block`` steps long (the
-# sorted kernels above walk 16 centres' edges 16 at a time: ~40 dependent steps).
-
-#: Slots per tile (powers of two, >= 16 for Triton's matrix products).
-SLOT_BLOCK = 32
-#: Feature channels per program (at most ``features``).
-SLOT_FEATURE_BLOCK = 64
-#: Warps per slot program.
-SLOT_NUM_WARPS = 4
-#: Tuning knob for benchmarks: "slot_block,feature_block,num_warps" (read at trace time).
-SLOT_BLOCKS_ENV_VAR = "JAXDISTILL_SLOT_BLOCKS"
-
-
-class SlotEdges(NamedTuple):
-    """A receiver-major edge list as the slot kernels read it.
-
-    Attributes:
-        index: ``[E, 4]`` int32 per slot ``p = r * M + m``: its sender; its reverse edge
-            (a slot of the sender's row whose sender is ``r``); 1 where ``p`` is a real
-            edge (else 0: padding, which contributes nothing); 1 where it is a real edge
-            whose reverse exists (the backward pass reads only those, as
-            :func:`jaxdistill.models.edges.scatter_to_senders` does).
-    """
-
-    index: jax.Array
-
-
-def slot_edges(
-    senders: jax.Array, reverse: jax.Array, reverse_mask: jax.Array, edge_mask: jax.Array
-) -> SlotEdges:
-    """The :class:`SlotEdges` of a receiver-major list (one small fusion per evaluation).
-
-    Args:
-        senders: ``[E]`` int, receiver-major.
-        reverse, reverse_mask: ``[E]``, the reverse map (``ReceiverMajor``).
-        edge_mask: ``[E]`` bool, real edges.
-    """
-    edge_mask = jnp.asarray(edge_mask)
-    columns = [senders, reverse, edge_mask, jnp.asarray(reverse_mask) & edge_mask]
-    return SlotEdges(jnp.stack([jnp.asarray(c).astype(jnp.int32) for c in columns], axis=1))
-
-
-class _SlotConfig(NamedTuple):
-    cutoff: float
-    num_radial: int
-    features: int
-    n_slots: int
-    slot_block: int
-    feature_block: int
-    num_warps: int
-
-
-def _slot_config(cutoff, num_radial, features, n_edge, n_node) -> _SlotConfig:
-    from jaxdistill.models.edges import slots_per_node
-
-    slot_block, feature_block, warps = SLOT_BLOCK, SLOT_FEATURE_BLOCK, SLOT_NUM_WARPS
-    value = os.environ.get(SLOT_BLOCKS_ENV_VAR, "").strip()
-    if value:
-        slot_block, feature_block, warps = (int(x) for x in value.split(","))
-    n_slots = slots_per_node(n_edge, n_node)
-    # A tile no longer than the row (rounded up to a power of two, at least 16).
-    slot_block = min(slot_block, max(16, 1 << (n_slots - 1).bit_length()))
-    feature_block = min(feature_block, features)
-    if features % feature_block:
-        raise FusedPathError(
-            f"features={features} is not a multiple of the slot kernels' feature block "
-            f"{feature_block}; use message_passing='reference'"
-        )
-    return _SlotConfig(
-        float(cutoff), int(num_radial), int(features), n_slots, slot_block, feature_block, warps
-    )
-
-
-def _slot_call(cfg: _SlotConfig, kernel, n_node, out_shapes, *args):
-    from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
-
-    n_out = len(out_shapes) if isinstance(out_shapes, tuple) else 1
-    return pl.pallas_call(
-        kernel,
-        grid=(n_node, cfg.features // cfg.feature_block),
-        out_shape=out_shapes,
-        in_specs=[pl.no_block_spec] * len(args),
-        out_specs=(pl.no_block_spec,) * n_out if n_out > 1 else pl.no_block_spec,
-        interpret=_interpret(),
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps),
-    )(*args)
-
-
-class _SlotTile(NamedTuple):
-    in_row: jax.Array  # [S] bool: the lane is one of the row's M slots
-    ok: jax.Array  # [S] bool: ... and a real edge with a reverse
-    slot: jax.Array  # [S] flat slot index (0 outside the row)
-    edge: jax.Array  # [S] the edge whose geometry the lane handles (0 where not ok)
-    other: jax.Array  # [S] the other endpoint (0 where not ok)
-
-
-def _slot_tile(index_ref, row, i, cfg: _SlotConfig, backward: bool) -> _SlotTile:
-    """Lanes of the ``i``-th tile of ``row``'s slots. Forward: the slot's own edge
-    (other = its sender). Backward: the slot's reverse edge, which ``row`` sends
-    (other = its receiver, the slot's sender)."""
-    m = i * cfg.slot_block + lax.broadcasted_iota(jnp.int32, (cfg.slot_block,), 0)
-    in_row = m < cfg.n_slots
-    slot = jnp.where(in_row, row * cfg.n_slots + m, 0)
-    ok = in_row & (index_ref[slot, 3 if backward else 2] != 0)
-    other = jnp.where(ok, index_ref[slot, 0], 0)
-    edge = jnp.where(ok, index_ref[slot, 1], 0) if backward else jnp.where(ok, slot, 0)
-    return _SlotTile(in_row, ok, slot, edge, other)
-
-
-def _store_edge_grads(dvec_ref, tile: _SlotTile, grads, block, n_edge: int):
-    """Write a tile's edge-vector gradients into feature block ``block``'s rows: at the
-    reverse edge for real lanes, a zero at the slot itself for padding lanes (so every
-    edge is written exactly once per block), nothing outside the row."""
-    from jax.experimental.pallas import triton as plgpu
-
-    base = block * (n_edge + 1)
-    # Lanes outside the row point at the spare last row: the interpreter implements
-    # masked stores as read-modify-write scatters, where duplicate rows race.
-    sink = base + jnp.where(tile.ok, tile.edge, jnp.where(tile.in_row, tile.slot, n_edge))
-    for c in range(3):
-        plgpu.store(dvec_ref.at[sink, c], jnp.where(tile.ok, grads[c], 0.0), mask=tile.in_row)
-
-
-def _sum_blocks(dvec, n_edge: int):
-    """``[blocks * (E + 1), 3]`` per-block edge gradients -> ``[E, 3]``."""
-    return dvec.reshape(-1, n_edge + 1, 3)[:, :n_edge].sum(axis=0)
 
 
 def _painn_slot_forward_kernel(

@@ -137,9 +137,6 @@ class PaiNN(StudentModule):
 
     norm_softening: float = LEGACY_NORM_SOFTENING
 
-    def has_slot_kernels(self) -> bool:
-        return True
-
     def fused_wins_on_receiver_major(self) -> bool:
         # H100, 4096 Si atoms (benchmarks/results/md_speed_paths_h100.json): 64 features
         # fused 1945 µs/step against 2318 receiver-major; 128 features 5460 against 4022.

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule
 from jaxdistill.models.edges import Edges, ReceiverMajor
-from jaxdistill.models.fused import FusedEdges, schnet_messages
+from jaxdistill.models.fused import FusedEdges, SlotEdges, schnet_messages
 
 
 class SchNetInteraction(nn.Module):
@@ -28,7 +28,7 @@ class SchNetInteraction(nn.Module):
         radial: jax.Array,
         envelope: jax.Array,
         edges: Edges,
-        fused: FusedEdges | None = None,
+        fused: FusedEdges | SlotEdges | None = None,
         edge_vectors: jax.Array | None = None,
         edge_mask: jax.Array | None = None,
         cutoff: float | None = None,
