@@ -21,7 +21,14 @@ from jaxdistill.models.common import (
     species_index_table,
 )
 from jaxdistill.models.edges import Edges, ReceiverMajor
-from jaxdistill.models.fused import FusedEdges, SlotEdges, edge_layouts, slot_edges, use_fused
+from jaxdistill.models.fused import (
+    FusedEdges,
+    SlotEdges,
+    edge_layouts,
+    slot_edges,
+    slot_kernels_chosen,
+    use_fused,
+)
 from jaxdistill.models.repulsion import zbl_atomic_energies
 
 
@@ -117,9 +124,10 @@ class StudentModule(nn.Module):
 
     def has_slot_kernels(self) -> bool:
         """Whether the architecture's fused path has kernels for receiver-major lists
-        (:class:`~jaxdistill.models.fused.SlotEdges`, no sorting); without them it
-        sorts such a list like any other (a user's architecture that calls the sorted
-        kernels). jaxdistill's students have them."""
+        (:class:`~jaxdistill.models.fused.SlotEdges`, no sorting), used when
+        ``JAXDISTILL_FUSED_LAYOUT=slots``; otherwise (and for a user's architecture that
+        calls the sorted kernels) a receiver-major list is sorted like any other.
+        jaxdistill's students have them."""
         return True
 
     def fused_edges(
@@ -144,7 +152,7 @@ class StudentModule(nn.Module):
             wins_on_receiver_major=self.fused_wins_on_receiver_major(),
         ):
             return None
-        if edges.layout is not None and self.has_slot_kernels():
+        if edges.layout is not None and self.has_slot_kernels() and slot_kernels_chosen():
             return slot_edges(
                 edges.senders, edges.layout.reverse, edges.layout.reverse_mask, edge_mask
             )

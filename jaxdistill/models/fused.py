@@ -371,6 +371,23 @@ def _zero_left_out(index_ref, offsets_ref, out_ref, n_edge: int, block_nodes, bl
 # fill the GPU, and a program's serial loop is ``M / slot_block`` steps long (the
 # sorted kernels above walk 16 centres' edges 16 at a time: ~40 dependent steps).
 
+#: Environment variable choosing the fused kernels on a receiver-major list: "sorted"
+#: (the default: sort it like any edge list) or "slots" (the slot kernels, no sorting).
+#: On an H100 (2026-12-06, benchmarks/results/md_speed_slots_h100.json) the slot kernels
+#: lost to the receiver-major reference path at every size (PaiNN 64x3 per MD step at
+#: 64 / 512 / 4096 Si atoms: 257.6 / 710.6 / 3174.7 us against 181.3 / 552.3 / 2676.8),
+#: so they are opt-in, for benchmarks and further work.
+FUSED_LAYOUT_ENV_VAR = "JAXDISTILL_FUSED_LAYOUT"
+
+
+def slot_kernels_chosen() -> bool:
+    """Whether :data:`FUSED_LAYOUT_ENV_VAR` asks for the slot kernels (read at trace time)."""
+    value = os.environ.get(FUSED_LAYOUT_ENV_VAR, "sorted").strip().lower() or "sorted"
+    if value not in ("sorted", "slots"):
+        raise ValueError(f"{FUSED_LAYOUT_ENV_VAR} must be 'sorted' or 'slots', got {value!r}")
+    return value == "slots"
+
+
 #: Slots per tile (powers of two, >= 16 for Triton's matrix products).
 SLOT_BLOCK = 32
 #: Feature channels per program (at most ``features``).

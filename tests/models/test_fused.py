@@ -165,6 +165,7 @@ def test_slot_kernels_equal_reference_on_receiver_major_graphs(
 ):
     """The fused path on a receiver-major graph runs the slot kernels (no sorting);
     blocks "16,8,4" make several slot tiles per row and two feature blocks per node."""
+    monkeypatch.setenv(fz.FUSED_LAYOUT_ENV_VAR, "slots")
     if blocks is not None:
         monkeypatch.setenv(fz.SLOT_BLOCKS_ENV_VAR, blocks)
     reference, fused = students(architecture, dtype)
@@ -184,14 +185,14 @@ def test_slot_kernels_equal_reference_on_receiver_major_graphs(
     # No sort in the program: the slot kernels read the list as it is (on an edge list
     # the fused path sorts the edges by receiver and by sender).
     def sorts(student, graph):
-        return (
-            jax.jit(student.potential.predict)
-            .lower(student.params, graph)
-            .as_text()
-            .count("stablehlo.sort")
-        )
+        # A new function each time: the choice is read when the program is traced.
+        program = jax.jit(lambda params, graph: student.potential.predict(params, graph))
+        return program.lower(student.params, graph).as_text().count("stablehlo.sort")
 
     assert sorts(fused, g) == 0 and sorts(fused, graph(dtype)) > 0
+    # By default (the slot kernels measured slower) a receiver-major list is sorted.
+    monkeypatch.delenv(fz.FUSED_LAYOUT_ENV_VAR)
+    assert sorts(fused, g) > 0
 
 
 def test_custom_vjp_of_painn_slot_layer_passes_check_grads():

@@ -158,5 +158,55 @@ def test_orb_errors_are_clear(orb_weights, tmp_path):
         load_teacher(f"orb:{DIRECT}@{tmp_path / 'missing.ckpt'}")
     with pytest.raises(ValueError, match="unknown Orb model"):
         load_teacher(f"orb:orb-v9-imaginary@{orb_weights['direct']}")
+    # Weights with a tensor of the wrong shape do not fit. (With orb-models 0.5 the
+    # direct weights do not fit the conservative architecture either; with 0.7 they
+    # load, strictly: there the two architectures hold the same tensors.)
+    state = torch.load(orb_weights["direct"], map_location="cpu", weights_only=True)
+    name = next(k for k, v in state.items() if k.endswith("weight") and v.ndim == 2)
+    state[name] = state[name][:-1]
+    torch.save(state, tmp_path / "misshapen.ckpt")
     with pytest.raises(RuntimeError, match="do not fit"):
-        load_teacher(f"orb:{CONSERVATIVE}@{orb_weights['direct']}")
+        load_teacher(f"orb:{DIRECT}@{tmp_path / 'misshapen.ckpt'}")
+
+
+#: Names orb-models 0.7 added: OrbMol-v1 (the OMol25 Orb-v3 models under a new name) and
+#: OrbMol-v2 (a new architecture with learnable charges and Coulomb electrostatics).
+NAMES_NEW_IN_ORB_07 = ("orbmol-v1-conservative", "orbmol-v2")
+
+
+@pytest.mark.parametrize("name", NAMES_NEW_IN_ORB_07)
+def test_models_new_in_orb_07_label_like_their_calculator(name, tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from orb_models.forcefield import pretrained
+
+    if name not in pretrained.ORB_PRETRAINED_MODELS:
+        pytest.skip(
+            f"{name} comes with orb-models >= 0.7 (Python >= 3.12); this environment has "
+            f"orb-models {importlib.metadata.version('orb-models')}"
+        )
+    # Random full-size weights of the architecture the named loader builds: run the
+    # loader with its weight loading switched off and save what it built.
+    dtype = torch.get_default_dtype()
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrained, "load_model", lambda model, *args, **kwargs: model)
+        torch.manual_seed(0)
+        model, _ = pretrained.ORB_PRETRAINED_MODELS[name](device="cpu", compile=False)
+    torch.set_default_dtype(dtype)
+    weights = tmp_path / f"{name}-random.ckpt"
+    torch.save(model.state_dict(), weights)
+
+    molecule = ase.build.molecule("CH3CH2OH")
+    molecule.rattle(0.03, seed=3)
+    molecule.info.update(charge=0, spin=1)
+    teacher = load_teacher(f"orb:{name}@{weights}")
+    label(teacher, [molecule], tmp_path / "orbmol.h5", progress=False)
+    reference = molecule.copy()
+    reference.calc = official_calculator(name, weights)
+    with LabelStore(tmp_path / "orbmol.h5") as store:
+        stored = store[0]
+        assert stored.get_potential_energy() == pytest.approx(
+            reference.get_potential_energy(), abs=1e-4
+        )
+        np.testing.assert_allclose(stored.get_forces(), reference.get_forces(), atol=1e-4)
+        assert store.teacher["model_name"] == name
