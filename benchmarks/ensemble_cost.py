@@ -23,7 +23,7 @@ and each K:
   integrators ask for; a committee also returns its per-atom force disagreement in the
   same transfer) and ``all`` (with stress for the periodic crystals);
 - ``jax_md``: µs per MD step of ``run_md`` on JAX's default device (NVT Langevin,
-  chunks in ``lax.scan``; as ``md_speed.time_jax_md``): the committee's mean forces drive
+  chunks in ``lax.scan``; ``md_speed.time_jax_md``): the committee's mean forces drive
   the MD (one vmapped energy per step), the disagreement is computed once per sample
   (``sample_every`` = the chunk length).
 
@@ -68,19 +68,16 @@ from pathlib import Path
 import ase
 import ase.build
 import jax
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(ROOT))
-from md_speed import Budget, error_record, stats, versions  # noqa: E402
+from md_speed import Budget, error_record, time_jax_md, versions  # noqa: E402
 from structures import hexanol, silicon_cell  # noqa: E402
 from student_call import time_calculator  # noqa: E402
 
 from jaxdistill import StudentCalculator, create_student  # noqa: E402
 from jaxdistill.committee import load_committee  # noqa: E402
-from jaxdistill.diagnostics import count_compilations  # noqa: E402
-from jaxdistill.md import run_md  # noqa: E402
 
 MOLECULE_SPECIES = ["H", "C", "O"]
 MOLECULES = ("ethanol", "hexanol")
@@ -130,45 +127,6 @@ def jax_md_run_options(args) -> dict:
         max_temperature_factor=1e9,  # untrained students: speed only
         bond_factor=1.5 if args.md_bond_check else None,
     )
-
-
-def time_jax_md(model, atoms, name: str, args, budget: Budget, **run_options) -> dict:
-    """Per-step time of run_md chunks (one sample per chunk of K steps).
-
-    ``md_speed.time_jax_md`` with every ``run_md`` option given by the caller: that one
-    fixes 300 K, its time step and friction (passing them again raises a TypeError).
-    """
-    n = len(atoms)
-    k = args.steps_per_chunk if n <= 256 else max(10, args.steps_per_chunk // 5)
-    common = dict(sample_every=k, chunk_steps=k, **run_options)
-    t0 = time.perf_counter()
-    warm = run_md(model, atoms, steps=k, **common)  # compiles
-    warm_seconds = time.perf_counter() - t0
-    per_step = warm.chunk_us_per_step[-1] * 1e-6 if warm.chunk_us_per_step else 1e-3
-    item_budget = min(args.item_seconds, max(1.0, budget.left() / 20))
-    chunks = int(np.clip(item_budget / (k * per_step), 3, args.max_chunks))
-    with count_compilations() as compiled:
-        summary = run_md(model, atoms, steps=k * (chunks + 1), **common)
-    chunk_us = summary.chunk_us_per_step[1:]  # drop the first executed chunk
-    dt = production_timestep_fs(name)
-    return {
-        "system": name,
-        "n_atoms": n,
-        "device": jax.default_backend(),
-        "steps_per_chunk": k,
-        "chunks_timed": len(chunk_us),
-        "us_per_step": stats(chunk_us),
-        "ns_per_day_at_median": 86400 * dt / float(np.median(chunk_us)),
-        "ns_per_day_timestep_fs": dt,
-        "warmup_seconds_incl_compile": warm_seconds,
-        "compile_seconds": warm.compile_seconds,
-        "compilations_during_timed_run": compiled.count,
-        "neighbor_list_rebuilds": summary.neighbor_list_rebuilds,
-        "neighbor_reallocations": summary.neighbor_reallocations,
-        "mean_temperature_kelvin": summary.mean_temperature_kelvin,
-        "seconds_incl_compile": time.perf_counter() - t0,
-        "run_options": run_options,
-    }
 
 
 def relative_costs(record: dict) -> dict:
@@ -333,7 +291,17 @@ def main() -> None:
             if args.skip_jax_md:
                 continue
             try:
-                row = {"members": k, **time_jax_md(model, atoms, name, args, budget, **run_options)}
+                timing = time_jax_md(
+                    model,
+                    atoms,
+                    name,
+                    args,
+                    budget,
+                    large_atoms=256,
+                    ns_per_day_timestep_fs=production_timestep_fs(name),
+                    **run_options,
+                )
+                row = {"members": k, **timing}
             except Exception as error:
                 row = {"system": name, "n_atoms": n, "members": k, **error_record(error)}
             record["jax_md"].append(row)

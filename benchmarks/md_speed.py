@@ -192,20 +192,34 @@ def timestep_for(name: str) -> float:
 # -- parts ------------------------------------------------------------------------------
 
 
-def time_jax_md(student, atoms, name: str, args, budget: Budget, **run_options) -> dict:
-    """Per-step time of run_md chunks (one sample per chunk of K steps)."""
+def time_jax_md(
+    student,
+    atoms,
+    name: str,
+    args,
+    budget: Budget,
+    *,
+    large_atoms: int = 1000,
+    ns_per_day_timestep_fs: float | None = None,
+    **run_options,
+) -> dict:
+    """Per-step time of run_md chunks (one sample per chunk of K steps).
+
+    NVT at 300 K with the system's time step unless ``run_options`` says otherwise (the
+    caller's ``run_md`` options win); chunks of ``--steps-per-chunk`` steps, a fifth of
+    that above ``large_atoms``; ns/day at ``ns_per_day_timestep_fs`` (default: the time
+    step run).
+    """
     n = len(atoms)
-    k = args.steps_per_chunk if n <= 1000 else max(10, args.steps_per_chunk // 5)
+    k = args.steps_per_chunk if n <= large_atoms else max(10, args.steps_per_chunk // 5)
     common = dict(
         ensemble="nvt",
         temperature_kelvin=300.0,
         timestep_fs=timestep_for(name),
-        sample_every=k,
-        chunk_steps=k,
         max_temperature_factor=1e9,  # untrained students: speed only
         friction_per_fs=0.05,
-        **run_options,
     )
+    common.update(run_options, sample_every=k, chunk_steps=k)
     t0 = time.perf_counter()
     warm = run_md(student, atoms, steps=k, **common)  # compiles
     warm_seconds = time.perf_counter() - t0
@@ -215,19 +229,24 @@ def time_jax_md(student, atoms, name: str, args, budget: Budget, **run_options) 
     with count_compilations() as compiled:
         summary = run_md(student, atoms, steps=k * (chunks + 1), **common)
     chunk_us = summary.chunk_us_per_step[1:]  # drop the first executed chunk
+    dt = ns_per_day_timestep_fs or common["timestep_fs"]
     return {
         "system": name,
         "n_atoms": n,
+        "device": jax.default_backend(),
         "steps_per_chunk": k,
         "chunks_timed": len(chunk_us),
         "us_per_step": stats(chunk_us),
-        "ns_per_day_at_median": 86400 * timestep_for(name) / float(np.median(chunk_us)),
+        "ns_per_day_at_median": 86400 * dt / float(np.median(chunk_us)),
+        "ns_per_day_timestep_fs": dt,
         "warmup_seconds_incl_compile": warm_seconds,
         "compile_seconds": warm.compile_seconds,
         "compilations_during_timed_run": compiled.count,
         "neighbor_list_rebuilds": summary.neighbor_list_rebuilds,
         "neighbor_reallocations": summary.neighbor_reallocations,
         "mean_temperature_kelvin": summary.mean_temperature_kelvin,
+        "seconds_incl_compile": time.perf_counter() - t0,
+        "run_options": run_options,
     }
 
 

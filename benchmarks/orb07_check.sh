@@ -5,21 +5,25 @@
 # orb-models 0.7 builds graphs with nvalchemi-toolkit-ops, which needs NVIDIA Warp
 # (warp-lang): a 149 MB wheel, more than one device call may carry (64 MiB). So the
 # wheel travels in 40 MB parts, one part per call, while the machine stays warm
-# (ignored files a call left there are kept for the next call), and the last call
-# joins them (checking the SHA-256), installs everything offline and runs the tests.
+# (each call copies its part to /tmp/p on the machine, which survives between calls;
+# the part carried under .orb07/ does not: carrying a path replaces what was there),
+# and the last call joins them (checking the SHA-256), installs everything offline and
+# runs the tests.
 #
 # Here, from the project root:
 #   benchmarks/orb07_check.sh prepare
 #     -> .device/ (../shared/device/prepare.sh's wheels, orb-models 0.5.5 swapped for
 #        0.7.0, plus nvalchemi-toolkit-ops, vesin, pytest) and .orb07/part-a? (warp-lang)
-# Then on the device, one call per part and a last one, back to back:
-#   run(command="ls -la .orb07", carry=[".orb07/part-aa"])
-#   run(command="ls -la .orb07", carry=[".orb07/part-ab"])
-#   run(command="ls -la .orb07", carry=[".orb07/part-ac"])
-#   run(command="ls -la .orb07", carry=[".orb07/part-ad"])
-#   run(command="bash benchmarks/orb07_check.sh test", carry=[".device", ".orb07/warp.sha256"])
+# Then on the device, one call per part and a last one, back to back (the machine goes
+# back after 30 s idle, and /tmp/p with it):
+#   run(command="mkdir -p /tmp/p && cp .orb07/part-* /tmp/p/", carry=[".orb07/part-aa"])
+#   run(command="mkdir -p /tmp/p && cp .orb07/part-* /tmp/p/", carry=[".orb07/part-ab"])
+#   run(command="mkdir -p /tmp/p && cp .orb07/part-* /tmp/p/", carry=[".orb07/part-ad"])
+#   run(command="bash benchmarks/orb07_check.sh test",
+#       carry=[".device", ".orb07/part-ac", ".orb07/warp.sha256"])
 # (`prepare` prints the exact part names.) `test` refuses with a clear line when a
 # part is missing (the machine went back between calls: start again from part aa).
+# Run on an H100, 2026-12-06: 8 passed (benchmarks/results/orb07_h100.log).
 set -euo pipefail
 phase=${1:?usage: benchmarks/orb07_check.sh prepare|test}
 WARP=warp-lang==1.19.0
@@ -48,7 +52,9 @@ prepare)
   ;;
 test)
   source .device/env.sh || exit 1
-  mkdir -p /tmp/orb07/whl
+  mkdir -p /tmp/orb07/whl /tmp/p
+  cp .orb07/part-* /tmp/p/ 2>/dev/null || true
+  cp /tmp/p/part-* .orb07/ 2>/dev/null || true
   name=$(awk '{print $2}' .orb07/warp.sha256)
   cat .orb07/part-* > "/tmp/orb07/$name"
   if ! (cd /tmp/orb07 && sha256sum -c --quiet "$OLDPWD/.orb07/warp.sha256"); then

@@ -941,6 +941,36 @@ def _painn_forward_kernel(
         dv_ref[rows, pl.ds(c * f, f)] = acc_v[c]
 
 
+def _painn_edge_grads(g: _Basis, unscaled, ws, phi, cot_s, cot_v, cot_dot_v, cot_dot_u):
+    """Gradient of a chunk of edges' vectors (3 × ``[B]``, zero where not ``g.ok``):
+    through the filters (distance) and through the unit vector of the Δv term.
+
+    ``unscaled``: the three filters before the envelope; ``ws``: their weights; ``phi``:
+    the sender's three scalar channels; ``cot_*``: the receiver's cotangents (and their
+    products with the sender's ``v`` and with the unit vectors).
+    """
+    env = g.envelope[:, None]
+    phi_v, phi_s, phi_r = phi
+    d_filt = (phi_v * cot_dot_v, phi_s * cot_s, phi_r * cot_dot_u)
+    d_env = jnp.sum(
+        d_filt[0] * unscaled[0] + d_filt[1] * unscaled[1] + d_filt[2] * unscaled[2], axis=1
+    )
+    d_radial = (
+        _dot_t(d_filt[0] * env, ws[0])
+        + _dot_t(d_filt[1] * env, ws[1])
+        + _dot_t(d_filt[2] * env, ws[2])
+    )
+    d_dist = jnp.sum(d_radial * g.d_radial, axis=1) + d_env * g.d_envelope
+    gate_r = phi_r * (unscaled[2] * env)
+    d_units = [jnp.sum(cot_v[c] * gate_r, axis=1) for c in range(3)]
+    along = d_units[0] * g.units[0] + d_units[1] * g.units[1] + d_units[2] * g.units[2]
+    inv_d = 1.0 / g.distance
+    return [
+        jnp.where(g.ok, d_dist * g.units[c] + (d_units[c] - along * g.units[c]) * inv_d, 0.0)
+        for c in range(3)
+    ]
+
+
 def _painn_backward_kernel(
     offsets_ref, index_ref, vec_ref, phi_ref, v_ref, gs_ref, gv_ref, w_ref, b_ref,
     dphi_ref, dv_ref, dvec_ref, *, cfg, n_edge,
@@ -977,25 +1007,11 @@ def _painn_backward_kernel(
         acc_x = acc_x + _dot(hot, cot_v[0] * gate_v)
         acc_y = acc_y + _dot(hot, cot_v[1] * gate_v)
         acc_z = acc_z + _dot(hot, cot_v[2] * gate_v)
-        # Per-edge gradient of the edge vector: through the filters (distance) and
-        # through the unit vector of the Δv term.
-        d_filt = (phi_v * cot_dot_v, phi_s * cot_s, phi_r * cot_dot_u)
-        d_env = jnp.sum(
-            d_filt[0] * unscaled[0] + d_filt[1] * unscaled[1] + d_filt[2] * unscaled[2], axis=1
+        grads = _painn_edge_grads(
+            g, unscaled, ws, (phi_v, phi_s, phi_r), cot_s, cot_v, cot_dot_v, cot_dot_u
         )
-        d_radial = (
-            _dot_t(d_filt[0] * env, ws[0])
-            + _dot_t(d_filt[1] * env, ws[1])
-            + _dot_t(d_filt[2] * env, ws[2])
-        )
-        d_dist = jnp.sum(d_radial * g.d_radial, axis=1) + d_env * g.d_envelope
-        gate_r = phi_r * filt_r
-        d_units = [jnp.sum(cot_v[c] * gate_r, axis=1) for c in range(3)]
-        along = d_units[0] * g.units[0] + d_units[1] * g.units[1] + d_units[2] * g.units[2]
-        inv_d = 1.0 / g.distance
         for c in range(3):
-            grad = d_dist * g.units[c] + (d_units[c] - along * g.units[c]) * inv_d
-            plgpu.store(dvec_ref.at[ch.sink, c], jnp.where(g.ok, grad, 0.0), mask=ch.valid)
+            plgpu.store(dvec_ref.at[ch.sink, c], grads[c], mask=ch.valid)
         return acc_pv, acc_ps, acc_pr, acc_x, acc_y, acc_z
 
     zero = jnp.zeros((bn, f), dphi_ref.dtype)
@@ -1119,26 +1135,10 @@ def _painn_slot_backward_kernel(
             acc_y + jnp.sum(cot_v[1] * gate_v, axis=0),
             acc_z + jnp.sum(cot_v[2] * gate_v, axis=0),
         )
-        # The edge vector's gradient (this feature block's share): through the filters
-        # (distance) and through the unit vector of the Δv term.
-        d_filt = (phi_v * cot_dot_v, phi_s * cot_s, phi_r * cot_dot_u)
-        d_env = jnp.sum(
-            d_filt[0] * unscaled[0] + d_filt[1] * unscaled[1] + d_filt[2] * unscaled[2], axis=1
+        # The edge vector's gradient: this feature block's share.
+        grads = _painn_edge_grads(
+            g, unscaled, ws, (phi_v, phi_s, phi_r), cot_s, cot_v, cot_dot_v, cot_dot_u
         )
-        d_radial = (
-            _dot_t(d_filt[0] * env, ws[0])
-            + _dot_t(d_filt[1] * env, ws[1])
-            + _dot_t(d_filt[2] * env, ws[2])
-        )
-        d_dist = jnp.sum(d_radial * g.d_radial, axis=1) + d_env * g.d_envelope
-        gate_r = phi_r * filt_r
-        d_units = [jnp.sum(cot_v[c] * gate_r, axis=1) for c in range(3)]
-        along = d_units[0] * g.units[0] + d_units[1] * g.units[1] + d_units[2] * g.units[2]
-        inv_d = 1.0 / g.distance
-        grads = [
-            jnp.where(g.ok, d_dist * g.units[c] + (d_units[c] - along * g.units[c]) * inv_d, 0.0)
-            for c in range(3)
-        ]
         _store_edge_grads(dvec_ref, t, grads, block, n_edge)
         return out
 
