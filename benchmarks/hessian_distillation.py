@@ -142,6 +142,14 @@ def main() -> None:
         "--hessian-method", default="auto", help="auto, autodiff or finite-difference"
     )
     parser.add_argument("--hessian-weight", type=float, default=None)
+    parser.add_argument(
+        "--cost-ratio",
+        type=float,
+        default=None,
+        help="use this teacher cost of a Hessian frame (in force frames) for the "
+        "equal-cost subset instead of the one measured in the run (to compare runs on "
+        "the same frames; the measured one is still recorded)",
+    )
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--fennol-glob", default="../shared/teachers/fennol-ani1x/ani1x_model*.fnx")
     parser.add_argument("--small", action="store_true", help="a quick smoke run on a CPU")
@@ -246,7 +254,7 @@ def main() -> None:
     )
     cost = t_hessian_steady / t_force_steady
     n_full = len(train_frames)
-    n_equal = max(8, int(n_full / cost))
+    n_equal = max(8, int(n_full / (args.cost_ratio or cost)))
     rng = np.random.default_rng(0)
     subset = np.sort(rng.permutation(n_full)[:n_equal])
     hessian = work / "hessian.h5"
@@ -265,6 +273,7 @@ def main() -> None:
         "seconds_per_force_frame_steady": t_force_steady,
         "seconds_per_hessian_frame_steady": t_hessian_steady,
         "hessian_frame_cost_in_force_frames": cost,
+        "cost_ratio_used_for_equal_cost": args.cost_ratio or cost,
         "hessian": hessian_info,
         "n_full": n_full,
         "n_equal_cost": n_equal,
