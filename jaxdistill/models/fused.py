@@ -476,7 +476,7 @@ def _slot_call(cfg: _SlotConfig, kernel, n_node, out_shapes, *args):
 
 class _SlotTile(NamedTuple):
     in_row: jax.Array  # [S] bool: the lane is one of the row's M slots
-    ok: jax.Array  # [S] bool: ... and a real edge with a reverse
+    ok: jax.Array  # [S] bool: ... and a real edge (backward: one with a reverse)
     slot: jax.Array  # [S] flat slot index (0 outside the row)
     edge: jax.Array  # [S] the edge whose geometry the lane handles (0 where not ok)
     other: jax.Array  # [S] the other endpoint (0 where not ok)
