@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
+# md_speed's "fused" path on a receiver-major list: the slot kernels (opt-in; the
+# default sorts the list; results/md_speed_slots_h100.json was measured this way).
+export JAXDISTILL_FUSED_LAYOUT=slots
 nvidia-smi -L
 common=(--fused-only --replicas 0 --capacity-multiplier 1.6 --steps-per-chunk 300 --max-chunks 3)
 timeout 230 python benchmarks/md_speed.py "${common[@]}" --paths receiver_major,fused \
