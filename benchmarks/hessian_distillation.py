@@ -143,6 +143,9 @@ def main() -> None:
     )
     parser.add_argument("--hessian-weight", type=float, default=None)
     parser.add_argument(
+        "--features", type=int, default=None, help="student channels (default: the system's)"
+    )
+    parser.add_argument(
         "--cost-ratio",
         type=float,
         default=None,
@@ -169,6 +172,9 @@ def main() -> None:
     from jaxdistill.train import train
 
     system = SYSTEMS[args.system]
+    if args.features is not None:
+        model = {**system["train"]["model"], "features": args.features}
+        system = {**system, "train": {**system["train"], "model": model}}
     spec = system["teacher"] or f"fennol:{args.fennol_glob}"
     # Molecules: the MD runs on one ensemble member (8x cheaper per step), as in
     # configs/molecules-fennol.yaml; every kept frame is labelled by the whole ensemble.

@@ -495,6 +495,13 @@ def _slot_tile(index_ref, row, i, cfg: _SlotConfig, backward: bool) -> _SlotTile
     return _SlotTile(in_row, ok, slot, edge, other)
 
 
+def _slot_geometry(index_ref, vec_ref, row, i, cfg: _SlotConfig, backward: bool):
+    """The ``i``-th tile of ``row`` (:func:`_slot_tile`) and its edges' geometry."""
+    t = _slot_tile(index_ref, row, i, cfg, backward)
+    vx, vy, vz = vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2]
+    return t, (vx, vy, vz), _basis(vx, vy, vz, t.ok, cfg.cutoff, cfg.num_radial)
+
+
 def _store_edge_grads(dvec_ref, tile: _SlotTile, grads, block, n_edge: int):
     """Write a tile's edge-vector gradients into feature block ``block``'s rows: at the
     reverse edge for real lanes, a zero at the slot itself for padding lanes (so every
@@ -672,11 +679,7 @@ def _schnet_slot_forward_kernel(
     w2, b2 = w2_ref[:, cols], b2_ref[:, cols]
 
     def body(i, acc):
-        t = _slot_tile(index_ref, row, i, cfg, backward=False)
-        g = _basis(
-            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
-            cfg.cutoff, cfg.num_radial,
-        )  # fmt: skip
+        t, _, g = _slot_geometry(index_ref, vec_ref, row, i, cfg, backward=False)
         hidden, _ = _silu_parts(_dot(g.radial, w1) + b1)
         filters = (_dot(hidden, w2) + b2) * g.envelope[:, None]
         return acc + jnp.sum(x_ref[t.other, cols] * filters, axis=0)
@@ -699,9 +702,8 @@ def _schnet_slot_backward_kernel(
     x_j = x_ref[pl.ds(row, 1), cols]  # [1, feature_block]
 
     def body(i, acc):
-        t = _slot_tile(index_ref, row, i, cfg, backward=True)  # other: the receiver
-        vx, vy, vz = vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2]
-        g = _basis(vx, vy, vz, t.ok, cfg.cutoff, cfg.num_radial)
+        # other: the receiver of the edge that row sends
+        t, (vx, vy, vz), g = _slot_geometry(index_ref, vec_ref, row, i, cfg, backward=True)
         hidden, d_silu = _silu_parts(_dot(g.radial, w1) + b1)
         unscaled = _dot(hidden, w2) + b2
         env = g.envelope[:, None]
@@ -1074,11 +1076,7 @@ def _painn_slot_forward_kernel(
     bs = [b_ref[:, col] for col in cols]
 
     def body(i, accs):
-        t = _slot_tile(index_ref, row, i, cfg, backward=False)
-        g = _basis(
-            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
-            cfg.cutoff, cfg.num_radial,
-        )  # fmt: skip
+        t, _, g = _slot_geometry(index_ref, vec_ref, row, i, cfg, backward=False)
         env = g.envelope[:, None]
         gate_v, gate_s, gate_r = (
             phi_ref[t.other, cols[k]] * ((_dot(g.radial, ws[k]) + bs[k]) * env) for k in range(3)
@@ -1112,11 +1110,8 @@ def _painn_slot_backward_kernel(
     v_j = [v_ref[pl.ds(row, 1), col] for col in cols]
 
     def body(i, accs):
-        t = _slot_tile(index_ref, row, i, cfg, backward=True)  # other: the receiver
-        g = _basis(
-            vec_ref[t.edge, 0], vec_ref[t.edge, 1], vec_ref[t.edge, 2], t.ok,
-            cfg.cutoff, cfg.num_radial,
-        )  # fmt: skip
+        # other: the receiver of the edge that row sends
+        t, _, g = _slot_geometry(index_ref, vec_ref, row, i, cfg, backward=True)
         env = g.envelope[:, None]
         unscaled = [_dot(g.radial, ws[k]) + bs[k] for k in range(3)]
         filt_v, filt_s, filt_r = (h * env for h in unscaled)
