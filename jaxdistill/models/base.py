@@ -122,14 +122,6 @@ class StudentModule(nn.Module):
         reference path for large graphs (measured per architecture; False here)."""
         return False
 
-    def has_slot_kernels(self) -> bool:
-        """Whether the architecture's fused path has kernels for receiver-major lists
-        (:class:`~jaxdistill.models.fused.SlotEdges`, no sorting), used when
-        ``JAXDISTILL_FUSED_LAYOUT=slots``; otherwise (and for a user's architecture that
-        calls the sorted kernels) a receiver-major list is sorted like any other.
-        jaxdistill's students have them."""
-        return True
-
     def fused_edges(
         self,
         edge_vectors: jax.Array,
@@ -152,7 +144,7 @@ class StudentModule(nn.Module):
             wins_on_receiver_major=self.fused_wins_on_receiver_major(),
         ):
             return None
-        if edges.layout is not None and self.has_slot_kernels() and slot_kernels_chosen():
+        if edges.layout is not None and slot_kernels_chosen():
             return slot_edges(
                 edges.senders, edges.layout.reverse, edges.layout.reverse_mask, edge_mask
             )

@@ -151,10 +151,10 @@ def _interpret() -> bool:
     return jax.default_backend() != "gpu"
 
 
-def _compiler_params():
+def _compiler_params(num_warps: int | None = None):
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.CompilerParams(num_warps=block_config()[2])
+    return plgpu.CompilerParams(num_warps=num_warps or block_config()[2])
 
 
 # --------------------------------------------------------------------------- layout
@@ -436,6 +436,11 @@ class _SlotConfig(NamedTuple):
     feature_block: int
     num_warps: int
 
+    @property
+    def n_tiles(self) -> int:
+        """Slot tiles per row: the length of a program's serial loop."""
+        return -(-self.n_slots // self.slot_block)
+
 
 def _slot_config(cutoff, num_radial, features, n_edge, n_node) -> _SlotConfig:
     from jaxdistill.models.edges import slots_per_node
@@ -459,19 +464,14 @@ def _slot_config(cutoff, num_radial, features, n_edge, n_node) -> _SlotConfig:
 
 
 def _slot_call(cfg: _SlotConfig, kernel, n_node, out_shapes, *args):
+    """A slot kernel over its grid: one program per node and feature block; every
+    operand and output whole (the kernels index them themselves)."""
     from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as plgpu
 
     n_out = len(out_shapes) if isinstance(out_shapes, tuple) else 1
-    return pl.pallas_call(
-        kernel,
-        grid=(n_node, cfg.features // cfg.feature_block),
-        out_shape=out_shapes,
-        in_specs=[pl.no_block_spec] * len(args),
-        out_specs=(pl.no_block_spec,) * n_out if n_out > 1 else pl.no_block_spec,
-        interpret=_interpret(),
-        compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps),
-    )(*args)
+    out_specs = (pl.no_block_spec,) * n_out if n_out > 1 else pl.no_block_spec
+    grid = (n_node, cfg.features // cfg.feature_block)
+    return _call(kernel, grid, out_shapes, out_specs, *args, num_warps=cfg.num_warps)
 
 
 class _SlotTile(NamedTuple):
@@ -616,7 +616,7 @@ def _schnet_backward_kernel(
     _zero_left_out(index_ref, offsets_ref, dvec_ref, n_edge, bn, be)
 
 
-def _call(kernel, grid, out_shapes, out_specs, *args):
+def _call(kernel, grid, out_shapes, out_specs, *args, num_warps: int | None = None):
     from jax.experimental import pallas as pl
 
     return pl.pallas_call(
@@ -626,7 +626,7 @@ def _call(kernel, grid, out_shapes, out_specs, *args):
         in_specs=[pl.no_block_spec] * len(args),
         out_specs=out_specs,
         interpret=_interpret(),
-        compiler_params=_compiler_params(),
+        compiler_params=_compiler_params(num_warps),
     )(*args)
 
 
@@ -684,8 +684,7 @@ def _schnet_slot_forward_kernel(
         filters = (_dot(hidden, w2) + b2) * g.envelope[:, None]
         return acc + jnp.sum(x_ref[t.other, cols] * filters, axis=0)
 
-    n_tiles = -(-cfg.n_slots // cfg.slot_block)
-    acc = lax.fori_loop(0, n_tiles, body, jnp.zeros((cfg.feature_block,), out_ref.dtype))
+    acc = lax.fori_loop(0, cfg.n_tiles, body, jnp.zeros((cfg.feature_block,), out_ref.dtype))
     out_ref[row, cols] = acc
 
 
@@ -719,8 +718,7 @@ def _schnet_slot_backward_kernel(
         _store_edge_grads(dvec_ref, t, [scale * vx, scale * vy, scale * vz], block, n_edge)
         return acc
 
-    n_tiles = -(-cfg.n_slots // cfg.slot_block)
-    acc = lax.fori_loop(0, n_tiles, body, jnp.zeros((cfg.feature_block,), dx_ref.dtype))
+    acc = lax.fori_loop(0, cfg.n_tiles, body, jnp.zeros((cfg.feature_block,), dx_ref.dtype))
     dx_ref[row, cols] = acc
 
 
@@ -1087,9 +1085,8 @@ def _painn_slot_forward_kernel(
             out.append(accs[1 + c] + jnp.sum(message, axis=0))
         return tuple(out)
 
-    n_tiles = -(-cfg.n_slots // cfg.slot_block)
     zero = jnp.zeros((fb,), ds_ref.dtype)
-    acc_s, *acc_v = lax.fori_loop(0, n_tiles, body, (zero,) * 4)
+    acc_s, *acc_v = lax.fori_loop(0, cfg.n_tiles, body, (zero,) * 4)
     ds_ref[row, pl.ds(block * fb, fb)] = acc_s
     for c in range(3):
         dv_ref[row, cols[c]] = acc_v[c]
@@ -1137,9 +1134,8 @@ def _painn_slot_backward_kernel(
         _store_edge_grads(dvec_ref, t, grads, block, n_edge)
         return out
 
-    n_tiles = -(-cfg.n_slots // cfg.slot_block)
     zero = jnp.zeros((fb,), dphi_ref.dtype)
-    accs = lax.fori_loop(0, n_tiles, body, (zero,) * 6)
+    accs = lax.fori_loop(0, cfg.n_tiles, body, (zero,) * 6)
     for k in range(3):
         dphi_ref[row, cols[k]] = accs[k]
         dv_ref[row, cols[k]] = accs[3 + k]
