@@ -581,11 +581,14 @@ def fused_sweep(sizes: list[int], budget: Budget, record: dict, save) -> dict:
 
 #: Evaluation paths compared by ``--fused-only``: (label, message_passing, list format).
 #: "receiver_major" is what ``format="auto"`` gives on a GPU (scatter-free students);
-#: "sparse" the edge-list path that was the default before 2026-12-06.
+#: "sparse" the edge-list path that was the default before 2026-12-06; "default" what a
+#: student gives with no option set (``message_passing="auto"``: the fused node kernels
+#: of ``models.node_kernels`` where they run, fused message passing where it won).
 COMPARED_PATHS = (
     ("receiver_major", "reference", "dense"),
     ("sparse", "reference", "sparse"),
     ("fused", "fused", "dense"),
+    ("default", "auto", "dense"),
 )
 
 
@@ -852,7 +855,7 @@ def main() -> None:
     parser.add_argument(
         "--paths",
         default="",
-        help="subset of receiver_major,sparse,fused for --fused-only (default all)",
+        help="subset of receiver_major,sparse,fused,default for --fused-only (default all)",
     )
     args = parser.parse_args()
     quick = args.quick

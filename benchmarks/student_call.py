@@ -202,6 +202,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--layouts", default="auto,edge_list", help="edge layouts on a GPU")
     parser.add_argument("--devices", default="cpu,gpu", help="devices to time (those present)")
+    parser.add_argument("--systems", default="", help="subset of the structures (default all)")
     args = parser.parse_args()
     repeats = 50 if args.quick else args.repeats
     present = {"cpu"} | {d.platform for d in jax.devices()}
@@ -221,6 +222,8 @@ def main() -> None:
         "neighbours": {},
     }
     for name, atoms in structures(args.quick).items():
+        if args.systems and name not in args.systems.split(","):
+            continue
         record["neighbours"][name] = time_neighbours(atoms, 5.5, max(10, repeats // 10))
         print(name, json.dumps(record["neighbours"][name]), flush=True)
         for architecture in args.architectures.split(","):

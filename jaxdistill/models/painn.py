@@ -16,6 +16,12 @@ import jax.numpy as jnp
 from jaxdistill.models.base import StudentModule
 from jaxdistill.models.edges import Edges, ReceiverMajor
 from jaxdistill.models.fused import FusedEdges, SlotEdges, painn_messages
+from jaxdistill.models.node_kernels import (
+    UpdateWeights,
+    painn_update_fused,
+    painn_update_reference,
+    use_node_kernels,
+)
 
 
 class PaiNNMessage(nn.Module):
@@ -91,39 +97,39 @@ NORM_SOFTENING = 1.0
 
 
 class PaiNNUpdate(nn.Module):
-    """Per-atom mixing of scalar and vector channels."""
+    """Per-atom mixing of scalar and vector channels (see
+    :func:`~jaxdistill.models.node_kernels.painn_update_reference`)."""
 
     features: int
     norm_softening: float = LEGACY_NORM_SOFTENING
+    fused: bool = False
 
     @nn.compact
     def __call__(self, s, v):
-        u_layer = nn.Dense(self.features, use_bias=False)
-        w_layer = nn.Dense(self.features, use_bias=False)
-        # U and V read the same input: one matrix product with their kernels side by
-        # side instead of two (a kernel fewer forward and backward per layer, which
-        # counts at small sizes, where a step is bound by its number of kernels). The
-        # zero-row calls create (at init) and bind the two layers' parameters.
-        empty = jnp.zeros((0, v.shape[-1]), v.dtype)
-        u_layer(empty)
-        w_layer(empty)
-        kernel = jnp.concatenate(
-            [u_layer.variables["params"]["kernel"], w_layer.variables["params"]["kernel"]],
-            axis=1,
+        """Updated ``(s [n_node, F], v [n_node, 3, F])``; ``fused`` runs the node
+        kernel of :mod:`jaxdistill.models.node_kernels` (same parameters)."""
+        # The layers are created in the order (and so with the names) they always had;
+        # zero-row calls create (at init) and bind their parameters, which the pure
+        # functions below read.
+        layers = (
+            nn.Dense(self.features, use_bias=False),
+            nn.Dense(self.features, use_bias=False),
+            nn.Dense(3 * self.features),
+            nn.Dense(self.features),
         )
-        u_v, w_v = jnp.split(v @ kernel, 2, axis=-1)
-        # A softened norm sqrt(|w|² + c²): at a site whose symmetry leaves no invariant
-        # vector (an atom of a perfect crystal) the vector features vanish, and with a
-        # small c the energy has a |x|-like cusp there (phonons and vibrations come out
-        # wrong, even imaginary); c = 1 keeps it smooth.
-        w_norm = jnp.sqrt(jnp.sum(w_v**2, axis=1) + self.norm_softening**2)
-        a = nn.Dense(3 * self.features)(
-            nn.silu(nn.Dense(self.features)(jnp.concatenate([s, w_norm], axis=-1)))
+        for layer, width in zip(layers, (1, 1, 1, 2), strict=True):
+            layer(jnp.zeros((0, width * self.features), v.dtype))
+        u, w, out, hidden = (layer.variables["params"] for layer in layers)
+        weights = UpdateWeights(
+            u=u["kernel"],
+            w=w["kernel"],
+            hidden=hidden["kernel"],
+            hidden_bias=hidden["bias"],
+            out=out["kernel"],
+            out_bias=out["bias"],
         )
-        a_vv, a_sv, a_ss = jnp.split(a, 3, axis=-1)
-        dv = a_vv[:, None, :] * u_v
-        ds = a_sv * jnp.sum(u_v * w_v, axis=1) + a_ss
-        return s + ds, v + dv
+        update = painn_update_fused if self.fused else painn_update_reference
+        return update(s, v, weights, self.norm_softening)
 
 
 class PaiNN(StudentModule):
@@ -162,6 +168,9 @@ class PaiNN(StudentModule):
         unit_vectors = edge_vectors / geometry.distances[:, None]
         s = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
+        fused_nodes = use_node_kernels(
+            self.message_passing, s.dtype, self.features, receiver_major=layout is not None
+        )
         for layer in range(self.num_layers):
             s, v = PaiNNMessage(self.features, name=f"message_{layer}")(
                 s,
@@ -175,5 +184,7 @@ class PaiNN(StudentModule):
                 edge_mask,
                 self.cutoff,
             )
-            s, v = PaiNNUpdate(self.features, self.norm_softening, name=f"update_{layer}")(s, v)
+            s, v = PaiNNUpdate(
+                self.features, self.norm_softening, fused_nodes, name=f"update_{layer}"
+            )(s, v)
         return self.readout(s, geometry, numbers, edge_vectors, edges, node_mask, edge_mask)

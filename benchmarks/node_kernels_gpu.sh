@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One device call (< 10 minutes) for issues 13 and 18: the fused PaiNN update block
+# (models/node_kernels.py) on the GPU.
+#   1. its tests with the Triton kernels compiled (not interpreted);
+#   2. a user's jax-md NVE loop, 64/512/4096 Si: the receiver-major reference path
+#      (no node kernels) beside the default (message_passing="auto": node kernels on),
+#      with the LJ floor (md_speed.py --fused-only);
+#   3. the node kernels alone at 4096 atoms (messages forced to the reference), and
+#      forced on for PaiNN 128x3 + ZBL (beyond "auto"'s 64 features);
+#   4. the ASE calculator, PaiNN 64x3, default against JAXDISTILL_NODE_KERNELS=off.
+# Start the device command with `source .device/env.sh || exit 1;` and carry .device;
+# JSON and logs land in $OUT.
+#   bash benchmarks/node_kernels_gpu.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/results}
+mkdir -p "$out"
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi -L
+# The kernels compute in full float32; so must the reference they are compared with.
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 120 python -m pytest -q -p no:cacheprovider \
+  tests/models/test_node_kernels.py > "$out/node_kernels_pytest.log" 2>&1
+tail -n 2 "$out/node_kernels_pytest.log"
+common=(--fused-only --replicas 0 --capacity-multiplier 1.6 --steps-per-chunk 300 --max-chunks 3)
+timeout 200 python benchmarks/md_speed.py "${common[@]}" --paths receiver_major,default \
+  --fused-students painn64x3,painn128x3 --sizes 64,512,4096 --budget-seconds 185 \
+  --output "$out/md_speed_nodes.json" > "$out/md_speed_nodes.log" 2>&1
+grep -E "^\[paths\]|rror" "$out/md_speed_nodes.log"
+JAXDISTILL_MESSAGE_PASSING=reference timeout 45 python benchmarks/md_speed.py "${common[@]}" \
+  --paths default --fused-students painn64x3 --sizes 4096 --budget-seconds 40 \
+  --output "$out/md_speed_nodes_reference_messages.json" > "$out/nodes_refmsg.log" 2>&1
+echo "messages reference, nodes on: $(grep -E '^\[paths\] painn' "$out/nodes_refmsg.log" | tr '\n' ' ')"
+JAXDISTILL_NODE_KERNELS=on timeout 60 python benchmarks/md_speed.py "${common[@]}" \
+  --paths default --fused-students painn128x3 --sizes 64,512 --budget-seconds 55 \
+  --output "$out/md_speed_nodes_f128.json" > "$out/nodes_f128.log" 2>&1
+echo "F=128 nodes forced on: $(grep -E '^\[paths\] painn' "$out/nodes_f128.log" | tr '\n' ' ')"
+for setting in auto off; do
+  JAXDISTILL_NODE_KERNELS=$setting timeout 100 python benchmarks/student_call.py \
+    --architectures painn --devices gpu --layouts auto --repeats 600 \
+    --systems hexanol21,si64,si512,water648,si1000 \
+    --output "$out/student_call_nodes_$setting.json" > "$out/student_call_$setting.log" 2>&1
+  python - "$out/student_call_nodes_$setting.json" "$setting" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    f = r.get("forces", {})
+    print(sys.argv[2], r["system"], round(f.get("median_ms", -1), 3),
+          round(r.get("bare", {}).get("median_ms", -1), 3), r.get("error", ""))
+PY
+done
+echo "done $(date +%F)"
