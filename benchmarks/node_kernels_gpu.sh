@@ -8,6 +8,10 @@
 #   3. the node kernels alone at 4096 atoms (messages forced to the reference), and
 #      forced on for PaiNN 128x3 + ZBL (beyond "auto"'s 64 features);
 #   4. the ASE calculator, PaiNN 64x3, default against JAXDISTILL_NODE_KERNELS=off.
+# `bash benchmarks/node_kernels_gpu.sh precision` instead measures the kernels' matrix
+# products at JAX's default precision (TF32 on tensor cores, as the reference path's
+# products) against full float32 (JAXDISTILL_KERNEL_PRECISION=highest, as before
+# 2026-12-06 evening): node kernels (16 rows, 4 or 8 warps), slot and sorted kernels.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device;
 # JSON and logs land in $OUT.
 #   bash benchmarks/node_kernels_gpu.sh
@@ -17,11 +21,33 @@ out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi -L
+common=(--fused-only --replicas 0 --capacity-multiplier 1.6 --steps-per-chunk 300 --max-chunks 3)
+paths() {  # label, budget seconds, then md_speed arguments
+  local label=$1 budget=$2
+  shift 2
+  timeout $((budget + 5)) python benchmarks/md_speed.py "${common[@]}" --budget-seconds "$budget" \
+    --output "$out/md_speed_$label.json" "$@" > "$out/$label.log" 2>&1
+  echo "$label: $(grep -E '^\[paths\] (painn|schnet)' "$out/$label.log" | sed 's/(target [0-9.]*)//' | tr '\n' ' ')"
+}
+if [ "${1:-}" = precision ]; then
+  paths prec_default 110 --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
+  JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
+    --fused-students painn64x3 --sizes 64,512
+  JAXDISTILL_MESSAGE_PASSING=reference paths prec_nodes_4096 40 --paths default \
+    --fused-students painn64x3 --sizes 4096
+  JAXDISTILL_KERNEL_PRECISION=highest JAXDISTILL_NODE_BLOCKS=16,8 paths prec_highest_8warps 40 \
+    --paths default --fused-students painn64x3 --sizes 64,512
+  JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots 100 --paths fused \
+    --fused-students painn64x3,schnet64x3 --sizes 64,512,4096
+  JAXDISTILL_NODE_KERNELS=off paths prec_sorted 45 --paths fused \
+    --fused-students painn64x3,schnet64x3 --sizes 4096
+  echo "done $(date +%F)"
+  exit 0
+fi
 # The kernels compute in full float32; so must the reference they are compared with.
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 120 python -m pytest -q -p no:cacheprovider \
   tests/models/test_node_kernels.py > "$out/node_kernels_pytest.log" 2>&1
 tail -n 2 "$out/node_kernels_pytest.log"
-common=(--fused-only --replicas 0 --capacity-multiplier 1.6 --steps-per-chunk 300 --max-chunks 3)
 timeout 200 python benchmarks/md_speed.py "${common[@]}" --paths receiver_major,default \
   --fused-students painn64x3,painn128x3 --sizes 64,512,4096 --budget-seconds 185 \
   --output "$out/md_speed_nodes.json" > "$out/md_speed_nodes.log" 2>&1

@@ -277,14 +277,28 @@ def _basis(vx, vy, vz, valid, cutoff: float, num_radial: int, exponent: int = 6)
     )
 
 
+#: Environment variable: "highest" makes the kernels' matrix products full float32
+#: whatever JAX's default; unset, they follow ``jax_default_matmul_precision`` as the
+#: reference path's products do (on recent GPUs JAX's default is TF32 on tensor cores;
+#: ``JAX_DEFAULT_MATMUL_PRECISION=highest`` makes both paths full float32).
+PRECISION_ENV_VAR = "JAXDISTILL_KERNEL_PRECISION"
+
+
+def _precision():
+    value = os.environ.get(PRECISION_ENV_VAR, "").strip().lower()
+    if value not in ("", "default", "highest"):
+        raise ValueError(f"{PRECISION_ENV_VAR} must be 'default' or 'highest', got {value!r}")
+    return _HIGHEST if value == "highest" else None
+
+
 def _dot(a, b):
-    return jnp.dot(a, b, precision=_HIGHEST, preferred_element_type=a.dtype)
+    return jnp.dot(a, b, precision=_precision(), preferred_element_type=a.dtype)
 
 
 def _dot_t(a, b):
     """``a @ b.T`` without materialising the transpose."""
     return lax.dot_general(
-        a, b, (((1,), (1,)), ((), ())), precision=_HIGHEST, preferred_element_type=a.dtype
+        a, b, (((1,), (1,)), ((), ())), precision=_precision(), preferred_element_type=a.dtype
     )
 
 
