@@ -33,14 +33,14 @@ if [ "${1:-}" = precision ]; then
   paths prec_default 110 --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
   JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
     --fused-students painn64x3 --sizes 64,512
+  JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots 60 --paths fused \
+    --fused-students painn64x3 --sizes 64,512,4096
   JAXDISTILL_MESSAGE_PASSING=reference paths prec_nodes_4096 40 --paths default \
     --fused-students painn64x3 --sizes 4096
+  JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots_schnet 60 \
+    --paths fused --fused-students schnet64x3 --sizes 64,512,4096
   JAXDISTILL_KERNEL_PRECISION=highest JAXDISTILL_NODE_BLOCKS=16,8 paths prec_highest_8warps 40 \
     --paths default --fused-students painn64x3 --sizes 64,512
-  JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots 100 --paths fused \
-    --fused-students painn64x3,schnet64x3 --sizes 64,512,4096
-  JAXDISTILL_NODE_KERNELS=off paths prec_sorted 45 --paths fused \
-    --fused-students painn64x3,schnet64x3 --sizes 4096
   echo "done $(date +%F)"
   exit 0
 fi
