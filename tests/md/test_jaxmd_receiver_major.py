@@ -210,7 +210,7 @@ def test_forward_mode_needs_the_sparse_format():
             student, displacement_fn, box, atoms.numbers, format=neighbor_format
         )
         nbrs = neighbor_fn.allocate(R)
-        grad = jax.grad(lambda r, nbrs=nbrs, energy_fn=energy_fn: energy_fn(r, nbrs))
+        grad = jax.jit(jax.grad(lambda r, nbrs=nbrs, energy_fn=energy_fn: energy_fn(r, nbrs)))
         if neighbor_format == "dense":
             with pytest.raises(TypeError, match="custom_vjp"):
                 jax.jvp(grad, (R,), (direction,))
