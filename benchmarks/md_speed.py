@@ -582,8 +582,8 @@ def fused_sweep(sizes: list[int], budget: Budget, record: dict, save) -> dict:
 #: Evaluation paths compared by ``--fused-only``: (label, message_passing, list format).
 #: "receiver_major" is what ``format="auto"`` gives on a GPU (scatter-free students);
 #: "sparse" the edge-list path that was the default before 2026-12-06; "default" what a
-#: student gives with no option set (``message_passing="auto"``: the fused node kernels
-#: of ``models.node_kernels`` where they run, fused message passing where it won).
+#: student gives with no option set (``message_passing="auto"``: fused message passing
+#: where it won; the opt-in node kernels too with ``JAXDISTILL_NODE_KERNELS=on``).
 COMPARED_PATHS = (
     ("receiver_major", "reference", "dense"),
     ("sparse", "reference", "sparse"),

@@ -3,20 +3,22 @@
 # (models/node_kernels.py) on the GPU.
 #   1. its tests with the Triton kernels compiled (not interpreted);
 #   2. a user's jax-md NVE loop, 64/512/4096 Si: the receiver-major reference path
-#      (no node kernels) beside the default (message_passing="auto": node kernels on),
+#      (no node kernels) beside message_passing="auto" with the node kernels on,
 #      with the LJ floor (md_speed.py --fused-only);
 #   3. the node kernels alone at 4096 atoms (messages forced to the reference), and
 #      forced on for PaiNN 128x3 + ZBL (beyond "auto"'s 64 features);
 #   4. the ASE calculator, PaiNN 64x3, default against JAXDISTILL_NODE_KERNELS=off.
 # `bash benchmarks/node_kernels_gpu.sh precision` instead measures the kernels' matrix
-# products at JAX's default precision (TF32 on tensor cores, as the reference path's
-# products) against full float32 (JAXDISTILL_KERNEL_PRECISION=highest, as before
-# 2026-12-06 evening): node kernels (16 rows, 4 or 8 warps), slot and sorted kernels.
+# products at JAX's default precision (JAXDISTILL_KERNEL_PRECISION=default: TF32 on
+# tensor cores, as the reference path's products) and, last, full float32 (the kernels'
+# default) with 8 warps: node kernels (16 rows, 4 or 8 warps) and slot kernels.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device;
 # JSON and logs land in $OUT.
 #   bash benchmarks/node_kernels_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The node kernels are opt-in (measured slower by this script's first run).
+export JAXDISTILL_NODE_KERNELS=on
 out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
@@ -30,6 +32,7 @@ paths() {  # label, budget seconds, then md_speed arguments
   echo "$label: $(grep -E '^\[paths\] (painn|schnet)' "$out/$label.log" | sed 's/(target [0-9.]*)//' | tr '\n' ' ')"
 }
 if [ "${1:-}" = precision ]; then
+  export JAXDISTILL_NODE_KERNELS=on JAXDISTILL_KERNEL_PRECISION=default
   paths prec_default 110 --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
   JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
     --fused-students painn64x3 --sizes 64,512
@@ -60,7 +63,7 @@ JAXDISTILL_NODE_KERNELS=on timeout 60 python benchmarks/md_speed.py "${common[@]
   --paths default --fused-students painn128x3 --sizes 64,512 --budget-seconds 55 \
   --output "$out/md_speed_nodes_f128.json" > "$out/nodes_f128.log" 2>&1
 echo "F=128 nodes forced on: $(grep -E '^\[paths\] painn' "$out/nodes_f128.log" | tr '\n' ' ')"
-for setting in auto off; do
+for setting in on off; do
   JAXDISTILL_NODE_KERNELS=$setting timeout 100 python benchmarks/student_call.py \
     --architectures painn --devices gpu --layouts auto --repeats 600 \
     --systems hexanol21,si64,si512,water648,si1000 \

@@ -277,16 +277,16 @@ def _basis(vx, vy, vz, valid, cutoff: float, num_radial: int, exponent: int = 6)
     )
 
 
-#: Environment variable: "highest" makes the kernels' matrix products full float32
-#: whatever JAX's default; unset, they follow ``jax_default_matmul_precision`` as the
-#: reference path's products do (on recent GPUs JAX's default is TF32 on tensor cores;
-#: ``JAX_DEFAULT_MATMUL_PRECISION=highest`` makes both paths full float32).
+#: Environment variable for the kernels' matrix products: "highest" (the default: full
+#: float32, as every kernel timing in docs/benchmarks.md was measured) or "default" (follow
+#: ``jax_default_matmul_precision``, as the reference path's products do: on recent GPUs
+#: JAX's default is TF32 on tensor cores). Read at trace time.
 PRECISION_ENV_VAR = "JAXDISTILL_KERNEL_PRECISION"
 
 
 def _precision():
-    value = os.environ.get(PRECISION_ENV_VAR, "").strip().lower()
-    if value not in ("", "default", "highest"):
+    value = os.environ.get(PRECISION_ENV_VAR, "").strip().lower() or "highest"
+    if value not in ("default", "highest"):
         raise ValueError(f"{PRECISION_ENV_VAR} must be 'default' or 'highest', got {value!r}")
     return _HIGHEST if value == "highest" else None
 

@@ -14,9 +14,8 @@ kernel recomputes the block and returns the gradients of the features (what forc
 stress need); weight gradients come from the reference formula, which XLA removes when
 nothing asks for them (MD). The backward is itself a ``custom_vjp`` differentiated
 through the reference, so a force loss's gradient works at the reference's cost.
-Forward-mode derivatives are not supported (as for every ``custom_vjp``): the kernels
-run only where :func:`use_node_kernels` says so, never on the edge-list graphs that
-Hessian-vector products need.
+Forward-mode derivatives are not supported (as for every ``custom_vjp``). Measured
+slower than XLA's kernels on an H100, so opt-in: see :func:`use_node_kernels`.
 """
 
 from __future__ import annotations
@@ -37,15 +36,12 @@ from jaxdistill.models.fused import (
     check_mode,
 )
 
-#: Environment variable: "auto" (default), "on" (force, interpreted on a CPU) or "off".
+#: Environment variable: "on" runs the node kernels (opt-in, see :func:`use_node_kernels`).
 ENV_VAR = "JAXDISTILL_NODE_KERNELS"
 #: Atoms per Pallas program (a power of two, at least 16: Triton's smallest product).
 BLOCK_ROWS = 16
 #: Tuning knob for benchmarks: "block_rows,num_warps" (read at trace time).
 BLOCKS_ENV_VAR = "JAXDISTILL_NODE_BLOCKS"
-#: Largest feature count "auto" takes: one program holds five ``[F, F]`` weight blocks
-#: and a dozen ``[rows, F]`` intermediates.
-AUTO_MAX_FEATURES = 64
 
 
 class UpdateWeights(NamedTuple):
@@ -98,36 +94,23 @@ def painn_update_reference(
     return s + ds, v + dv
 
 
-def use_node_kernels(mode: str, dtype, features: int, receiver_major: bool) -> bool:
-    """Whether a PaiNN update block runs the fused node kernel.
+def use_node_kernels(mode: str) -> bool:
+    """Whether a PaiNN update block runs the fused node kernel: only when asked.
 
-    A student whose ``message_passing`` is "reference" never runs it. Otherwise
-    :data:`ENV_VAR` decides: "on" forces the kernel (interpreted on a CPU), "off" the
-    reference, and "auto" (the default) runs it where it was measured to win: on a GPU, in float32,
-    with a power-of-two feature count of 16 to :data:`AUTO_MAX_FEATURES`, on a
-    receiver-major edge layout (MD and the ASE calculator on a GPU; never the edge-list
-    graphs of training losses on curvature and Hessian-vector products, which need
-    forward-mode derivatives).
+    On an H100 (2026-12-06, ``benchmarks/node_kernels_gpu.sh``) the kernel made a PaiNN
+    64×3 MD step slower at every size (64 Si atoms 323 against 182 µs, 512 875 against
+    553, 4096 3099 against 2683), so nothing turns it on by default. :data:`ENV_VAR`
+    ``=on`` does (interpreted on a CPU), for any student whose ``message_passing`` is
+    not "reference" (which stays pure JAX: training, derivatives of any order). It is a
+    ``custom_vjp``: forward-mode derivatives (Hessian-vector products) need it off.
 
     Args:
         mode: the student's ``message_passing``.
-        dtype: floating dtype of the features.
-        features: ``F``.
-        receiver_major: the graph comes on the receiver-major layout.
     """
-    env = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    if env not in ("auto", "on", "off"):
-        raise ValueError(f"{ENV_VAR} must be 'auto', 'on' or 'off', got {env!r}")
-    if check_mode(mode) == "reference" or env != "auto":
-        # "reference" stays pure JAX whatever the variable says (training, any order).
-        return check_mode(mode) != "reference" and env == "on"
-    return (
-        jax.default_backend() == "gpu"
-        and jnp.dtype(dtype) == jnp.float32
-        and _power_of_two(features)
-        and features <= AUTO_MAX_FEATURES
-        and receiver_major
-    )
+    env = os.environ.get(ENV_VAR, "off").strip().lower() or "off"
+    if env not in ("on", "off"):
+        raise ValueError(f"{ENV_VAR} must be 'on' or 'off', got {env!r}")
+    return check_mode(mode) != "reference" and env == "on"
 
 
 class _NodeConfig(NamedTuple):
@@ -144,7 +127,7 @@ def _node_config(n_node: int, features: int, norm_softening: float) -> _NodeConf
     if not _power_of_two(features) or not _power_of_two(rows):
         raise ValueError(
             f"the fused node kernel needs features and block rows to be powers of two "
-            f"(>= 16), got features={features}, rows={rows}; set {ENV_VAR}=off"
+            f"(>= 16), got features={features}, rows={rows}; unset {ENV_VAR}"
         )
     return _NodeConfig(int(n_node), int(features), float(norm_softening), rows, warps)
 

@@ -168,9 +168,7 @@ class PaiNN(StudentModule):
         unit_vectors = edge_vectors / geometry.distances[:, None]
         s = nn.Embed(len(self.species), self.features, name="embedding")(geometry.species_index)
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
-        fused_nodes = use_node_kernels(
-            self.message_passing, s.dtype, self.features, receiver_major=layout is not None
-        )
+        fused_nodes = use_node_kernels(self.message_passing)
         for layer in range(self.num_layers):
             s, v = PaiNNMessage(self.features, name=f"message_{layer}")(
                 s,
