@@ -7,7 +7,8 @@ blocks (benchmarks/results/step_profile_h100_receiver_major.json). PaiNN's updat
 is per atom (no edges): three products of the vector features, a softened norm, a
 two-layer MLP and the gated combination. XLA evaluates it as about five kernels forward
 and ten backward; here it is one Pallas program per block of atoms each way, with the
-weights (``[F, F]`` blocks) loaded once per program and every intermediate in registers.
+weights (``[F, F]`` blocks) loaded once per program and no intermediate written to
+memory.
 
 Derivatives follow ``models.fused``: the forward is a ``jax.custom_vjp`` whose backward
 kernel recomputes the block and returns the gradients of the features (what forces and
@@ -31,6 +32,7 @@ from jaxdistill.models.fused import (
     _call,
     _dot,
     _dot_t,
+    _interpret,
     _power_of_two,
     _silu_parts,
     check_mode,
@@ -42,6 +44,9 @@ ENV_VAR = "JAXDISTILL_NODE_KERNELS"
 BLOCK_ROWS = 16
 #: Tuning knob for benchmarks: "block_rows,num_warps" (read at trace time).
 BLOCKS_ENV_VAR = "JAXDISTILL_NODE_BLOCKS"
+#: Largest feature count the GPU kernel compiles for: at 128 Triton asked an H100 for
+#: 488 KiB of shared memory (it has 227; benchmarks/results/node_kernels_h100/).
+MAX_GPU_FEATURES = 64
 
 
 class UpdateWeights(NamedTuple):
@@ -128,6 +133,11 @@ def _node_config(n_node: int, features: int, norm_softening: float) -> _NodeConf
         raise ValueError(
             f"the fused node kernel needs features and block rows to be powers of two "
             f"(>= 16), got features={features}, rows={rows}; unset {ENV_VAR}"
+        )
+    if features > MAX_GPU_FEATURES and not _interpret():
+        raise ValueError(
+            f"the fused node kernel does not fit a GPU's shared memory with {features} "
+            f"features (at most {MAX_GPU_FEATURES}); unset {ENV_VAR}"
         )
     return _NodeConfig(int(n_node), int(features), float(norm_softening), rows, warps)
 

@@ -117,6 +117,11 @@ def test_node_kernels_are_opt_in(monkeypatch):
     s, v, weights = block_inputs("float64", features=24)
     with pytest.raises(ValueError, match=nk.ENV_VAR):
         painn_update_fused(s, v, weights, 1.0)
+    # on a GPU, more features than fit its shared memory get a clear error
+    monkeypatch.setattr(nk, "_interpret", lambda: False)
+    s, v, weights = block_inputs("float32", features=128)
+    with pytest.raises(ValueError, match="shared memory"):
+        painn_update_fused(s, v, weights, 1.0)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
