@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for make test (each loads JAX and torch: ~1-2 GB of memory)
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint clean
 
@@ -23,7 +25,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check jaxdistill tests
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check jaxdistill tests
