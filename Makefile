@@ -25,7 +25,7 @@ run: setup
 
 test: setup
 	$(BIN)/ruff check jaxdistill tests
-	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check jaxdistill tests
