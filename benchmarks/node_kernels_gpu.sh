@@ -6,8 +6,11 @@
 #      (no node kernels) beside message_passing="auto" with the node kernels on,
 #      with the LJ floor (md_speed.py --fused-only);
 #   3. the node kernels alone at 4096 atoms (messages forced to the reference), and
-#      forced on for PaiNN 128x3 + ZBL (beyond "auto"'s 64 features);
-#   4. the ASE calculator, PaiNN 64x3, default against JAXDISTILL_NODE_KERNELS=off.
+#      for PaiNN 128x3 + ZBL (beyond the 64 features a GPU kernel now takes);
+#   4. the ASE calculator, PaiNN 64x3, JAXDISTILL_NODE_KERNELS=on against off.
+# results/node_kernels_h100/ came from this script's first version (commit e957b04),
+# which wrote md_speed_nodes.log, nodes_refmsg.log and nodes_f128.log by hand; the
+# steps and their md_speed arguments are the same.
 # `bash benchmarks/node_kernels_gpu.sh precision` instead measures the kernels' matrix
 # products at JAX's default precision (JAXDISTILL_KERNEL_PRECISION=default: TF32 on
 # tensor cores, as the reference path's products) and, last, full float32 (the kernels'
@@ -32,7 +35,7 @@ paths() {  # label, budget seconds, then md_speed arguments
   echo "$label: $(grep -E '^\[paths\] (painn|schnet)' "$out/$label.log" | sed 's/(target [0-9.]*)//' | tr '\n' ' ')"
 }
 if [ "${1:-}" = precision ]; then
-  export JAXDISTILL_NODE_KERNELS=on JAXDISTILL_KERNEL_PRECISION=default
+  export JAXDISTILL_KERNEL_PRECISION=default
   paths prec_default 110 --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
   JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
     --fused-students painn64x3 --sizes 64,512
@@ -51,18 +54,11 @@ fi
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 120 python -m pytest -q -p no:cacheprovider \
   tests/models/test_node_kernels.py > "$out/node_kernels_pytest.log" 2>&1
 tail -n 2 "$out/node_kernels_pytest.log"
-timeout 200 python benchmarks/md_speed.py "${common[@]}" --paths receiver_major,default \
-  --fused-students painn64x3,painn128x3 --sizes 64,512,4096 --budget-seconds 185 \
-  --output "$out/md_speed_nodes.json" > "$out/md_speed_nodes.log" 2>&1
-grep -E "^\[paths\]|rror" "$out/md_speed_nodes.log"
-JAXDISTILL_MESSAGE_PASSING=reference timeout 45 python benchmarks/md_speed.py "${common[@]}" \
-  --paths default --fused-students painn64x3 --sizes 4096 --budget-seconds 40 \
-  --output "$out/md_speed_nodes_reference_messages.json" > "$out/nodes_refmsg.log" 2>&1
-echo "messages reference, nodes on: $(grep -E '^\[paths\] painn' "$out/nodes_refmsg.log" | tr '\n' ' ')"
-JAXDISTILL_NODE_KERNELS=on timeout 60 python benchmarks/md_speed.py "${common[@]}" \
-  --paths default --fused-students painn128x3 --sizes 64,512 --budget-seconds 55 \
-  --output "$out/md_speed_nodes_f128.json" > "$out/nodes_f128.log" 2>&1
-echo "F=128 nodes forced on: $(grep -E '^\[paths\] painn' "$out/nodes_f128.log" | tr '\n' ' ')"
+paths nodes 185 --paths receiver_major,default --fused-students painn64x3,painn128x3 \
+  --sizes 64,512,4096
+JAXDISTILL_MESSAGE_PASSING=reference paths nodes_reference_messages 40 --paths default \
+  --fused-students painn64x3 --sizes 4096
+paths nodes_f128 55 --paths default --fused-students painn128x3 --sizes 64,512
 for setting in on off; do
   JAXDISTILL_NODE_KERNELS=$setting timeout 100 python benchmarks/student_call.py \
     --architectures painn --devices gpu --layouts auto --repeats 600 \

@@ -160,25 +160,24 @@ def _block(cfg: _NodeConfig) -> _Block:
     return _Block(pl.ds(first, cfg.block_rows), valid)
 
 
+def _columns(ref, block: _Block, column: int, features: int):
+    """The view of column block ``column`` of a ``[N, k·F]`` array over the block's rows."""
+    from jax.experimental import pallas as pl
+
+    return ref.at[block.rows, pl.ds(jnp.int32(column * features), features)]
+
+
 def _load(ref, block: _Block, column: int, features: int):
     """``[rows, F]`` column block ``column`` of a ``[N, k·F]`` array (0 past the end)."""
-    from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.load(
-        ref.at[block.rows, pl.ds(jnp.int32(column * features), features)],
-        mask=block.mask,
-        other=0.0,
-    )
+    return plgpu.load(_columns(ref, block, column, features), mask=block.mask, other=0.0)
 
 
 def _store(ref, block: _Block, column: int, features: int, value) -> None:
-    from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    plgpu.store(
-        ref.at[block.rows, pl.ds(jnp.int32(column * features), features)], value, mask=block.mask
-    )
+    plgpu.store(_columns(ref, block, column, features), value, mask=block.mask)
 
 
 class _Weights(NamedTuple):
@@ -280,7 +279,9 @@ def _kernel_weights(weights: UpdateWeights) -> tuple:
     )
 
 
-def _node_call(cfg: _NodeConfig, kernel, n_out: int, *args):
+def _node_call(cfg: _NodeConfig, kernel, *args):
+    """A node kernel over its grid (one program per ``block_rows`` atoms); its outputs
+    are an ``[N, F]`` and an ``[N, 3F]`` array."""
     from jax.experimental import pallas as pl
 
     f, n = cfg.features, cfg.n_node
@@ -291,8 +292,8 @@ def _node_call(cfg: _NodeConfig, kernel, n_out: int, *args):
     return _call(
         functools.partial(kernel, cfg=cfg),
         (pl.cdiv(n, cfg.block_rows),),
-        shapes[:n_out],
-        (pl.no_block_spec,) * n_out,
+        shapes,
+        (pl.no_block_spec,) * 2,
         *args,
         num_warps=cfg.num_warps,
     )
@@ -302,7 +303,7 @@ def _node_call(cfg: _NodeConfig, kernel, n_out: int, *args):
 def _input_grads(cfg: _NodeConfig, s, v, weights: UpdateWeights, cot_s, cot_v):
     n, f = cfg.n_node, cfg.features
     ds, dv = _node_call(
-        cfg, _backward_kernel, 2,
+        cfg, _backward_kernel,
         s, v.reshape(n, 3 * f), cot_s, cot_v.reshape(n, 3 * f), *_kernel_weights(weights),
     )  # fmt: skip
     return ds, dv.reshape(n, 3, f)
@@ -331,7 +332,7 @@ _input_grads.defvjp(_input_grads_fwd, _input_grads_bwd)
 def _update_fused(cfg: _NodeConfig, s, v, weights: UpdateWeights):
     n, f = cfg.n_node, cfg.features
     s_new, v_new = _node_call(
-        cfg, _forward_kernel, 2, s, v.reshape(n, 3 * f), *_kernel_weights(weights)
+        cfg, _forward_kernel, s, v.reshape(n, 3 * f), *_kernel_weights(weights)
     )
     return s_new, v_new.reshape(n, 3, f)
 
