@@ -5,10 +5,9 @@ launches, not by memory traffic: on an H100 a PaiNN 64×3 force evaluation of 64
 ran ~110 kernels of ~2 µs each, about 40 of them small matrix products of the per-atom
 blocks (benchmarks/results/step_profile_h100_receiver_major.json). PaiNN's update block
 is per atom (no edges): three products of the vector features, a softened norm, a
-two-layer MLP and the gated combination. XLA evaluates it as about five kernels forward
-and ten backward; here it is one Pallas program per block of atoms each way, with the
-weights (``[F, F]`` blocks) loaded once per program and no intermediate written to
-memory.
+two-layer MLP and the gated combination. XLA evaluates it as several kernels each way;
+here it is one Pallas program per block of atoms each way, with the weights (``[F, F]``
+blocks) loaded once per program and no intermediate written to memory.
 
 Derivatives follow ``models.fused``: the forward is a ``jax.custom_vjp`` whose backward
 kernel recomputes the block and returns the gradients of the features (what forces and
