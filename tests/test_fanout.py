@@ -42,6 +42,11 @@ def fennol_model() -> Path:
 def client():
     """A local cluster of two CPU worker processes for the whole file. A task whose
     worker dies fails at once (allowed-failures 0), so the kill test must rerun."""
+    # distributed registers its config defaults when imported: import it first, or
+    # leaving the block removes the whole "distributed" section it did not see (and a
+    # later test in this process fails with KeyError: 'distributed').
+    import distributed  # noqa: F401
+
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         config = ClusterConfig(workers=2, gpus=(), threads_per_worker=1, dashboard_address=None)
         with open_client(config) as client:
