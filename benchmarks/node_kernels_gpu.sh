@@ -11,7 +11,7 @@
 # results/node_kernels_h100/ came from this script's first version (commit e957b04),
 # which wrote md_speed_nodes.log, nodes_refmsg.log and nodes_f128.log by hand; the
 # steps and their md_speed arguments are the same.
-# `bash benchmarks/node_kernels_gpu.sh precision` instead measures the kernels' matrix
+# `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead measures the kernels' matrix
 # products at JAX's default precision (JAXDISTILL_KERNEL_PRECISION=default: TF32 on
 # tensor cores, as the reference path's products) and, last, full float32 (the kernels'
 # default) with 8 warps: node kernels (16 rows, 4 or 8 warps) and slot kernels.
@@ -35,18 +35,33 @@ paths() {  # label, budget seconds, then md_speed arguments
   echo "$label: $(grep -E '^\[paths\] (painn|schnet)' "$out/$label.log" | sed 's/(target [0-9.]*)//' | tr '\n' ' ')"
 }
 if [ "${1:-}" = precision ]; then
+  # Does XLA's default f32 matrix product on this card round its inputs to TF32?
+  python - > "$out/prec_matmul_check.log" 2>&1 <<'PY'
+import jax, jax.numpy as jnp, numpy as np
+a, b = (np.random.default_rng(i).standard_normal((256, 256)) for i in (0, 1))
+exact = a @ b
+for precision in ("default", "highest"):
+    with jax.default_matmul_precision(precision):
+        got = np.asarray(jax.jit(jnp.dot)(jnp.float32(a), jnp.float32(b)), np.float64)
+    print(precision, "max relative error", np.abs(got - exact).max() / np.abs(exact).max())
+PY
+  cat "$out/prec_matmul_check.log"
   export JAXDISTILL_KERNEL_PRECISION=default
   paths prec_default 110 --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
-  JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
-    --fused-students painn64x3 --sizes 64,512
   JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots 60 --paths fused \
     --fused-students painn64x3 --sizes 64,512,4096
-  JAXDISTILL_MESSAGE_PASSING=reference paths prec_nodes_4096 40 --paths default \
-    --fused-students painn64x3 --sizes 4096
+  JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots_nodes 45 --paths fused \
+    --fused-students painn64x3 --sizes 64,512
+  JAXDISTILL_NODE_BLOCKS=16,8 paths prec_nodes_8warps 40 --paths default \
+    --fused-students painn64x3 --sizes 64,512
   JAXDISTILL_NODE_KERNELS=off JAXDISTILL_FUSED_LAYOUT=slots paths prec_slots_schnet 60 \
     --paths fused --fused-students schnet64x3 --sizes 64,512,4096
+  JAXDISTILL_MESSAGE_PASSING=reference paths prec_nodes_4096 40 --paths default \
+    --fused-students painn64x3 --sizes 4096
   JAXDISTILL_KERNEL_PRECISION=highest JAXDISTILL_NODE_BLOCKS=16,8 paths prec_highest_8warps 40 \
     --paths default --fused-students painn64x3 --sizes 64,512
+  JAX_DEFAULT_MATMUL_PRECISION=highest JAXDISTILL_NODE_KERNELS=off paths prec_reference_highest 40 \
+    --paths receiver_major --fused-students painn64x3 --sizes 64,512
   echo "done $(date +%F)"
   exit 0
 fi
