@@ -154,6 +154,12 @@ def main() -> None:
         "the same frames; the measured one is still recorded)",
     )
     parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument(
+        "--temperatures",
+        default=None,
+        help="comma-separated teacher MD temperatures of the training frames, K "
+        "(default: the system's)",
+    )
     parser.add_argument("--fennol-glob", default="../shared/teachers/fennol-ani1x/ani1x_model*.fnx")
     parser.add_argument("--small", action="store_true", help="a quick smoke run on a CPU")
     parser.add_argument("--committee", type=int, default=0, help="committee size (0: none)")
@@ -175,6 +181,8 @@ def main() -> None:
     if args.features is not None:
         model = {**system["train"]["model"], "features": args.features}
         system = {**system, "train": {**system["train"], "model": model}}
+    if args.temperatures:
+        system = {**system, "temperatures": [float(t) for t in args.temperatures.split(",")]}
     spec = system["teacher"] or f"fennol:{args.fennol_glob}"
     # Molecules: the MD runs on one ensemble member (8x cheaper per step), as in
     # configs/molecules-fennol.yaml; every kept frame is labelled by the whole ensemble.
