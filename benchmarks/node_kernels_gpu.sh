@@ -11,10 +11,11 @@
 # results/node_kernels_h100/ came from this script's first version (commit e957b04),
 # which wrote md_speed_nodes.log, nodes_refmsg.log and nodes_f128.log by hand; the
 # steps and their md_speed arguments are the same.
-# `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead measures the kernels' matrix
-# products at JAX's default precision (JAXDISTILL_KERNEL_PRECISION=default: TF32 on
-# tensor cores, as the reference path's products) and, last, full float32 (the kernels'
-# default) with 8 warps: node kernels (16 rows, 4 or 8 warps) and slot kernels.
+# `bash benchmarks/node_kernels_gpu.sh sweep` (about 9 minutes) runs kernel_sweep.py.
+# `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead checks that
+# XLA's default float32 product is TF32 and times the kernels with TF32 products
+# (JAXDISTILL_KERNEL_PRECISION=default, as the reference path's) with 4 and 8 warps,
+# slot and node kernels, then full float32 with 8 warps and the reference at `highest`.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device;
 # JSON and logs land in $OUT.
 #   bash benchmarks/node_kernels_gpu.sh
@@ -34,6 +35,15 @@ paths() {  # label, budget seconds, then md_speed arguments
     --output "$out/md_speed_$label.json" "$@" > "$out/$label.log" 2>&1
   echo "$label: $(grep -E '^\[paths\] (painn|schnet)' "$out/$label.log" | sed 's/(target [0-9.]*)//' | tr '\n' ' ')"
 }
+if [ "${1:-}" = sweep ]; then
+  # Force calls per kernel setting in one process (8 warps, TF32 or full float32, slot
+  # and node kernels together), each setting's force error against the full-float32
+  # reference; the sweep writes its JSON after every row, so a timeout keeps the rows.
+  timeout 540 python benchmarks/kernel_sweep.py --sizes 64,512,4096 --budget-seconds 500 \
+    --output "$out/kernel_sweep.json" 2>&1 | grep '^\[sweep\]'
+  echo "done $(date +%F)"
+  exit 0
+fi
 if [ "${1:-}" = precision ]; then
   # Does XLA's default f32 matrix product on this card round its inputs to TF32?
   python - > "$out/prec_matmul_check.log" 2>&1 <<'PY'
