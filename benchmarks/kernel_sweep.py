@@ -38,16 +38,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from structures import silicon_cell
 
 from jaxdistill import create_student
+from jaxdistill.models import fused, node_kernels
 
-#: Every environment variable a setting may set (cleared before each setting).
+#: Every environment variable a setting may set (cleared before each setting): the
+#: kernels' own switches, named by the modules that read them, and JAX's precision.
 KERNEL_ENV = (
-    "JAXDISTILL_NODE_KERNELS",
-    "JAXDISTILL_NODE_BLOCKS",
-    "JAXDISTILL_FUSED_LAYOUT",
-    "JAXDISTILL_SLOT_BLOCKS",
-    "JAXDISTILL_KERNEL_PRECISION",
-    "JAXDISTILL_FUSED_BLOCKS",
-    "JAXDISTILL_MESSAGE_PASSING",
+    fused.ENV_VAR,
+    fused.BLOCKS_ENV_VAR,
+    fused.PRECISION_ENV_VAR,
+    fused.FUSED_LAYOUT_ENV_VAR,
+    fused.SLOT_BLOCKS_ENV_VAR,
+    node_kernels.ENV_VAR,
+    node_kernels.BLOCKS_ENV_VAR,
+    "JAX_DEFAULT_MATMUL_PRECISION",
 )
 
 _NODES = {"JAXDISTILL_NODE_KERNELS": "on", "JAXDISTILL_MESSAGE_PASSING": "reference"}
@@ -142,7 +145,7 @@ def time_force(force, r0, iterations: int, repeats: int = 3) -> tuple[list[float
 
 
 def set_environment(env: dict[str, str]) -> None:
-    for key in (*KERNEL_ENV, "JAX_DEFAULT_MATMUL_PRECISION"):
+    for key in KERNEL_ENV:
         os.environ.pop(key, None)
     os.environ.update(env)
     jax.config.update("jax_default_matmul_precision", env.get("JAX_DEFAULT_MATMUL_PRECISION"))
@@ -178,6 +181,9 @@ def main() -> None:
     for name in settings:
         if name not in SETTINGS:
             raise SystemExit(f"unknown setting {name!r}; known: {', '.join(SETTINGS)}")
+        unknown = set(SETTINGS[name][1]) - set(KERNEL_ENV)
+        if unknown:  # a renamed variable would otherwise be set and silently ignored
+            raise SystemExit(f"setting {name!r} sets {sorted(unknown)}, not in KERNEL_ENV")
     for n in sizes:
         atoms = silicon_cell(64 if args.quick else n)
         if args.quick:

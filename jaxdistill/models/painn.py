@@ -188,7 +188,7 @@ class PaiNN(StudentModule):
         v = jnp.zeros((s.shape[0], 3, self.features), dtype=s.dtype)
         fused_nodes = use_node_kernels(self.message_passing)
         for layer in range(self.num_layers):
-            s, v = PaiNNMessage(self.features, layer == 0, name=f"message_{layer}")(
+            s, v = PaiNNMessage(self.features, vectors_zero=layer == 0, name=f"message_{layer}")(
                 s,
                 v,
                 geometry.radial,
