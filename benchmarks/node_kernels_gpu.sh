@@ -12,6 +12,9 @@
 # which wrote md_speed_nodes.log, nodes_refmsg.log and nodes_f128.log by hand; the
 # steps and their md_speed arguments are the same.
 # `bash benchmarks/node_kernels_gpu.sh sweep` (about 9 minutes) runs kernel_sweep.py.
+# `bash benchmarks/node_kernels_gpu.sh steps` (about 8 minutes) times the default path
+# (receiver-major, no kernels) of all three students in a user's jax-md loop, then the
+# ASE calculator (PaiNN and SchNet): the tables of docs/benchmarks.md measured again.
 # `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead checks that
 # XLA's default float32 product is TF32 and times the kernels with TF32 products
 # (JAXDISTILL_KERNEL_PRECISION=default, as the reference path's) with 4 and 8 warps,
@@ -41,6 +44,23 @@ if [ "${1:-}" = sweep ]; then
   # reference; the sweep writes its JSON after every row, so a timeout keeps the rows.
   timeout 540 python benchmarks/kernel_sweep.py --sizes 64,512,4096 --budget-seconds 500 \
     --output "$out/kernel_sweep.json" 2>&1 | grep '^\[sweep\]'
+  echo "done $(date +%F)"
+  exit 0
+fi
+if [ "${1:-}" = steps ]; then
+  export JAXDISTILL_NODE_KERNELS=off
+  paths steps 230 --paths receiver_major --fused-students painn64x3,painn128x3,schnet64x3 \
+    --sizes 64,512,4096
+  timeout 220 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
+    --layouts auto --repeats 600 --systems hexanol21,si64,si512,water648,si1000 \
+    --output "$out/student_call.json" > "$out/student_call.log" 2>&1
+  python - "$out/student_call.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    f = r.get("forces", {})
+    print(r.get("architecture"), r["system"], round(f.get("median_ms", -1), 3),
+          round(r.get("bare", {}).get("median_ms", -1), 3), r.get("error", ""))
+PY
   echo "done $(date +%F)"
   exit 0
 fi
