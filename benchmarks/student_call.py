@@ -14,6 +14,9 @@ every call as MD does:
   ASE, no neighbour check), interleaved call by call with ``get_forces`` calls
   (``forces_interleaved``) and null calls: ``forces_interleaved - bare`` is the
   calculator's own overhead;
+- ``host``: ``get_forces`` with the calculator's compiled program replaced by one
+  stored result (what the calculator does on the host alone: ASE's bookkeeping, the
+  snapshot, the neighbour-list check, packing and unpacking);
 - ``null``: a jitted function that takes the packed buffer and returns a vector of the
   result's size, into the same memory as the calculator's result (the transfer floor
   of the device);
@@ -156,8 +159,40 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
         "forces_interleaved": stats(forces),
         "bare": stats(bare),
         "null": stats(floor),
+        "host": time_host(calculator, atoms, repeats),
         "result_memory": memory,
     }
+
+
+def time_host(calculator, atoms, repeats: int) -> dict:
+    """``get_forces`` with the device work replaced by a stored result: the
+    calculator's host work alone (the same moves as the other cases)."""
+    stored = np.asarray(
+        calculator._evaluate(
+            calculator._potential,
+            calculator._params,
+            calculator._graph,
+            calculator._input_buffer,
+            stress=False,
+            energies=False,
+            committee=False,
+        )
+    )
+    program = calculator._evaluate
+    calculator._evaluate = lambda *args, **kwargs: stored
+    try:
+        base = atoms.positions.copy()
+        rng = np.random.default_rng(2)
+        times = []
+        for _ in range(repeats):
+            atoms.positions = base + rng.normal(scale=0.01, size=base.shape)
+            start = time.perf_counter()
+            atoms.get_forces()
+            times.append(time.perf_counter() - start)
+    finally:
+        calculator._evaluate = program
+        atoms.positions = base
+    return stats(times)
 
 
 def time_neighbours(atoms, cutoff: float, repeats: int) -> dict:
