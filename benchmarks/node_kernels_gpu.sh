@@ -15,6 +15,8 @@
 # `bash benchmarks/node_kernels_gpu.sh steps` (about 8 minutes) times the default path
 # (receiver-major, no kernels) of all three students in a user's jax-md loop, then the
 # ASE calculator (PaiNN and SchNet): the tables of docs/benchmarks.md measured again.
+# `bash benchmarks/node_kernels_gpu.sh steps_sweep` (< 10 minutes) does the same with
+# fewer calls, then a short PaiNN 64x3 kernel sweep.
 # `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead checks that
 # XLA's default float32 product is TF32 and times the kernels with TF32 products
 # (JAXDISTILL_KERNEL_PRECISION=default, as the reference path's) with 4 and 8 warps,
@@ -47,20 +49,32 @@ if [ "${1:-}" = sweep ]; then
   echo "done $(date +%F)"
   exit 0
 fi
-if [ "${1:-}" = steps ]; then
-  export JAXDISTILL_NODE_KERNELS=off
-  paths steps 230 --paths receiver_major --fused-students painn64x3,painn128x3,schnet64x3 \
-    --sizes 64,512,4096
-  timeout 220 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
-    --layouts auto --repeats 600 --systems hexanol21,si64,si512,water648,si1000 \
+steps() {  # md_speed budget, student_call timeout and repeats
+  JAXDISTILL_NODE_KERNELS=off paths steps "$1" --paths receiver_major \
+    --fused-students painn64x3,painn128x3,schnet64x3 --sizes 64,512,4096
+  timeout "$2" python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
+    --layouts auto --repeats "$3" --systems hexanol21,si64,si512,water648,si1000 \
     --output "$out/student_call.json" > "$out/student_call.log" 2>&1
   python - "$out/student_call.json" <<'PY'
 import json, sys
+print("arch system forces_ms bare_ms null_ms host_ms overhead_ms")
 for r in json.load(open(sys.argv[1]))["results"]:
-    f = r.get("forces", {})
-    print(r.get("architecture"), r["system"], round(f.get("median_ms", -1), 3),
-          round(r.get("bare", {}).get("median_ms", -1), 3), r.get("error", ""))
+    ms = {k: round(r.get(k, {}).get("median_ms", -1), 3) for k in ("forces", "bare", "null", "host")}
+    print(r.get("architecture"), r["system"], *ms.values(), round(r.get("overhead_ms", -1), 3),
+          r.get("error", ""))
 PY
+}
+if [ "${1:-}" = steps ]; then
+  steps 230 220 600
+  echo "done $(date +%F)"
+  exit 0
+fi
+if [ "${1:-}" = steps_sweep ]; then
+  # One call of < 10 minutes: the steps phase, shorter, then a short PaiNN sweep.
+  steps 200 200 400
+  timeout 150 python benchmarks/kernel_sweep.py --sizes 64,512,4096 --students painn64x3 \
+    --settings reference,reference_f32,nodes_f32_w8,nodes_tf32_w8,nodes_f32_r32_w8,slots_f32_w8,slots_nodes_f32_w8 \
+    --budget-seconds 135 --output "$out/kernel_sweep.json" 2>&1 | grep '^\[sweep\]'
   echo "done $(date +%F)"
   exit 0
 fi
