@@ -17,6 +17,8 @@
 # ASE calculator (PaiNN and SchNet): the tables of docs/benchmarks.md measured again.
 # `bash benchmarks/node_kernels_gpu.sh steps_sweep` (< 10 minutes) does the same with
 # fewer calls, then a short PaiNN 64x3 kernel sweep.
+# `bash benchmarks/node_kernels_gpu.sh xla` (about 6 minutes): the default path under
+# XLA's Triton-for-every-product and cuBLAS-for-every-product options.
 # `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead checks that
 # XLA's default float32 product is TF32 and times the kernels with TF32 products
 # (JAXDISTILL_KERNEL_PRECISION=default, as the reference path's) with 4 and 8 warps,
@@ -75,6 +77,18 @@ if [ "${1:-}" = steps_sweep ]; then
   timeout 150 python benchmarks/kernel_sweep.py --sizes 64,512,4096 --students painn64x3 \
     --settings reference,reference_f32,nodes_f32_w8,nodes_tf32_w8,nodes_f32_r32_w8,slots_f32_w8,slots_nodes_f32_w8 \
     --budget-seconds 135 --output "$out/kernel_sweep.json" 2>&1 | grep '^\[sweep\]'
+  echo "done $(date +%F)"
+  exit 0
+fi
+if [ "${1:-}" = xla ]; then
+  # Do XLA's own GPU options cut the ~100 kernels of a small PaiNN step? Triton for every
+  # matrix product (fusing its element-wise neighbours into it), or cuBLAS for all.
+  export JAXDISTILL_NODE_KERNELS=off
+  for flags in "" "--xla_gpu_triton_gemm_any=true" "--xla_gpu_enable_triton_gemm=false"; do
+    label=xla_$(echo "${flags:-default}" | tr -dc 'a-z_')
+    XLA_FLAGS="$flags" paths "$label" 100 --paths receiver_major \
+      --fused-students painn64x3,schnet64x3 --sizes 64,512,4096
+  done
   echo "done $(date +%F)"
   exit 0
 fi
