@@ -13,6 +13,7 @@ from jaxdistill.graph import (
     batch_graphs,
     bucket_capacity,
     neighbour_pairs,
+    slot_capacity,
     slots_for,
     validate_atoms,
 )
@@ -160,3 +161,13 @@ def test_receiver_major_graph_refuses_too_few_slots_and_half_lists():
     )
     with pytest.raises(ValueError, match="not symmetric"):
         batch_graphs([atoms], 4.0, neighbours=[one_way], slots_per_node=slots_for([neighbours]))
+
+
+@pytest.mark.parametrize("largest", [1, 3, 8, 28, 34, 35, 37, 100])
+def test_slot_capacity_is_a_tight_multiple_of_four_with_headroom(largest):
+    slots = slot_capacity(largest)
+    assert slots % 4 == 0
+    assert slots >= 1.1 * largest and slots > largest
+    assert slots - 4 < max(1.1 * largest, 1)  # the smallest such multiple
+    if largest == 34:  # 1000 Si atoms within 5.5 Å: power-of-two buckets gave 48
+        assert slots == 40
