@@ -107,16 +107,26 @@ def _vesin_neighbor_list_class():
     return vesin.NeighborList
 
 
-def bucket_capacity(count: int, minimum: int = 8) -> int:
-    """Round ``count`` up to the next capacity of the form 2^k or 3·2^(k-1).
+def bucket_capacity(count: int, minimum: int = 8, per_octave: int = 2) -> int:
+    """Round ``count`` up to the next of ``per_octave`` evenly spaced capacities between
+    consecutive powers of two.
 
-    The set {8, 12, 16, 24, 32, 48, ...} wastes at most a third of a padded array
-    while keeping the number of distinct shapes (and so compilations) logarithmic.
+    The default (2 per octave: {8, 12, 16, 24, 32, 48, ...}) wastes at most a third of
+    a padded array while keeping the number of distinct shapes (and so compilations)
+    logarithmic. 8 per octave ({..., 512, 576, 640, ...}) wastes at most an eighth,
+    for arrays a program computes on at every call of a long run (the ASE calculator's).
+
+    Args:
+        count: the size needed.
+        minimum: the smallest capacity given.
+        per_octave: 1, 2, 4 or 8.
     """
+    if per_octave not in (1, 2, 4, 8):
+        raise ValueError(f"per_octave must be 1, 2, 4 or 8, got {per_octave}")
     count = max(int(count), minimum)
     power = 2 ** math.ceil(math.log2(count))
-    three_quarters = 3 * power // 4
-    return three_quarters if three_quarters >= count else power
+    step = max(power // (2 * per_octave), 1) if per_octave > 1 else power
+    return -(-count // step) * step
 
 
 #: Atoms closer than this (Å) are coincident: no structure a force field describes.

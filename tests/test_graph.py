@@ -73,6 +73,22 @@ def test_bucket_capacity():
         assert n <= cap < 1.5 * n + 8
 
 
+def test_fine_buckets_waste_at_most_an_eighth():
+    assert [bucket_capacity(n, per_octave=8) for n in (65, 513, 649, 1001)] == [72, 576, 704, 1024]
+    seen = set()
+    for n in range(8, 20000, 3):
+        cap = bucket_capacity(n, per_octave=8)
+        assert n <= cap <= 1.125 * n
+        seen.add(cap)
+    assert len(seen) < 8 * 12  # still a few shapes per octave: 8 per doubling
+    # coarser settings are subsets of finer ones: a fine bucket never splits a shape
+    for n in range(8, 5000, 11):
+        assert bucket_capacity(n, per_octave=8) <= bucket_capacity(n, per_octave=4)
+        assert bucket_capacity(n, per_octave=4) <= bucket_capacity(n)
+    with pytest.raises(ValueError, match="per_octave"):
+        bucket_capacity(100, per_octave=3)
+
+
 def test_batch_layout_and_padding():
     structures = [ethanol(), silicon(), triclinic_si()]
     graph = batch_graphs(structures, 4.0)

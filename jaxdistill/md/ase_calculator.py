@@ -160,6 +160,11 @@ _program = jax.jit(_evaluate_program, static_argnames=_STATIC)
 #: 2026-12-06): pinned results made a 64-atom Si call 130 µs faster (660 -> 530 µs)
 #: and a 1000-atom one 176 µs (docs/benchmarks.md).
 RESULT_MEMORY = "pinned_host"
+#: Node and edge capacities of the calculator's graphs: 8 buckets per octave, so at most
+#: an eighth is padding. A receiver-major graph has a full row of slots for every node
+#: row, padding included: with 2 per octave, 512 atoms took 768 rows (a third of every
+#: per-edge array was padding), now 576.
+CAPACITY_PER_OCTAVE = 8
 #: Environment variable that overrides :data:`RESULT_MEMORY` ("device" or "pinned_host").
 RESULT_MEMORY_ENV = "JAXDISTILL_RESULT_MEMORY"
 
@@ -459,13 +464,17 @@ class StudentCalculator(Calculator):
         new_system = self._reference is None or len(self._reference.numbers) != n_atoms
         if new_system:
             # A new system: size the buckets for it (shapes seen before hit jit's cache).
-            self._node_capacity = bucket_capacity(n_atoms + 1)
-            self._edge_capacity = bucket_capacity(n_edges + 1)
+            # Fine buckets: every padded node row and edge is computed on at every call.
+            self._node_capacity = bucket_capacity(n_atoms + 1, per_octave=CAPACITY_PER_OCTAVE)
+            self._edge_capacity = bucket_capacity(n_edges + 1, per_octave=CAPACITY_PER_OCTAVE)
             self._slots = slots_for([neighbours])
         else:
             # The same system moving: capacities only grow, so shrinking neighbour
             # counts never trigger a compilation.
-            self._edge_capacity = max(self._edge_capacity, bucket_capacity(n_edges + 1))
+            self._edge_capacity = max(
+                self._edge_capacity,
+                bucket_capacity(n_edges + 1, per_octave=CAPACITY_PER_OCTAVE),
+            )
             self._slots = max(self._slots, slots_for([neighbours]))
         graph = batch_graphs(
             [atoms],

@@ -85,3 +85,23 @@ def test_edge_layout_option(small_student):
     atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu")
     atoms.get_forces()
     assert atoms.calc._graph.reverse_edges is None  # auto on a CPU
+
+
+@pytest.mark.parametrize("layout", ["edge_list", "receiver_major"])
+def test_padding_is_at_most_an_eighth_of_rows_and_a_tenth_of_slots(small_student, layout):
+    # every padded row and edge is computed on at every call of an MD run
+    from jaxdistill.graph import neighbour_pairs
+
+    atoms = silicon(repeat=(4, 2, 2))
+    n_atoms = len(atoms)
+    calc = StudentCalculator(small_student, device="cpu", edge_layout=layout)
+    atoms.calc = calc
+    atoms.get_forces()
+    assert n_atoms + 1 <= calc._node_capacity <= 1.125 * (n_atoms + 1)
+    pairs = neighbour_pairs(atoms, small_student.cutoff + calc.skin)
+    if layout == "receiver_major":
+        largest = int(np.bincount(pairs.receivers).max())
+        assert largest * 1.1 <= calc._slots < largest * 1.1 + 4
+        assert len(calc._graph.senders) == calc._node_capacity * calc._slots
+    else:
+        assert len(pairs.senders) < calc._edge_capacity <= 1.125 * (len(pairs.senders) + 1)
