@@ -4,6 +4,7 @@ and moving atoms, without recompiling."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 from structures import ethanol, silicon
@@ -105,3 +106,32 @@ def test_padding_is_at_most_an_eighth_of_rows_and_a_tenth_of_slots(small_student
         assert len(calc._graph.senders) == calc._node_capacity * calc._slots
     else:
         assert len(pairs.senders) < calc._edge_capacity <= 1.125 * (len(pairs.senders) + 1)
+
+
+def test_program_has_no_per_edge_batched_matrix_product(small_student):
+    # one 1x3 . 3x3 product per edge as a batched dot_general is what a GPU does worst;
+    # the cell offsets (and the strain) are written element-wise to fuse instead
+    from jaxdistill.md.ase_calculator import _STATIC, _evaluate_program
+
+    atoms = silicon(repeat=(2, 1, 1))
+    calc = StudentCalculator(small_student, device="cpu", edge_layout="receiver_major")
+    atoms.calc = calc
+    atoms.get_stress()
+    program = jax.jit(_evaluate_program, static_argnames=_STATIC)
+    n_edge = len(calc._graph.senders)
+    for stress in (False, True):
+        text = program.lower(
+            calc._potential,
+            calc._params,
+            calc._graph,
+            calc._input_buffer,
+            stress=stress,
+            energies=False,
+            committee=False,
+        ).as_text()
+        batched = [
+            line
+            for line in text.splitlines()
+            if "dot_general" in line and "batching_dims" in line and f"tensor<{n_edge}x" in line
+        ]
+        assert not batched, batched[:1]
