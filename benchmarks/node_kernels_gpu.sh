@@ -17,6 +17,8 @@
 # ASE calculator (PaiNN and SchNet): the tables of docs/benchmarks.md measured again.
 # `bash benchmarks/node_kernels_gpu.sh steps_sweep` (< 10 minutes) does the same with
 # fewer calls, then a short PaiNN 64x3 kernel sweep.
+# `bash benchmarks/node_kernels_gpu.sh next` (< 10 minutes): the ASE calls, MD steps
+# with TF32 node kernels at 8 warps, and the Triton-for-every-product option.
 # `bash benchmarks/node_kernels_gpu.sh xla` (about 6 minutes): the default path under
 # XLA's Triton-for-every-product and cuBLAS-for-every-product options.
 # `bash benchmarks/node_kernels_gpu.sh precision` (about 8 minutes) instead checks that
@@ -77,6 +79,29 @@ if [ "${1:-}" = steps_sweep ]; then
   timeout 150 python benchmarks/kernel_sweep.py --sizes 64,512,4096 --students painn64x3 \
     --settings reference,reference_f32,nodes_f32_w8,nodes_tf32_w8,nodes_f32_r32_w8,slots_f32_w8,slots_nodes_f32_w8 \
     --budget-seconds 135 --output "$out/kernel_sweep.json" 2>&1 | grep '^\[sweep\]'
+  echo "done $(date +%F)"
+  exit 0
+fi
+if [ "${1:-}" = next ]; then
+  # One call of < 10 minutes with what 2026-12-06's last session left to measure:
+  #   1. the ASE calls after the per-edge batched product left the calculator's program
+  #      (student_call.py, its interleaved cases rotating);
+  #   2. MD steps with the TF32 node kernels at 8 warps (6-7 % faster force calls in
+  #      the H200 sweep) beside the reference, PaiNN 64x3;
+  #   3. the reference under XLA's Triton-for-every-product option.
+  timeout 150 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
+    --layouts auto --repeats 300 --systems si64,si512,si1000 \
+    --output "$out/student_call.json" > "$out/student_call.log" 2>&1
+  python - "$out/student_call.json" <<'PY'
+import json, sys
+for r in json.load(open(sys.argv[1]))["results"]:
+    ms = {k: round(r.get(k, {}).get("median_ms", -1), 3) for k in ("forces", "bare", "null", "host")}
+    print(r.get("architecture"), r["system"], ms, r.get("error", ""))
+PY
+  JAXDISTILL_NODE_BLOCKS=16,8 JAXDISTILL_KERNEL_PRECISION=default paths next_nodes 150 \
+    --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
+  JAXDISTILL_NODE_KERNELS=off XLA_FLAGS=--xla_gpu_triton_gemm_any=true paths next_xla 100 \
+    --paths receiver_major --fused-students painn64x3 --sizes 64,512,4096
   echo "done $(date +%F)"
   exit 0
 fi
