@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -165,6 +166,16 @@ RESULT_MEMORY = "pinned_host"
 #: row, padding included: with 2 per octave, 512 atoms took 768 rows (a third of every
 #: per-edge array was padding), now 576.
 CAPACITY_PER_OCTAVE = 8
+#: Head-room of an edge-list graph's edge capacity over the pairs counted at a build, so
+#: the few percent a pair count drifts in MD does not cross a fine bucket (a compilation).
+EDGE_HEADROOM = 1.05
+
+
+def _edge_capacity(n_edges: int) -> int:
+    """Edge capacity of the calculator's graph for ``n_edges`` pairs (one padding edge)."""
+    return bucket_capacity(math.ceil(n_edges * EDGE_HEADROOM) + 1, per_octave=CAPACITY_PER_OCTAVE)
+
+
 #: Environment variable that overrides :data:`RESULT_MEMORY` ("device" or "pinned_host").
 RESULT_MEMORY_ENV = "JAXDISTILL_RESULT_MEMORY"
 
@@ -466,15 +477,12 @@ class StudentCalculator(Calculator):
             # A new system: size the buckets for it (shapes seen before hit jit's cache).
             # Fine buckets: every padded node row and edge is computed on at every call.
             self._node_capacity = bucket_capacity(n_atoms + 1, per_octave=CAPACITY_PER_OCTAVE)
-            self._edge_capacity = bucket_capacity(n_edges + 1, per_octave=CAPACITY_PER_OCTAVE)
+            self._edge_capacity = _edge_capacity(n_edges)
             self._slots = slots_for([neighbours])
         else:
             # The same system moving: capacities only grow, so shrinking neighbour
             # counts never trigger a compilation.
-            self._edge_capacity = max(
-                self._edge_capacity,
-                bucket_capacity(n_edges + 1, per_octave=CAPACITY_PER_OCTAVE),
-            )
+            self._edge_capacity = max(self._edge_capacity, _edge_capacity(n_edges))
             self._slots = max(self._slots, slots_for([neighbours]))
         graph = batch_graphs(
             [atoms],

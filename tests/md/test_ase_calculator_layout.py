@@ -105,7 +105,9 @@ def test_padding_is_at_most_an_eighth_of_rows_and_a_tenth_of_slots(small_student
         assert largest * 1.1 <= calc._slots < largest * 1.1 + 4
         assert len(calc._graph.senders) == calc._node_capacity * calc._slots
     else:
-        assert len(pairs.senders) < calc._edge_capacity <= 1.125 * (len(pairs.senders) + 1)
+        # 5 % head-room for the pair count's drift in MD, then a fine bucket
+        n_pairs = len(pairs.senders)
+        assert 1.05 * n_pairs < calc._edge_capacity <= 1.125 * (1.05 * n_pairs + 2)
 
 
 def test_program_has_no_per_edge_batched_matrix_product(small_student):
