@@ -2,11 +2,11 @@
 
 Before, node and edge capacities came from 2-per-octave buckets and receiver-major slot
 counts from power-of-two buckets (512 Si atoms: 768 node rows of 48 slots); after, from
-8-per-octave buckets and the largest neighbour count + 10 % rounded to a multiple of 4
-(576 rows of 40 slots). Both calculators live in one process; their ``get_forces`` calls
-alternate, with the atoms moved before every call as MD does, so both see the same
-seconds of the machine's life. Forces of the two are compared (they differ by float
-rounding only).
+8-per-octave buckets (edges with 5 % head-room) and the largest neighbour count + 10 %
+rounded to a multiple of 4 (576 rows of 40 slots). Both calculators live in one
+process; their ``get_forces`` calls alternate, with the atoms moved before every call
+as MD does, so both see the same seconds of the machine's life. Forces of the two are
+compared (they differ by float rounding only).
 
     python benchmarks/capacity_ab.py --output results/capacity_ab_h200.json
     python benchmarks/capacity_ab.py --quick --output /tmp/capacity_ab.json   # CPU check
@@ -39,24 +39,35 @@ def slots_before(neighbours) -> int:
     return bucket_capacity(largest, minimum=4)
 
 
-#: name -> (CAPACITY_PER_OCTAVE, slot function)
-VARIANTS = {"before": (2, slots_before), "after": (8, ase_calculator.slots_for)}
+def edges_before(n_edges: int) -> int:
+    """The edge capacity before 2026-12-06: a 2-per-octave bucket, no head-room."""
+    return bucket_capacity(n_edges + 1)
+
+
+#: name -> (CAPACITY_PER_OCTAVE, slot function, edge-capacity function)
+VARIANTS = {
+    "before": (2, slots_before, edges_before),
+    "after": (8, ase_calculator.slots_for, ase_calculator._edge_capacity),
+}
 
 
 def build(student, atoms, device: str, layout: str, variant: str):
     """A calculator that sized its graph with ``variant``'s capacities (they are read
     only when the graph is built, so restoring the module's values afterwards keeps
     each calculator's own)."""
-    per_octave, slots = VARIANTS[variant]
-    saved = ase_calculator.CAPACITY_PER_OCTAVE, ase_calculator.slots_for
-    ase_calculator.CAPACITY_PER_OCTAVE, ase_calculator.slots_for = per_octave, slots
+    per_octave, slots, edges = VARIANTS[variant]
+    names = ("CAPACITY_PER_OCTAVE", "slots_for", "_edge_capacity")
+    saved = [getattr(ase_calculator, name) for name in names]
+    for name, value in zip(names, (per_octave, slots, edges), strict=True):
+        setattr(ase_calculator, name, value)
     try:
         calculator = ase_calculator.StudentCalculator(student, device=device, edge_layout=layout)
         copy = atoms.copy()
         copy.calc = calculator
         forces = copy.get_forces()  # builds the graph and compiles
     finally:
-        ase_calculator.CAPACITY_PER_OCTAVE, ase_calculator.slots_for = saved
+        for name, value in zip(names, saved, strict=True):
+            setattr(ase_calculator, name, value)
     return copy, calculator, forces
 
 
