@@ -381,10 +381,10 @@ def batch_graphs(
 #: Slot counts of receiver-major graphs are multiples of this ...
 SLOT_MULTIPLE = 4
 #: ... at least this factor above the largest neighbour count. Every slot is computed
-#: on, so the power-of-two buckets used for node and edge counts cost too much here: for
-#: 1000 Si atoms (34 neighbours within 5.5 Å) they gave 48 slots, 40 with these (the
-#: same forces; PaiNN 64×3 ASE call 395 -> 357 ms on the 2-core CPU). The headroom
-#: keeps a calculator's slots (which only grow) from recompiling as MD moves atoms.
+#: on, so the power-of-two buckets used for node and edge counts cost too much here: Si
+#: (34 neighbours within 5.5 Å) got 48 slots from them, 40 from these (same forces;
+#: timed in benchmarks/results/capacity_ab_*). The head-room keeps a calculator's slots
+#: (which only grow) from recompiling as MD moves atoms.
 SLOT_HEADROOM = 1.1
 
 

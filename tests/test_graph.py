@@ -81,7 +81,7 @@ def test_fine_buckets_waste_at_most_an_eighth():
         assert n <= cap <= 1.125 * n
         seen.add(cap)
     assert len(seen) < 8 * 12  # still a few shapes per octave: 8 per doubling
-    # coarser settings are subsets of finer ones: a fine bucket never splits a shape
+    # a finer setting never pads more than a coarser one
     for n in range(8, 5000, 11):
         assert bucket_capacity(n, per_octave=8) <= bucket_capacity(n, per_octave=4)
         assert bucket_capacity(n, per_octave=4) <= bucket_capacity(n)

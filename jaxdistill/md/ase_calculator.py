@@ -161,6 +161,9 @@ _program = jax.jit(_evaluate_program, static_argnames=_STATIC)
 #: 2026-12-06): pinned results made a 64-atom Si call 130 µs faster (660 -> 530 µs)
 #: and a 1000-atom one 176 µs (docs/benchmarks.md).
 RESULT_MEMORY = "pinned_host"
+#: Environment variable that overrides :data:`RESULT_MEMORY` ("device" or "pinned_host").
+RESULT_MEMORY_ENV = "JAXDISTILL_RESULT_MEMORY"
+
 #: Node and edge capacities of the calculator's graphs: 8 buckets per octave, so at most
 #: an eighth is padding. A receiver-major graph has a full row of slots for every node
 #: row, padding included: with 2 per octave, 512 atoms took 768 rows (a third of every
@@ -174,10 +177,6 @@ EDGE_HEADROOM = 1.05
 def _edge_capacity(n_edges: int) -> int:
     """Edge capacity of the calculator's graph for ``n_edges`` pairs (one padding edge)."""
     return bucket_capacity(math.ceil(n_edges * EDGE_HEADROOM) + 1, per_octave=CAPACITY_PER_OCTAVE)
-
-
-#: Environment variable that overrides :data:`RESULT_MEMORY` ("device" or "pinned_host").
-RESULT_MEMORY_ENV = "JAXDISTILL_RESULT_MEMORY"
 
 
 @functools.cache
