@@ -53,11 +53,11 @@ if [ "${1:-}" = sweep ]; then
   echo "done $(date +%F)"
   exit 0
 fi
-steps() {  # md_speed budget, student_call timeout and repeats
-  JAXDISTILL_NODE_KERNELS=off paths steps "$1" --paths receiver_major \
-    --fused-students painn64x3,painn128x3,schnet64x3 --sizes 64,512,4096
-  timeout "$2" python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
-    --layouts auto --repeats "$3" --systems hexanol21,si64,si512,water648,si1000 \
+calls() {  # student_call timeout, repeats, systems: the ASE calls, then their table
+  # The default path: without the override, the node kernels this script exports "on"
+  # would run in PaiNN's calls (results/remeasure_h200/ was measured so, by mistake).
+  JAXDISTILL_NODE_KERNELS=off timeout "$1" python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
+    --layouts auto --repeats "$2" --systems "$3" \
     --output "$out/student_call.json" > "$out/student_call.log" 2>&1
   python - "$out/student_call.json" <<'PY'
 import json, sys
@@ -67,6 +67,11 @@ for r in json.load(open(sys.argv[1]))["results"]:
     print(r.get("architecture"), r["system"], *ms.values(), round(r.get("overhead_ms", -1), 3),
           r.get("error", ""))
 PY
+}
+steps() {  # md_speed budget, student_call timeout and repeats
+  JAXDISTILL_NODE_KERNELS=off paths steps "$1" --paths receiver_major \
+    --fused-students painn64x3,painn128x3,schnet64x3 --sizes 64,512,4096
+  calls "$2" "$3" hexanol21,si64,si512,water648,si1000
 }
 if [ "${1:-}" = steps ]; then
   steps 230 220 600
@@ -89,15 +94,7 @@ if [ "${1:-}" = next ]; then
   #   2. MD steps with the TF32 node kernels at 8 warps (6-7 % faster force calls in
   #      the H200 sweep) beside the reference, PaiNN 64x3;
   #   3. the reference under XLA's Triton-for-every-product option.
-  timeout 150 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
-    --layouts auto --repeats 300 --systems si64,si512,si1000 \
-    --output "$out/student_call.json" > "$out/student_call.log" 2>&1
-  python - "$out/student_call.json" <<'PY'
-import json, sys
-for r in json.load(open(sys.argv[1]))["results"]:
-    ms = {k: round(r.get(k, {}).get("median_ms", -1), 3) for k in ("forces", "bare", "null", "host")}
-    print(r.get("architecture"), r["system"], ms, r.get("error", ""))
-PY
+  calls 150 300 si64,si512,si1000
   JAXDISTILL_NODE_BLOCKS=16,8 JAXDISTILL_KERNEL_PRECISION=default paths next_nodes 150 \
     --paths receiver_major,default --fused-students painn64x3 --sizes 64,512,4096
   JAXDISTILL_NODE_KERNELS=off XLA_FLAGS=--xla_gpu_triton_gemm_any=true paths next_xla 100 \
