@@ -1,0 +1,189 @@
+"""Where an ASE calculator call goes on the GPU, kernel by kernel (issue 18).
+
+    python benchmarks/call_profile.py --systems si64,si512,si1000 \
+        --output benchmarks/results/call_profile.json
+
+For each student and structure, three things are traced with ``jax.profiler``
+(``--calls`` calls each, after warm-up) and read back as ``step_profile.py`` reads an
+MD step:
+
+- ``calculator``: ``atoms.get_forces()`` on a :class:`StudentCalculator`, the atoms
+  moved slightly before each call (as MD does);
+- ``bare``: the calculator's own compiled program called directly on a ready input
+  buffer (no ASE, no neighbour check, the same transfers);
+- ``jaxmd_force``: a jitted jax-md force call on a receiver-major ``Dense`` list of the
+  same crystal (capacity multiplier 1.25, allocated once), called from Python one call
+  at a time (periodic orthorhombic cells only).
+
+Per call: wall time, device kernels launched, the sum of their durations
+(``kernel_busy_us_per_call``) and the copies among them, and the kernels that take the
+most time. A calculator call whose kernels take far longer than the jax-md force call's
+does more work on the device (a larger graph, another program); one whose wall time
+far exceeds its kernels' is bound by launches, transfers or the host.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import argparse
+import datetime
+import functools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from step_profile import read_trace
+from student_call import structures
+
+import jaxdistill
+from jaxdistill import StudentCalculator, create_student
+
+
+def traced(call, calls: int) -> dict:
+    """Wall time per call of ``call()`` (median of ``calls``), then one traced run of
+    ``calls`` calls read back per call."""
+    for _ in range(3):
+        call()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    row = {"wall_us_per_call": float(np.median(times) * 1e6)}
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(calls):
+                call()
+        trace = read_trace(trace_dir, calls)
+    trace = {k.replace("per_step", "per_call"): v for k, v in trace.items() if k != "lines"}
+    for kernel in trace.get("top_kernels", []) or []:
+        kernel["calls_per_call"] = kernel.pop("calls_per_step")
+        kernel["us_per_call"] = kernel.pop("us_per_step")
+    row.update(trace)
+    copies = [k for k in trace.get("top_kernels", []) or [] if "memcpy" in k["name"].lower()]
+    row["copy_us_per_call"] = sum(k["us_per_call"] for k in copies)
+    return row
+
+
+def calculator_cases(student, atoms, calls: int) -> dict:
+    device = "gpu" if jax.default_backend() == "gpu" else "cpu"  # (a CPU smoke run)
+    calculator = StudentCalculator(student, device=device)
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    atoms.get_forces()
+    base = atoms.positions.copy()
+    rng = np.random.default_rng(0)
+
+    def moved_call():
+        atoms.positions = base + rng.normal(scale=0.01, size=base.shape)
+        atoms.get_forces()
+
+    out = {"calculator": traced(moved_call, calls)}
+    graph = calculator._graph
+    out["graph"] = {
+        "node_capacity": int(graph.positions.shape[0]),
+        "edge_capacity": int(np.prod(graph.senders.shape)),
+        "edge_shape": list(graph.senders.shape),
+    }
+    evaluate = functools.partial(
+        calculator._evaluate, stress=False, energies=False, committee=False
+    )
+    packed = calculator._input_buffer.copy()
+    potential, params = calculator._potential, calculator._params
+    out["bare"] = traced(lambda: np.asarray(evaluate(potential, params, graph, packed)), calls)
+    return out
+
+
+def jaxmd_case(student, atoms, calls: int) -> dict | None:
+    cell = atoms.cell.array
+    if not all(atoms.pbc) or np.abs(cell - np.diag(np.diag(cell))).max() > 0:
+        return None
+    from jax_md import quantity, space
+
+    from jaxdistill.md.jaxmd import jax_md_potential
+
+    box = jnp.asarray(np.diag(cell), jnp.float32)
+    displacement, _ = space.periodic(box)
+    r0 = jnp.asarray(atoms.positions, jnp.float32)
+    neighbor_fn, energy_fn = jax_md_potential(
+        student, displacement, box, atoms.numbers, format="dense", capacity_multiplier=1.25
+    )
+    nbrs = neighbor_fn.allocate(r0)
+    force = jax.jit(quantity.force(energy_fn))
+    row = traced(lambda: jax.block_until_ready(force(r0, neighbor=nbrs)), calls)
+    row["edge_shape"] = list(nbrs.idx.shape)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--architectures", default="painn,schnet")
+    parser.add_argument("--systems", default="si64,si512,si1000")
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    if jax.default_backend() != "gpu":
+        print("no GPU: the calculator's kernels are not traced (a GPU benchmark)")
+    rows = []
+    record = {
+        "benchmark": "call_profile",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+        "jaxdistill": jaxdistill.__version__,
+        "command": " ".join(sys.argv),
+        "rows": rows,
+    }
+    systems = structures(quick=False)
+    for name in args.systems.split(","):
+        atoms = systems[name]
+        for architecture in args.architectures.split(","):
+            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
+            student = create_student(architecture, species, cutoff=5.0)
+            row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
+            try:
+                row.update(calculator_cases(student, atoms, args.calls))
+                row["jaxmd_force"] = jaxmd_case(student, atoms, args.calls)
+            except Exception as error:  # record and go on
+                row["error"] = f"{type(error).__name__}: {error}"[:800]
+            rows.append(row)
+            brief = {
+                case: {
+                    k: round(v, 1) if isinstance(v, float) else v
+                    for k, v in (row.get(case) or {}).items()
+                    if k
+                    in (
+                        "wall_us_per_call",
+                        "kernels_per_call",
+                        "kernel_busy_us_per_call",
+                        "copy_us_per_call",
+                        "edge_shape",
+                    )
+                }
+                for case in ("calculator", "bare", "jaxmd_force")
+            }
+            print(
+                f"[call] {architecture} {name} {json.dumps(brief)} {row.get('error', '')}",
+                flush=True,
+            )
+            if args.output:
+                args.output.parent.mkdir(parents=True, exist_ok=True)
+                args.output.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
