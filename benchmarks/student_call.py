@@ -17,6 +17,11 @@ every call as MD does:
 - ``host``: ``get_forces`` with the calculator's compiled program replaced by one
   stored result (what the calculator does on the host alone: ASE's bookkeeping, the
   snapshot, the neighbour-list check, packing and unpacking);
+- ``bare_after_idle``: ``bare`` timed after the host has spun (untimed) for the
+  ``host`` median, as a ``get_forces`` call's program runs after its host work: on the
+  CPU ``forces = bare + host`` holds, on GPU hosts ``forces - bare`` exceeded ``host``
+  by about 0.1 ms (docs/benchmarks.md), and this case tells whether the device's
+  call is slower after a pause;
 - ``null``: a jitted function that takes the packed buffer and returns a vector of the
   result's size, into the same memory as the calculator's result (the transfer floor
   of the device);
@@ -144,24 +149,44 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
         np.asarray(evaluate(potential, params, graph, packed))
         atoms.positions = base + 1e-3
         atoms.get_forces()
+        host = time_host(calculator, atoms, repeats, result)
+        idle_s = host["median_ms"] * 1e-3
+
+        def bare_after_idle() -> float:
+            # the bare program, called after the host has been busy for as long as the
+            # calculator's own host work takes (untimed): does the device's call get
+            # slower when the host did not call it for that long?
+            until = time.perf_counter() + idle_s
+            while time.perf_counter() < until:
+                pass
+            start = time.perf_counter()
+            np.asarray(evaluate(potential, params, graph, packed))
+            return time.perf_counter() - start
+
+        after_idle = []
         cases = [
             (forces, atoms.get_forces),
             (bare, lambda: np.asarray(evaluate(potential, params, graph, packed))),
             (floor, lambda: np.asarray(null(packed))),
+            (after_idle, None),
         ]
         for i in range(repeats):
             atoms.positions = base + rng.normal(scale=0.01, size=base.shape)
             # each case takes its turn to run first after the host's work above, so
             # none of them alone pays for the device having idled meanwhile
-            for times, call in cases[i % 3 :] + cases[: i % 3]:
+            for times, call in cases[i % 4 :] + cases[: i % 4]:
+                if call is None:
+                    times.append(bare_after_idle())
+                    continue
                 start = time.perf_counter()
                 call()
                 times.append(time.perf_counter() - start)
     return {
         "forces_interleaved": stats(forces),
         "bare": stats(bare),
+        "bare_after_idle": stats(after_idle),
         "null": stats(floor),
-        "host": time_host(calculator, atoms, repeats, result),
+        "host": host,
         "result_memory": memory,
     }
 
