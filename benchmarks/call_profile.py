@@ -15,6 +15,11 @@ MD step:
   same crystal (capacity multiplier 1.25, allocated once), called from Python one call
   at a time (periodic orthorhombic cells only).
 
+For the calculator's program and the jax-md force call, the lowered (StableHLO, before
+XLA's optimisation) program is also summarised on any device: operations by kind and
+the elements each kind produces (``lowered_ops``), so the two programs' work can be
+compared without a GPU.
+
 Per call: wall time, device kernels launched, the sum of their durations
 (``kernel_busy_us_per_call``) and the copies among them, and the kernels that take the
 most time. A calculator call whose kernels take far longer than the jax-md force call's
@@ -32,6 +37,7 @@ import argparse
 import datetime
 import functools
 import json
+import re
 import sys
 import tempfile
 import time
@@ -77,9 +83,30 @@ def traced(call, calls: int) -> dict:
     return row
 
 
-def calculator_cases(student, atoms, calls: int) -> dict:
+def lowered_ops(lowered) -> dict:
+    """Operations of a lowered program by kind: ``{kind: [count, elements produced]}``,
+    most elements first, plus their totals (a device-independent size of the work)."""
+    counts: dict[str, list[int]] = {}
+    for line in lowered.as_text().splitlines():
+        match = re.search(r"= \"?stablehlo\.([a-z_]+)", line)
+        if not match:
+            continue
+        entry = counts.setdefault(match.group(1), [0, 0])
+        entry[0] += 1
+        shapes = re.findall(r"tensor<((?:\d+x)*)[a-z]+\d*>", line.split("->")[-1])
+        if shapes:
+            entry[1] += int(np.prod([int(d) for d in shapes[-1].split("x") if d]))
+    ordered = dict(sorted(counts.items(), key=lambda kv: -kv[1][1]))
+    return {
+        "operations": sum(c for c, _ in counts.values()),
+        "elements": sum(e for _, e in counts.values()),
+        "by_kind": ordered,
+    }
+
+
+def calculator_cases(student, atoms, calls: int, edge_layout: str = "auto") -> dict:
     device = "gpu" if jax.default_backend() == "gpu" else "cpu"  # (a CPU smoke run)
-    calculator = StudentCalculator(student, device=device)
+    calculator = StudentCalculator(student, device=device, edge_layout=edge_layout)
     atoms = atoms.copy()
     atoms.calc = calculator
     atoms.get_forces()
@@ -103,6 +130,11 @@ def calculator_cases(student, atoms, calls: int) -> dict:
     packed = calculator._input_buffer.copy()
     potential, params = calculator._potential, calculator._params
     out["bare"] = traced(lambda: np.asarray(evaluate(potential, params, graph, packed)), calls)
+    out["bare"]["lowered_ops"] = lowered_ops(
+        calculator._evaluate.lower(
+            potential, params, graph, packed, stress=False, energies=False, committee=False
+        )
+    )
     return out
 
 
@@ -124,6 +156,7 @@ def jaxmd_case(student, atoms, calls: int) -> dict | None:
     force = jax.jit(quantity.force(energy_fn))
     row = traced(lambda: jax.block_until_ready(force(r0, neighbor=nbrs)), calls)
     row["edge_shape"] = list(nbrs.idx.shape)
+    row["lowered_ops"] = lowered_ops(force.lower(r0, neighbor=nbrs))
     return row
 
 
@@ -135,6 +168,12 @@ def main() -> None:
     parser.add_argument("--systems", default="si64,si512,si1000")
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument(
+        "--edge-layout",
+        default="auto",
+        help="the calculator's edge layout (auto: receiver-major on a GPU, an edge list "
+        "on a CPU; receiver_major on a CPU lowers the program a GPU runs)",
+    )
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         print("no GPU: the calculator's kernels are not traced (a GPU benchmark)")
@@ -156,7 +195,7 @@ def main() -> None:
             student = create_student(architecture, species, cutoff=5.0)
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
             try:
-                row.update(calculator_cases(student, atoms, args.calls))
+                row.update(calculator_cases(student, atoms, args.calls, args.edge_layout))
                 row["jaxmd_force"] = jaxmd_case(student, atoms, args.calls)
             except Exception as error:  # record and go on
                 row["error"] = f"{type(error).__name__}: {error}"[:800]
@@ -176,6 +215,12 @@ def main() -> None:
                 }
                 for case in ("calculator", "bare", "jaxmd_force")
             }
+            for case in ("bare", "jaxmd_force"):
+                ops = (row.get(case) or {}).get("lowered_ops")
+                if ops:
+                    brief[case]["lowered"] = (
+                        f"{ops['operations']} ops, {ops['elements'] / 1e6:.1f}M"
+                    )
             print(
                 f"[call] {architecture} {name} {json.dumps(brief)} {row.get('error', '')}",
                 flush=True,
