@@ -7,7 +7,8 @@
 #   3. a user's jax-md NVE loop, PaiNN 64x3 on a receiver-major list at 512 and 4096 Si
 #      atoms, traced, with the compiled loop's HLO written beside the trace
 #      (step_profile.py --hlo-dir): the kernel names of the trace are the fusions'
-#      names in that HLO, so the costly kernels can be read op by op;
+#      names in that HLO, so the costly kernels can be read op by op
+#      (benchmarks/hlo_kernels.py --profile step_profile.json --hlo hlo_...txt);
 #   4. PaiNN 64x3 at 4096 Si atoms in a user's jax-md loop, message_passing "auto" (the
 #      sorted fused kernels there) beside the receiver-major reference, no overrides.
 # $OUT gets four JSON files and two HLO texts (at most 8 files come back); the logs stay
