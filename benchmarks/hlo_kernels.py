@@ -88,10 +88,12 @@ def parse_hlo(text: str) -> tuple[dict[str, str], dict[str, dict], dict[str, lis
     return shapes, fusions, bodies
 
 
-def describe(kernel: dict, shapes: dict, fusions: dict, bodies: dict) -> dict:
-    """One top kernel of a step_profile row, read against the HLO."""
+def describe(
+    kernel: dict, shapes: dict, fusions: dict, bodies: dict, by_trace_name: dict[str, str]
+) -> dict:
+    """One top kernel of a step_profile row, read against the HLO (``by_trace_name``:
+    the fusions' names as the trace writes them, to their HLO names)."""
     name = kernel["name"]
-    by_trace_name = {n.replace(".", "_"): n for n in fusions}
     hlo_name = by_trace_name.get(name)
     row = {
         "kernel": name,
@@ -148,7 +150,10 @@ def main() -> None:
         )
     row = rows[0]
     shapes, fusions, bodies = parse_hlo(args.hlo.read_text())
-    kernels = [describe(k, shapes, fusions, bodies) for k in row.get("top_kernels", [])]
+    by_trace_name = {n.replace(".", "_"): n for n in fusions}
+    kernels = [
+        describe(k, shapes, fusions, bodies, by_trace_name) for k in row.get("top_kernels", [])
+    ]
     print(
         f"{args.student} {args.n_atoms} atoms, {args.format}: {row['us_per_step']:.1f} us/step, "
         f"{row.get('kernels_per_step')} kernels/step; the top {len(kernels)}:"

@@ -152,6 +152,14 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
         host = time_host(calculator, atoms, repeats, result)
         idle_s = host["median_ms"] * 1e-3
 
+        def run_bare() -> None:
+            np.asarray(evaluate(potential, params, graph, packed))
+
+        def timed(call) -> float:
+            start = time.perf_counter()
+            call()
+            return time.perf_counter() - start
+
         def bare_after_idle() -> float:
             # the bare program, called after the host has been busy for as long as the
             # calculator's own host work takes (untimed): does the device's call get
@@ -159,28 +167,23 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
             until = time.perf_counter() + idle_s
             while time.perf_counter() < until:
                 pass
-            start = time.perf_counter()
-            np.asarray(evaluate(potential, params, graph, packed))
-            return time.perf_counter() - start
+            return timed(run_bare)
 
         after_idle = []
+        # each case returns the seconds it timed
         cases = [
-            (forces, atoms.get_forces),
-            (bare, lambda: np.asarray(evaluate(potential, params, graph, packed))),
-            (floor, lambda: np.asarray(null(packed))),
-            (after_idle, None),
+            (forces, lambda: timed(atoms.get_forces)),
+            (bare, lambda: timed(run_bare)),
+            (floor, lambda: timed(lambda: np.asarray(null(packed)))),
+            (after_idle, bare_after_idle),
         ]
         for i in range(repeats):
             atoms.positions = base + rng.normal(scale=0.01, size=base.shape)
             # each case takes its turn to run first after the host's work above, so
             # none of them alone pays for the device having idled meanwhile
-            for times, call in cases[i % 4 :] + cases[: i % 4]:
-                if call is None:
-                    times.append(bare_after_idle())
-                    continue
-                start = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - start)
+            turn = i % len(cases)
+            for times, measure in cases[turn:] + cases[:turn]:
+                times.append(measure())
     return {
         "forces_interleaved": stats(forces),
         "bare": stats(bare),

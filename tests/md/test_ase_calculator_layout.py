@@ -4,7 +4,6 @@ and moving atoms, without recompiling."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from structures import ethanol, silicon
@@ -113,16 +112,15 @@ def test_padding_is_at_most_an_eighth_of_rows_and_a_tenth_of_slots(small_student
 def test_program_has_no_per_edge_batched_matrix_product(small_student):
     # one 1x3 . 3x3 product per edge as a batched dot_general is what a GPU does worst;
     # the cell offsets (and the strain) are written element-wise to fuse instead
-    from jaxdistill.md.ase_calculator import _STATIC, _evaluate_program
+    from jaxdistill.md.ase_calculator import _program
 
     atoms = silicon(repeat=(2, 1, 1))
     calc = StudentCalculator(small_student, device="cpu", edge_layout="receiver_major")
     atoms.calc = calc
     atoms.get_stress()
-    program = jax.jit(_evaluate_program, static_argnames=_STATIC)
     n_edge = len(calc._graph.senders)
     for stress in (False, True):
-        text = program.lower(
+        text = _program.lower(
             calc._potential,
             calc._params,
             calc._graph,
