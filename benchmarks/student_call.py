@@ -18,10 +18,10 @@ every call as MD does:
   stored result (what the calculator does on the host alone: ASE's bookkeeping, the
   snapshot, the neighbour-list check, packing and unpacking);
 - ``bare_after_idle``: ``bare`` timed after the host has spun (untimed) for the
-  ``host`` median, as a ``get_forces`` call's program runs after its host work: on the
-  CPU ``forces = bare + host`` holds, on GPU hosts ``forces - bare`` exceeded ``host``
-  by about 0.1 ms (docs/benchmarks.md), and this case tells whether the device's
-  call is slower after a pause;
+  ``host`` median, as a ``get_forces`` call's program runs after its host work (is a
+  device's call slower after such a pause? On the CPU it is not; docs/benchmarks.md:
+  there the interleaved ``forces - bare`` exceeds ``host`` while back-to-back
+  ``forces`` equals ``bare + host``);
 - ``null``: a jitted function that takes the packed buffer and returns a vector of the
   result's size, into the same memory as the calculator's result (the transfer floor
   of the device);
