@@ -579,16 +579,19 @@ def fused_sweep(sizes: list[int], budget: Budget, record: dict, save) -> dict:
     return record["fused_blocks_chosen"]
 
 
-#: Evaluation paths compared by ``--fused-only``: (label, message_passing, list format).
-#: "receiver_major" is what ``format="auto"`` gives on a GPU (scatter-free students);
-#: "sparse" the edge-list path that was the default before 2026-12-06; "default" what a
-#: student gives with no option set (``message_passing="auto"``: fused message passing
-#: where it won; the opt-in node kernels too with ``JAXDISTILL_NODE_KERNELS=on``).
+#: Evaluation paths compared by ``--fused-only``: (label, message_passing, list format,
+#: ``compact_rows``). "receiver_major" is the scatter-free layout on the list as
+#: allocated; "compact" the same with its rows compacted to the pairs within the cutoff
+#: each step; "sparse" the edge-list path that was the default before 2026-12-06;
+#: "default" what a student gives with no option set (``message_passing="auto"``: fused
+#: message passing where it won, ``compact_rows="auto"``; the opt-in node kernels too
+#: with ``JAXDISTILL_NODE_KERNELS=on``).
 COMPARED_PATHS = (
-    ("receiver_major", "reference", "dense"),
-    ("sparse", "reference", "sparse"),
-    ("fused", "fused", "dense"),
-    ("default", "auto", "dense"),
+    ("receiver_major", "reference", "dense", False),
+    ("compact", "reference", "dense", True),
+    ("sparse", "reference", "sparse", False),
+    ("fused", "fused", "dense", False),
+    ("default", "auto", "dense", "auto"),
 )
 
 
@@ -628,12 +631,13 @@ def fused_comparison(
             student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
             from jaxdistill.models.fused import BLOCKS_ENV_VAR
 
-            for mode, message_passing, neighbor_format in paths:
+            for mode, message_passing, neighbor_format, compact_rows in paths:
                 if budget.left() < 15:
                     record["skipped"].append(f"path comparison {label}/{n}/{mode}: budget")
                     continue
                 row = {"model": label, "mode": mode, "n_atoms": n,
-                       "message_passing": message_passing, "format": neighbor_format}  # fmt: skip
+                       "message_passing": message_passing, "format": neighbor_format,
+                       "compact_rows": compact_rows}  # fmt: skip
                 if blocks and n in blocks:  # read when the loop is traced
                     os.environ[BLOCKS_ENV_VAR] = blocks[n]
                     row["blocks"] = blocks[n]
@@ -645,6 +649,7 @@ def fused_comparison(
                         atoms.numbers,
                         format=neighbor_format,
                         capacity_multiplier=args.capacity_multiplier,
+                        compact_rows=compact_rows,
                     )
                     row["capacity_multiplier"] = args.capacity_multiplier
                     row.update(user_nve_loop(neighbor_fn, energy_fn, atoms, steps, chunks))
@@ -668,7 +673,8 @@ def fused_replicas(args, budget: Budget, record: dict, save) -> None:
     paths = [
         p
         for p in COMPARED_PATHS
-        if p[0] != "fused" and (not args.paths or p[0] in args.paths.split(","))
+        # run_md's replicas never compact (a lax.cond under vmap runs both branches)
+        if p[0] not in ("fused", "compact") and (not args.paths or p[0] in args.paths.split(","))
     ]
     for name, atoms in (("si64", silicon_cell(64)), ("hexanol", hexanol())):
         student = student_for("painn", atoms)
@@ -677,7 +683,7 @@ def fused_replicas(args, budget: Budget, record: dict, save) -> None:
             # a few hundred steps (MDInstabilityError); ZBL keeps atoms apart.
             species = sorted(set(atoms.get_chemical_symbols()))
             student = create_student("painn", species, cutoff=5.0, repulsion="zbl")
-        for mode, message_passing, neighbor_format in paths:
+        for mode, message_passing, neighbor_format, _ in paths:
             if budget.left() < 20:
                 record["skipped"].append(f"fused replicas {name}/{mode}: budget")
                 continue

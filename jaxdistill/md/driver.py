@@ -104,6 +104,7 @@ def run_md(
     neighbor_rebuild: str = "skin",
     disable_cell_list: bool | None = None,
     capacity_multiplier: float = 1.25,
+    compact_rows: bool | str = "auto",
     max_temperature_factor: float = 5.0,
     bond_factor: float | None = DEFAULT_BOND_FACTOR,
     keep_on_interrupt: bool = False,
@@ -163,6 +164,10 @@ def run_md(
             replicas do anyway).
         disable_cell_list: None picks by jax version (see ``jaxmd.default_disable_cell_list``).
         capacity_multiplier: neighbour-list head-room at allocation.
+        compact_rows: jax-md engine, "dense" list, one structure: run the student each
+            step on rows compacted to the pairs within the cutoff (same results, fewer
+            per-edge slots; ``jaxdistill.md.jaxmd.RowCompaction``): True, False or
+            "auto" (from ``jaxmd.COMPACT_MIN_ATOMS`` atoms). Replicas never compact.
         max_temperature_factor: stop when the temperature exceeds this multiple of
             ``max(target, 100 K)``.
         bond_factor: stop when the structure breaks into more covalently bonded pieces
@@ -324,4 +329,5 @@ def run_md(
             neighbor_rebuild=neighbor_rebuild,
             disable_cell_list=disable_cell_list,
             capacity_multiplier=float(capacity_multiplier),
+            compact_rows=compact_rows,
         )

@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -207,13 +207,25 @@ def neighbor_edges(neighbor, n_atoms: int) -> tuple[jax.Array, jax.Array, jax.Ar
     return senders, receivers, mask
 
 
-def receiver_major_edges(neighbor, n_atoms: int):
-    """Edges of a jax-md ``Dense`` neighbour list on the receiver-major layout.
+def receiver_major_table(neighbor, n_atoms: int) -> jax.Array:
+    """A jax-md ``Dense`` list's ``idx`` as a receiver-major table.
 
-    Row ``i`` of ``neighbor.idx`` (``[n_atoms, M]``) holds the neighbours of atom ``i``;
-    a padding row of ``M`` slots is appended for the padding node ``n_atoms``, so edge
-    ``e = i * M + m`` has receiver ``i`` and sender ``idx[i, m]``, and the list's
-    symmetry gives every edge its reverse (:func:`jaxdistill.models.edges.receiver_major_layout`).
+    Row ``i`` (``[n_atoms + 1, M]`` int32) holds the neighbours of atom ``i``; a padding
+    row of ``M`` slots is appended for the padding node ``n_atoms``, and every empty slot
+    points at that node.
+    """
+    idx = neighbor.idx
+    n_slots = idx.shape[1]
+    table = jnp.concatenate([idx, jnp.full((1, n_slots), n_atoms, idx.dtype)], axis=0)
+    return jnp.minimum(table, n_atoms).astype(jnp.int32)
+
+
+def table_edges(table: jax.Array, n_atoms: int):
+    """Edges of a receiver-major table (:func:`receiver_major_table`).
+
+    Edge ``e = i * M + m`` has receiver ``i`` and sender ``table[i, m]``, and the list's
+    symmetry gives every edge its reverse
+    (:func:`jaxdistill.models.edges.receiver_major_layout`).
 
     Returns:
         ``(edges, edge_mask)``: an :class:`~jaxdistill.models.edges.Edges` with its
@@ -221,21 +233,159 @@ def receiver_major_edges(neighbor, n_atoms: int):
     """
     from jaxdistill.models.edges import Edges, receiver_major_layout
 
-    idx = neighbor.idx
-    n_slots = idx.shape[1]
-    table = jnp.concatenate([idx, jnp.full((1, n_slots), n_atoms, idx.dtype)], axis=0)
-    table = jnp.minimum(table, n_atoms).astype(jnp.int32)
     senders = table.reshape(-1)
-    rows = jnp.repeat(jnp.arange(n_atoms + 1, dtype=jnp.int32), n_slots)
+    rows = jnp.repeat(jnp.arange(table.shape[0], dtype=jnp.int32), table.shape[1])
     mask = (senders < n_atoms) & (rows < n_atoms)
     # Under the minimum-image convention a pair appears at most once per row.
-    layout = receiver_major_layout(senders, n_atoms + 1, unique_pairs=True)
+    layout = receiver_major_layout(senders, table.shape[0], unique_pairs=True)
     receivers = jnp.where(mask, rows, n_atoms)
     return Edges(senders, receivers, layout), mask
 
 
+def receiver_major_edges(neighbor, n_atoms: int):
+    """Edges of a jax-md ``Dense`` neighbour list on the receiver-major layout:
+    :func:`table_edges` of its :func:`receiver_major_table`."""
+    return table_edges(receiver_major_table(neighbor, n_atoms), n_atoms)
+
+
+class RowCompaction(NamedTuple):
+    """Each step, a ``Dense`` list's rows shrink to the pairs within the cutoff.
+
+    The list holds every pair within ``cutoff + skin``, sized with head-room
+    (``capacity_multiplier``); only pairs within the cutoff carry a message, so the
+    student runs on rows compacted to a narrower static width
+    (:meth:`slots`: the pairs the list was sized for, times the volume ratio of the
+    two spheres, times ``margin``). A step where some atom has more pairs within the
+    cutoff than that takes the full list instead (a ``lax.cond``), so results never
+    depend on it.
+
+    Attributes:
+        skin: the list's skin (jax-md's ``dr_threshold``), Å.
+        capacity_multiplier: the list's head-room factor.
+        margin: head-room of the compacted width over the expected pair count.
+    """
+
+    skin: float
+    capacity_multiplier: float
+    margin: float = 1.25
+
+    def slots(self, n_slots: int, cutoff: float) -> int:
+        """Compacted width ``M'`` for a list of ``n_slots`` slots per row."""
+        sized_for = n_slots / self.capacity_multiplier
+        within = sized_for * (cutoff / (cutoff + self.skin)) ** 3
+        return min(n_slots, int(np.ceil(within * self.margin)))
+
+
+def compact_table(
+    table: jax.Array,
+    padded_positions: jax.Array,
+    displacement: Callable,
+    cutoff: float,
+    n_slots: int,
+) -> tuple[jax.Array, jax.Array]:
+    """A receiver-major table's rows compacted to the pairs within ``cutoff``.
+
+    Args:
+        table: ``[n_atoms + 1, M]`` (:func:`receiver_major_table`).
+        padded_positions: ``[n_atoms + 1, dim]``, the padding node last.
+        displacement: vmapped displacement, ``(Ra [n, dim], Rb [n, dim]) -> [n, dim]``.
+        cutoff: Å.
+        n_slots: static width of the result.
+
+    Returns:
+        ``(compacted [n_atoms + 1, n_slots], overflow)`` as
+        :func:`jaxdistill.models.edges.compact_rows`.
+    """
+    from jaxdistill.models.edges import compact_rows
+
+    n_atoms = table.shape[0] - 1
+    rows = jnp.broadcast_to(jnp.arange(n_atoms + 1)[:, None], table.shape)
+    # Which pairs are in is a discrete choice: no gradient flows through it.
+    ends = jax.lax.stop_gradient(padded_positions)
+    vectors = displacement(ends[table.reshape(-1)], ends[rows.reshape(-1)])
+    squared = jnp.sum(vectors.reshape(*table.shape, -1) ** 2, axis=-1)
+    keep = (table < n_atoms) & (rows < n_atoms) & (squared < cutoff**2)
+    return compact_rows(table, keep, n_slots, n_atoms)
+
+
+def _switch_differentiated_inside(
+    use_first: jax.Array, energy: Callable, first: Any, second: Any, inputs: Any
+) -> jax.Array:
+    """``energy(first, inputs)`` if ``use_first`` else ``energy(second, inputs)``, with
+    derivatives taken inside the chosen branch.
+
+    A plain ``lax.cond`` under ``jax.grad`` returns the residuals of both branches (the
+    one not taken filled with zeros): the full list's per-edge arrays written every step
+    for nothing. Here the JVP rule runs one ``lax.cond`` over the branches' own
+    ``value_and_grad`` and returns the tangent as gradient · tangent, so reverse mode
+    keeps only the gradients (shaped like ``inputs``). Derivatives of those gradients
+    (forces' derivatives) are not supported.
+
+    Args:
+        use_first: bool scalar.
+        energy: ``(structure, inputs) -> scalar``; ``structure`` holds no floats.
+        first, second: the two structures (pytrees of integer arrays).
+        inputs: the differentiable inputs (pytree).
+    """
+    from jax.custom_derivatives import SymbolicZero
+
+    @jax.custom_jvp
+    def switched(use_first, first, second, inputs):
+        return jax.lax.cond(
+            use_first, lambda: energy(first, inputs), lambda: energy(second, inputs)
+        )
+
+    def switched_jvp(primals, tangents):
+        use_first, first, second, inputs = primals
+        leaves, treedef = jax.tree.flatten(inputs)
+        tangent_leaves = treedef.flatten_up_to(tangents[3])
+        active = [
+            i
+            for i, (leaf, tangent) in enumerate(zip(leaves, tangent_leaves, strict=True))
+            if not isinstance(tangent, SymbolicZero) and jnp.issubdtype(leaf.dtype, jnp.inexact)
+        ]
+
+        def value_and_grad(structure):
+            def of_active(values):
+                merged = list(leaves)
+                for i, value in zip(active, values, strict=True):
+                    merged[i] = value
+                return energy(structure, jax.tree.unflatten(treedef, merged))
+
+            return lambda: jax.value_and_grad(of_active)([leaves[i] for i in active])
+
+        value, gradients = jax.lax.cond(use_first, value_and_grad(first), value_and_grad(second))
+        tangent = sum(
+            (jnp.sum(g * tangent_leaves[i]) for g, i in zip(gradients, active, strict=True)),
+            jnp.zeros_like(value),
+        )
+        return value, tangent
+
+    switched.defjvp(switched_jvp, symbolic_zeros=True)
+    return switched(use_first, first, second, inputs)
+
+
+#: ``compact_rows="auto"`` compacts from this many atoms (see :class:`RowCompaction`).
+COMPACT_MIN_ATOMS = 1024
+
+
+def resolve_compaction(
+    compact_rows: bool | str, n_atoms: int, skin: float, capacity_multiplier: float
+) -> RowCompaction | None:
+    """The :class:`RowCompaction` that ``compact_rows`` (True, False or "auto": from
+    :data:`COMPACT_MIN_ATOMS` atoms) asks for, or None."""
+    if compact_rows == "auto":
+        compact_rows = n_atoms >= COMPACT_MIN_ATOMS
+    elif not isinstance(compact_rows, bool):
+        raise ValueError(f"compact_rows must be True, False or 'auto', got {compact_rows!r}")
+    return RowCompaction(skin, capacity_multiplier) if compact_rows else None
+
+
 def _member_energy_fn(
-    model: Model, displacement_fn: Callable, species: Sequence[int]
+    model: Model,
+    displacement_fn: Callable,
+    species: Sequence[int],
+    compaction: RowCompaction | None = None,
 ) -> Callable[..., jax.Array]:
     """``energy(params, R, neighbor, numbers=None, **kwargs) -> scalar``: one student's
     (one member's) energy on a jax-md neighbour list; ``kwargs`` go to
@@ -243,7 +393,7 @@ def _member_energy_fn(
 
     A ``Dense`` list runs the receiver-major layout (no scatter-add anywhere in the
     energy or its gradient; see :mod:`jaxdistill.models.edges`) for students that take
-    it; other formats an edge list."""
+    it, with its rows compacted per ``compaction``; other formats an edge list."""
     from jax_md import partition
 
     from jaxdistill.models.edges import Edges, accepts_layout
@@ -253,6 +403,7 @@ def _member_energy_fn(
     apply = model.model.apply
     receiver_major_ok = accepts_layout(model.model)
     dtype = jnp.dtype(model.dtype)
+    cutoff = float(model.cutoff)
     node_mask = np.arange(n_atoms + 1) < n_atoms
     padded_numbers = np.concatenate([numbers_np, [0]]).astype(np.int32)
 
@@ -264,13 +415,25 @@ def _member_energy_fn(
         )
         if R.shape[0] != n_atoms:
             raise ValueError(f"energy_fn was built for {n_atoms} atoms, got R of {R.shape}")
-        if receiver_major_ok and neighbor.format is partition.Dense:
-            edges, edge_mask = receiver_major_edges(neighbor, n_atoms)
-            layout_kwargs = {"layout": edges.layout}
-        else:
-            senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
-            edges, layout_kwargs = Edges(senders, receivers), {}
         padded = jnp.concatenate([R, jnp.zeros_like(R[:1])], axis=0)
+        if not (receiver_major_ok and neighbor.format is partition.Dense):
+            senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
+            return on_edges(
+                Edges(senders, receivers), edge_mask, {}, (params, numbers, padded, kwargs)
+            )
+        table = receiver_major_table(neighbor, n_atoms)
+        n_slots = table.shape[1]
+        compact_slots = n_slots if compaction is None else compaction.slots(n_slots, cutoff)
+        if compact_slots >= n_slots:
+            return on_table(table, (params, numbers, padded, kwargs))
+        displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
+        compacted, overflow = compact_table(table, padded, displacement, cutoff, compact_slots)
+        return _switch_differentiated_inside(
+            overflow, on_table, table, compacted, (params, numbers, padded, kwargs)
+        )
+
+    def on_edges(edges: Edges, edge_mask: jax.Array, layout_kwargs: dict, inputs) -> jax.Array:
+        params, numbers, padded, kwargs = inputs
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
         vectors = displacement(edges.from_senders(padded), edges.from_receivers(padded))
         vectors = jnp.where(edge_mask[:, None], vectors, 0.0).astype(dtype)
@@ -286,11 +449,18 @@ def _member_energy_fn(
         )
         return jnp.sum(jnp.where(jnp.asarray(node_mask), atomic, 0.0))
 
+    def on_table(table: jax.Array, inputs) -> jax.Array:
+        edges, edge_mask = table_edges(table, n_atoms)
+        return on_edges(edges, edge_mask, {"layout": edges.layout}, inputs)
+
     return energy
 
 
 def make_energy_fn(
-    student: Model, displacement_fn: Callable, species: Sequence[int]
+    student: Model,
+    displacement_fn: Callable,
+    species: Sequence[int],
+    compaction: RowCompaction | None = None,
 ) -> Callable[..., jax.Array]:
     """``energy_fn(R, neighbor, **kwargs) -> scalar`` of a student on a jax-md neighbour list.
 
@@ -301,8 +471,13 @@ def make_energy_fn(
     Keyword arguments other than ``params`` (override the student's parameters: for a
     committee, stacked ones) and ``species`` (override the atomic numbers) go to
     ``displacement_fn``, as in jax-md's own potentials (``box=``, ``perturbation=``, ...).
+
+    ``compaction``: on a ``Dense`` list, run the student on rows compacted to the pairs
+    within the cutoff (:class:`RowCompaction`); None runs it on the list as it is.
+    Under ``jax.vmap`` over positions the compaction's ``lax.cond`` runs both branches:
+    leave it None there.
     """
-    energy = _member_energy_fn(student, displacement_fn, species)
+    energy = _member_energy_fn(student, displacement_fn, species, compaction)
     default_params = student.params
     committee = is_committee(student)
 
@@ -354,6 +529,7 @@ def jax_md_potential(
     fractional_coordinates: bool = False,
     capacity_multiplier: float = 1.25,
     dtype: str | None = None,
+    compact_rows: bool | str = "auto",
     **neighbor_kwargs: Any,
 ):
     """A student as a jax-md ``(neighbor_fn, energy_fn)`` pair.
@@ -379,6 +555,11 @@ def jax_md_potential(
             ``simulate.npt_nose_hoover``).
         capacity_multiplier: head-room of the allocated list.
         dtype: cast the student ("float32"/"float64"); default its own.
+        compact_rows: on a "dense" list, run the student each step on rows compacted to
+            the pairs within the cutoff (:class:`RowCompaction`: the same energies and
+            forces with fewer per-edge slots); True, False, or "auto" (from
+            :data:`COMPACT_MIN_ATOMS` atoms). Pass False when vmapping ``energy_fn``
+            over positions (replicas): a ``lax.cond`` under ``vmap`` runs both branches.
         **neighbor_kwargs: passed to ``jax_md.partition.neighbor_list``.
 
     Returns:
@@ -431,5 +612,6 @@ def jax_md_potential(
             return _hashable_cell_size(allocate(position, extra_capacity, **kwargs))
 
         neighbor_fn = partition.NeighborListFns(allocate_hashable, neighbor_fn.update)
-    energy_fn = make_energy_fn(student, displacement_fn, numbers)
+    compaction = resolve_compaction(compact_rows, len(numbers), dr_threshold, capacity_multiplier)
+    energy_fn = make_energy_fn(student, displacement_fn, numbers, compaction)
     return neighbor_fn, energy_fn

@@ -48,6 +48,7 @@ class JaxMDSettings(NamedTuple):
     neighbor_rebuild: str
     disable_cell_list: bool | None
     capacity_multiplier: float
+    compact_rows: bool | str
     batched: bool
 
 
@@ -180,7 +181,16 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
     rebuild_fn = partition.neighbor_list(
         displacement, box_for_list, cutoff + skin, dr_threshold=0.0, **common
     )
-    energy_fn = jaxmd.make_energy_fn(student, displacement, reference.numbers)
+    # Replicas vmap the energy over positions, where the compaction's lax.cond would
+    # run both of its branches.
+    compaction = (
+        None
+        if batched
+        else jaxmd.resolve_compaction(
+            settings.compact_rows, n_atoms, skin, settings.capacity_multiplier
+        )
+    )
+    energy_fn = jaxmd.make_energy_fn(student, displacement, reference.numbers, compaction)
     committee = is_committee(student)
     # The MD integrates the committee's mean forces (energy_fn is the mean energy); the
     # members' own forces are computed at samples only (a forward and backward pass

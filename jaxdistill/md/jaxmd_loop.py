@@ -229,6 +229,7 @@ def run_jaxmd(
     neighbor_rebuild: str,
     disable_cell_list: bool | None,
     capacity_multiplier: float,
+    compact_rows: bool | str = "auto",
 ) -> MDSummary:
     """One jax-md run (replicas vmapped) with the checks, logs and summary of run_md."""
     start_wall = time.perf_counter()
@@ -254,6 +255,7 @@ def run_jaxmd(
         neighbor_rebuild=neighbor_rebuild,
         disable_cell_list=disable_cell_list,
         capacity_multiplier=capacity_multiplier,
+        compact_rows=compact_rows,
         batched=batched,
     )
     compiled = _cached(student, reference, settings)

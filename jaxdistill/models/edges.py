@@ -102,6 +102,36 @@ def receiver_major_layout(
     return ReceiverMajor(reverse=reverse, reverse_mask=jnp.any(match, axis=-1).reshape(-1))
 
 
+def compact_rows(table: jax.Array, keep: jax.Array, n_slots: int, fill: int):
+    """Move each row's kept slots to the front of a narrower table, in their order.
+
+    A jax-md ``Dense`` list holds the pairs within ``cutoff + skin`` with head-room on
+    top; at any one step only the pairs within the cutoff carry a message. Compacting
+    the rows to those pairs before the model runs shrinks every per-edge array.
+
+    Args:
+        table: ``[n_row, M]`` int, a receiver-major table (row ``r``'s senders).
+        keep: ``[n_row, M]`` bool, the slots to keep.
+        n_slots: static width ``M'`` of the result.
+        fill: the value of the result's empty slots (the padding node).
+
+    Returns:
+        ``(compacted, overflow)``: ``[n_row, n_slots]`` with row ``r``'s kept senders
+        first and ``fill`` after them, and a bool scalar, True when some row keeps
+        more than ``n_slots`` (then the result lacks pairs and must not be used).
+    """
+    n_row, width = table.shape
+    rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
+    # Slots not kept go to distinct columns past the end (dropped), so the scatter's
+    # indices are unique and it needs no atomics.
+    column = jnp.where(keep, rank, n_slots + jnp.arange(width, dtype=jnp.int32))
+    compacted = jnp.full((n_row, n_slots), fill, table.dtype)
+    compacted = compacted.at[jnp.arange(n_row)[:, None], column].set(
+        table, mode="drop", unique_indices=True
+    )
+    return compacted, jnp.any(rank[:, -1] >= n_slots)
+
+
 def sum_at_receivers(messages: jax.Array, n_node: int) -> jax.Array:
     """Sum edge messages at their receivers: [n_edge, ...] -> [n_node, ...]."""
     n_slots = slots_per_node(messages.shape[0], n_node)

@@ -132,3 +132,32 @@ def test_jaxmd_engine_logs_and_acts_on_disagreement(committee, tmp_path):
         calc.results["max_force_std"], rel=1e-9
     )
     assert logged.thermo["potential_energy"][0, 0] == pytest.approx(calc.results["energy"])
+
+
+def test_committee_on_compacted_rows_equals_the_full_list(committee):
+    """The members' vmap over parameters keeps the compaction's branch a branch: the
+    mean energy and forces on compacted rows equal those on the list as allocated."""
+    pytest.importorskip("jax_md")
+    from jax_md import quantity, space
+
+    from jaxdistill.md import jaxmd
+
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=5)
+    box = jnp.asarray(np.diag(atoms.cell.array))
+    displacement_fn, _ = space.periodic(box)
+    R = jnp.asarray(atoms.positions)
+    results = []
+    for compact_rows in (False, True):
+        neighbor_fn, energy_fn = jaxmd.jax_md_potential(
+            committee, displacement_fn, box, atoms.numbers, format="dense",
+            capacity_multiplier=1.5, compact_rows=compact_rows,
+        )  # fmt: skip
+        nbrs = neighbor_fn.allocate(R)
+        evaluate = jax.jit(
+            lambda R, nbrs, f=energy_fn: (f(R, nbrs), quantity.force(f)(R, neighbor=nbrs))
+        )
+        results.append(evaluate(R, nbrs))
+    (e_full, f_full), (e_compact, f_compact) = results
+    assert float(e_compact) == pytest.approx(float(e_full), rel=1e-12)
+    assert float(jnp.max(jnp.abs(f_full))) > 0
+    np.testing.assert_allclose(f_compact, f_full, rtol=0, atol=1e-10)

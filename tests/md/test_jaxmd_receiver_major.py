@@ -219,3 +219,83 @@ def test_forward_mode_needs_the_sparse_format():
             step = 1e-5
             central = (grad(R + step * direction) - grad(R - step * direction)) / (2 * step)
             np.testing.assert_allclose(products["sparse"], central, rtol=1e-5, atol=1e-7)
+
+
+def test_compact_rows_moves_kept_slots_to_the_front():
+    table = jnp.array([[5, 1, 7, 2], [3, 3, 0, 6], [9, 9, 9, 9]], jnp.int32)
+    keep = jnp.array([[0, 1, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0]], bool)
+    compacted, overflow = edges.compact_rows(table, keep, 3, fill=9)
+    np.testing.assert_array_equal(compacted, [[1, 7, 9], [3, 0, 6], [9, 9, 9]])
+    assert not bool(overflow)
+    _, overflow = edges.compact_rows(table, keep, 2, fill=9)
+    assert bool(overflow)  # row 1 keeps three
+
+
+def test_row_compaction_width_follows_the_list():
+    compaction = jaxmd.RowCompaction(skin=0.5, capacity_multiplier=1.25)
+    # 40 slots sized for 32 pairs within 5.5 Å: 24.0 expected within 5 Å, 1.25 head-room.
+    assert compaction.slots(40, 5.0) == 31
+    assert compaction.slots(8, 100.0) == 8  # never wider than the list
+    assert jaxmd.resolve_compaction("auto", jaxmd.COMPACT_MIN_ATOMS, 0.5, 1.25) == compaction
+    assert jaxmd.resolve_compaction("auto", jaxmd.COMPACT_MIN_ATOMS - 1, 0.5, 1.25) is None
+    assert jaxmd.resolve_compaction(False, 10**6, 0.5, 1.25) is None
+    with pytest.raises(ValueError, match="compact_rows"):
+        jaxmd.resolve_compaction("yes", 10, 0.5, 1.25)
+
+
+@pytest.mark.parametrize("margin", [1.25, 0.3])
+@pytest.mark.parametrize("name", ["painn+zbl", "schnet"])
+def test_compacted_rows_give_the_full_lists_results(name, margin):
+    """Compacted rows drop only pairs beyond the cutoff, which carry nothing: the same
+    energy, forces and stress; a width too small for some row (margin 0.3) takes the
+    full list, with the same results."""
+    student = _student(name, "float64")
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=3)
+    box = jnp.asarray(atoms.cell.array.T)
+    displacement_fn, _ = space.periodic_general(box, fractional_coordinates=True)
+    R = jnp.asarray(atoms.get_scaled_positions())
+    neighbor_fn, full_fn = jax_md_potential(
+        student,
+        displacement_fn,
+        box,
+        atoms.numbers,
+        fractional_coordinates=True,
+        format="dense",
+        compact_rows=False,
+        capacity_multiplier=1.5,
+    )
+    compaction = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margin)
+    compact_fn = jaxmd.make_energy_fn(student, displacement_fn, atoms.numbers, compaction)
+    nbrs = neighbor_fn.allocate(R)
+    width = nbrs.idx.shape[1]
+    n_slots = compaction.slots(width, 4.0)
+    assert n_slots < width
+    displacement = jax.vmap(displacement_fn)
+    padded = jnp.concatenate([R, jnp.zeros_like(R[:1])])
+    table = jaxmd.receiver_major_table(nbrs, len(atoms))
+    compacted, overflow = jaxmd.compact_table(table, padded, displacement, 4.0, n_slots)
+    assert bool(overflow) == (margin < 1)  # which branch the energy takes
+    vectors = jax.vmap(displacement)(
+        padded[table], jnp.broadcast_to(padded[:, None], (*table.shape, 3))
+    )
+    distances = jnp.linalg.norm(vectors, axis=-1)
+    within = (table < len(atoms)) & (distances < 4.0)
+    if not overflow:
+        np.testing.assert_array_equal((compacted < len(atoms)).sum(axis=1), within.sum(axis=1))
+
+    def evaluate(energy_fn):
+        return jax.jit(
+            lambda R, nbrs: (
+                energy_fn(R, nbrs),
+                quantity.force(energy_fn)(R, neighbor=nbrs),
+                quantity.stress(energy_fn, R, box, neighbor=nbrs),
+            )
+        )(R, nbrs)
+
+    full = evaluate(full_fn)
+    compact = evaluate(compact_fn)
+    assert float(compact[0]) == pytest.approx(float(full[0]), rel=1e-12)
+    for got, want in zip(compact[1:], full[1:], strict=True):
+        scale = float(jnp.max(jnp.abs(want)))
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * scale)
