@@ -253,27 +253,29 @@ class RowCompaction(NamedTuple):
 
     The list holds every pair within ``cutoff + skin``, sized with head-room
     (``capacity_multiplier``); only pairs within the cutoff carry a message, so the
-    student runs on rows compacted to a narrower static width
-    (:meth:`slots`: the pairs the list was sized for, times the volume ratio of the
-    two spheres, times ``margin``). A step where some atom has more pairs within the
-    cutoff than that takes the full list instead (a ``lax.cond``), so results never
-    depend on it.
+    student runs on rows compacted to a narrower static width. There are a few widths
+    (:meth:`widths`: the pairs the list was sized for, times the volume ratio of the two
+    spheres, times each of ``margins``); each step takes the narrowest that holds every
+    atom's pairs within the cutoff, or the full list when none does (a ``lax.switch``),
+    so results never depend on them. A hot system, whose atoms gather more neighbours
+    than the cold one the list was sized on, takes the wider ones.
 
     Attributes:
         skin: the list's skin (jax-md's ``dr_threshold``), Å.
         capacity_multiplier: the list's head-room factor.
-        margin: head-room of the compacted width over the expected pair count.
+        margins: head-room of each compacted width over the expected pair count.
     """
 
     skin: float
     capacity_multiplier: float
-    margin: float = 1.25
+    margins: tuple[float, ...] = (1.25, 1.6)
 
-    def slots(self, n_slots: int, cutoff: float) -> int:
-        """Compacted width ``M'`` for a list of ``n_slots`` slots per row."""
+    def widths(self, n_slots: int, cutoff: float) -> tuple[int, ...]:
+        """Compacted widths, ascending, each narrower than the list's ``n_slots``."""
         sized_for = n_slots / self.capacity_multiplier
         within = sized_for * (cutoff / (cutoff + self.skin)) ** 3
-        return min(n_slots, int(np.ceil(within * self.margin)))
+        widths = {int(np.ceil(within * margin)) for margin in self.margins}
+        return tuple(sorted(w for w in widths if w < n_slots))
 
 
 def compact_table(
@@ -293,8 +295,9 @@ def compact_table(
         n_slots: static width of the result.
 
     Returns:
-        ``(compacted [n_atoms + 1, n_slots], overflow)`` as
-        :func:`jaxdistill.models.edges.compact_rows`.
+        ``(compacted [n_atoms + 1, n_slots], largest)`` as
+        :func:`jaxdistill.models.edges.compact_rows`: rows are packed at the front, so
+        ``compacted[:, :w]`` is the compaction to any ``w >= largest``.
     """
     from jaxdistill.models.edges import compact_rows
 
@@ -309,36 +312,35 @@ def compact_table(
 
 
 def _switch_differentiated_inside(
-    use_first: jax.Array, energy: Callable, first: Any, second: Any, inputs: Any
+    index: jax.Array, energy: Callable, structures: Sequence[Any], inputs: Any
 ) -> jax.Array:
-    """``energy(first, inputs)`` if ``use_first`` else ``energy(second, inputs)``, with
-    derivatives taken inside the chosen branch.
+    """``energy(structures[index], inputs)``, with derivatives taken inside the chosen
+    branch.
 
-    A plain ``lax.cond`` under ``jax.grad`` returns the residuals of both branches (the
-    one not taken filled with zeros): the full list's per-edge arrays written every step
-    for nothing. Here the JVP rule runs one ``lax.cond`` over the branches' own
+    A plain ``lax.switch`` under ``jax.grad`` returns the residuals of every branch (those
+    not taken filled with zeros): the full list's per-edge arrays written every step for
+    nothing. Here the JVP rule runs one ``lax.switch`` over the branches' own
     ``value_and_grad`` and returns the tangent as gradient · tangent, so reverse mode
     keeps only the gradients (shaped like ``inputs``). Derivatives of those gradients
     (forces' derivatives) are not supported.
 
     Args:
-        use_first: bool scalar.
+        index: int scalar in ``[0, len(structures))``.
         energy: ``(structure, inputs) -> scalar``; ``structure`` holds no floats.
-        first, second: the two structures (pytrees of integer arrays).
+        structures: the branches' structures (pytrees of integer arrays).
         inputs: the differentiable inputs (pytree).
     """
     from jax.custom_derivatives import SymbolicZero
 
     @jax.custom_jvp
-    def switched(use_first, first, second, inputs):
-        return jax.lax.cond(
-            use_first, lambda: energy(first, inputs), lambda: energy(second, inputs)
-        )
+    def switched(index, structures, inputs):
+        branches = [functools.partial(energy, structure) for structure in structures]
+        return jax.lax.switch(index, branches, inputs)
 
     def switched_jvp(primals, tangents):
-        use_first, first, second, inputs = primals
+        index, structures, inputs = primals
         leaves, treedef = jax.tree.flatten(inputs)
-        tangent_leaves = treedef.flatten_up_to(tangents[3])
+        tangent_leaves = treedef.flatten_up_to(tangents[2])
         active = [
             i
             for i, (leaf, tangent) in enumerate(zip(leaves, tangent_leaves, strict=True))
@@ -352,9 +354,10 @@ def _switch_differentiated_inside(
                     merged[i] = value
                 return energy(structure, jax.tree.unflatten(treedef, merged))
 
-            return lambda: jax.value_and_grad(of_active)([leaves[i] for i in active])
+            return lambda values: jax.value_and_grad(of_active)(values)
 
-        value, gradients = jax.lax.cond(use_first, value_and_grad(first), value_and_grad(second))
+        branches = [value_and_grad(structure) for structure in structures]
+        value, gradients = jax.lax.switch(index, branches, [leaves[i] for i in active])
         tangent = sum(
             (jnp.sum(g * tangent_leaves[i]) for g, i in zip(gradients, active, strict=True)),
             jnp.zeros_like(value),
@@ -362,7 +365,7 @@ def _switch_differentiated_inside(
         return value, tangent
 
     switched.defjvp(switched_jvp, symbolic_zeros=True)
-    return switched(use_first, first, second, inputs)
+    return switched(index, list(structures), inputs)
 
 
 #: ``compact_rows="auto"`` compacts from this many atoms (see :class:`RowCompaction`).
@@ -422,14 +425,16 @@ def _member_energy_fn(
                 Edges(senders, receivers), edge_mask, {}, (params, numbers, padded, kwargs)
             )
         table = receiver_major_table(neighbor, n_atoms)
-        n_slots = table.shape[1]
-        compact_slots = n_slots if compaction is None else compaction.slots(n_slots, cutoff)
-        if compact_slots >= n_slots:
+        widths = () if compaction is None else compaction.widths(table.shape[1], cutoff)
+        if not widths:
             return on_table(table, (params, numbers, padded, kwargs))
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
-        compacted, overflow = compact_table(table, padded, displacement, cutoff, compact_slots)
+        compacted, largest = compact_table(table, padded, displacement, cutoff, widths[-1])
+        # The narrowest width that holds every row's pairs; past the widest, the full list.
+        index = sum((largest > width).astype(jnp.int32) for width in widths)
+        tables = [compacted[:, :width] for width in widths] + [table]
         return _switch_differentiated_inside(
-            overflow, on_table, table, compacted, (params, numbers, padded, kwargs)
+            index, on_table, tables, (params, numbers, padded, kwargs)
         )
 
     def on_edges(edges: Edges, edge_mask: jax.Array, layout_kwargs: dict, inputs) -> jax.Array:

@@ -116,9 +116,9 @@ def compact_rows(table: jax.Array, keep: jax.Array, n_slots: int, fill: int):
         fill: the value of the result's empty slots (the padding node).
 
     Returns:
-        ``(compacted, overflow)``: ``[n_row, n_slots]`` with row ``r``'s kept senders
-        first and ``fill`` after them, and a bool scalar, True when some row keeps
-        more than ``n_slots`` (then the result lacks pairs and must not be used).
+        ``(compacted, largest)``: ``[n_row, n_slots]`` with row ``r``'s kept senders
+        first and ``fill`` after them, and an int32 scalar, the most slots any row
+        keeps (where it exceeds ``n_slots`` the result lacks pairs and must not be used).
     """
     n_row, width = table.shape
     rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
@@ -129,7 +129,7 @@ def compact_rows(table: jax.Array, keep: jax.Array, n_slots: int, fill: int):
     compacted = compacted.at[jnp.arange(n_row)[:, None], column].set(
         table, mode="drop", unique_indices=True
     )
-    return compacted, jnp.any(rank[:, -1] >= n_slots)
+    return compacted, jnp.max(rank[:, -1]) + 1
 
 
 def sum_at_receivers(messages: jax.Array, n_node: int) -> jax.Array:

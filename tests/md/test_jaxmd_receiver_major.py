@@ -224,18 +224,21 @@ def test_forward_mode_needs_the_sparse_format():
 def test_compact_rows_moves_kept_slots_to_the_front():
     table = jnp.array([[5, 1, 7, 2], [3, 3, 0, 6], [9, 9, 9, 9]], jnp.int32)
     keep = jnp.array([[0, 1, 1, 0], [1, 0, 1, 1], [0, 0, 0, 0]], bool)
-    compacted, overflow = edges.compact_rows(table, keep, 3, fill=9)
+    compacted, largest = edges.compact_rows(table, keep, 3, fill=9)
     np.testing.assert_array_equal(compacted, [[1, 7, 9], [3, 0, 6], [9, 9, 9]])
-    assert not bool(overflow)
-    _, overflow = edges.compact_rows(table, keep, 2, fill=9)
-    assert bool(overflow)  # row 1 keeps three
+    assert int(largest) == 3  # row 1 keeps three
+    narrow, largest = edges.compact_rows(table, keep, 2, fill=9)
+    assert int(largest) == 3  # more than fit: the caller must not use `narrow`
+    np.testing.assert_array_equal(narrow[0], [1, 7])
 
 
-def test_row_compaction_width_follows_the_list():
+def test_row_compaction_widths_follow_the_list():
     compaction = jaxmd.RowCompaction(skin=0.5, capacity_multiplier=1.25)
-    # 40 slots sized for 32 pairs within 5.5 Å: 24.0 expected within 5 Å, 1.25 head-room.
-    assert compaction.slots(40, 5.0) == 31
-    assert compaction.slots(8, 100.0) == 8  # never wider than the list
+    # 40 slots sized for 32 pairs within 5.5 Å: 24.04 expected within 5 Å, times the
+    # margins 1.25 and 1.6.
+    assert compaction.widths(40, 5.0) == (31, 39)
+    assert compaction.widths(24, 5.0) == (19,)  # never as wide as the list (24)
+    assert compaction.widths(8, 100.0) == ()
     assert jaxmd.resolve_compaction("auto", jaxmd.COMPACT_MIN_ATOMS, 0.5, 1.25) == compaction
     assert jaxmd.resolve_compaction("auto", jaxmd.COMPACT_MIN_ATOMS - 1, 0.5, 1.25) is None
     assert jaxmd.resolve_compaction(False, 10**6, 0.5, 1.25) is None
@@ -243,12 +246,12 @@ def test_row_compaction_width_follows_the_list():
         jaxmd.resolve_compaction("yes", 10, 0.5, 1.25)
 
 
-@pytest.mark.parametrize("margin", [1.25, 0.3])
+@pytest.mark.parametrize(("margins", "branch"), [((1.25,), 0), ((0.3, 1.25), 1), ((0.3,), 1)])
 @pytest.mark.parametrize("name", ["painn+zbl", "schnet"])
-def test_compacted_rows_give_the_full_lists_results(name, margin):
+def test_compacted_rows_give_the_full_lists_results(name, margins, branch):
     """Compacted rows drop only pairs beyond the cutoff, which carry nothing: the same
-    energy, forces and stress; a width too small for some row (margin 0.3) takes the
-    full list, with the same results."""
+    energy, forces and stress on the narrowest width that holds every row, and on the
+    full list when none does (margins (0.3,): branch 1 of 2 is the full list)."""
     student = _student(name, "float64")
     atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=3)
     box = jnp.asarray(atoms.cell.array.T)
@@ -264,23 +267,22 @@ def test_compacted_rows_give_the_full_lists_results(name, margin):
         compact_rows=False,
         capacity_multiplier=1.5,
     )
-    compaction = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margin)
+    compaction = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margins)
     compact_fn = jaxmd.make_energy_fn(student, displacement_fn, atoms.numbers, compaction)
     nbrs = neighbor_fn.allocate(R)
-    width = nbrs.idx.shape[1]
-    n_slots = compaction.slots(width, 4.0)
-    assert n_slots < width
+    widths = compaction.widths(nbrs.idx.shape[1], 4.0)
+    assert len(widths) == len(margins)
     displacement = jax.vmap(displacement_fn)
     padded = jnp.concatenate([R, jnp.zeros_like(R[:1])])
     table = jaxmd.receiver_major_table(nbrs, len(atoms))
-    compacted, overflow = jaxmd.compact_table(table, padded, displacement, 4.0, n_slots)
-    assert bool(overflow) == (margin < 1)  # which branch the energy takes
+    compacted, largest = jaxmd.compact_table(table, padded, displacement, 4.0, widths[-1])
+    assert sum(int(largest) > w for w in widths) == branch  # the branch the energy takes
     vectors = jax.vmap(displacement)(
         padded[table], jnp.broadcast_to(padded[:, None], (*table.shape, 3))
     )
-    distances = jnp.linalg.norm(vectors, axis=-1)
-    within = (table < len(atoms)) & (distances < 4.0)
-    if not overflow:
+    within = (table < len(atoms)) & (jnp.linalg.norm(vectors, axis=-1) < 4.0)
+    assert int(largest) == int(within.sum(axis=1).max())
+    if int(largest) <= widths[-1]:
         np.testing.assert_array_equal((compacted < len(atoms)).sum(axis=1), within.sum(axis=1))
 
     def evaluate(energy_fn):
