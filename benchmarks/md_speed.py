@@ -673,7 +673,7 @@ def fused_replicas(args, budget: Budget, record: dict, save) -> None:
     paths = [
         p
         for p in COMPARED_PATHS
-        # run_md's replicas never compact (a lax.cond under vmap runs both branches)
+        # run_md's replicas never compact (a lax.switch under vmap runs every branch)
         if p[0] not in ("fused", "compact") and (not args.paths or p[0] in args.paths.split(","))
     ]
     for name, atoms in (("si64", silicon_cell(64)), ("hexanol", hexanol())):

@@ -354,7 +354,7 @@ def _switch_differentiated_inside(
                     merged[i] = value
                 return energy(structure, jax.tree.unflatten(treedef, merged))
 
-            return lambda values: jax.value_and_grad(of_active)(values)
+            return jax.value_and_grad(of_active)
 
         branches = [value_and_grad(structure) for structure in structures]
         value, gradients = jax.lax.switch(index, branches, [leaves[i] for i in active])
@@ -419,23 +419,20 @@ def _member_energy_fn(
         if R.shape[0] != n_atoms:
             raise ValueError(f"energy_fn was built for {n_atoms} atoms, got R of {R.shape}")
         padded = jnp.concatenate([R, jnp.zeros_like(R[:1])], axis=0)
+        inputs = (params, numbers, padded, kwargs)
         if not (receiver_major_ok and neighbor.format is partition.Dense):
             senders, receivers, edge_mask = neighbor_edges(neighbor, n_atoms)
-            return on_edges(
-                Edges(senders, receivers), edge_mask, {}, (params, numbers, padded, kwargs)
-            )
+            return on_edges(Edges(senders, receivers), edge_mask, {}, inputs)
         table = receiver_major_table(neighbor, n_atoms)
         widths = () if compaction is None else compaction.widths(table.shape[1], cutoff)
         if not widths:
-            return on_table(table, (params, numbers, padded, kwargs))
+            return on_table(table, inputs)
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
         compacted, largest = compact_table(table, padded, displacement, cutoff, widths[-1])
         # The narrowest width that holds every row's pairs; past the widest, the full list.
         index = sum((largest > width).astype(jnp.int32) for width in widths)
         tables = [compacted[:, :width] for width in widths] + [table]
-        return _switch_differentiated_inside(
-            index, on_table, tables, (params, numbers, padded, kwargs)
-        )
+        return _switch_differentiated_inside(index, on_table, tables, inputs)
 
     def on_edges(edges: Edges, edge_mask: jax.Array, layout_kwargs: dict, inputs) -> jax.Array:
         params, numbers, padded, kwargs = inputs
@@ -479,8 +476,8 @@ def make_energy_fn(
 
     ``compaction``: on a ``Dense`` list, run the student on rows compacted to the pairs
     within the cutoff (:class:`RowCompaction`); None runs it on the list as it is.
-    Under ``jax.vmap`` over positions the compaction's ``lax.cond`` runs both branches:
-    leave it None there.
+    Under ``jax.vmap`` over positions the compaction's ``lax.switch`` runs every
+    branch: leave it None there.
     """
     energy = _member_energy_fn(student, displacement_fn, species, compaction)
     default_params = student.params
@@ -564,7 +561,7 @@ def jax_md_potential(
             the pairs within the cutoff (:class:`RowCompaction`: the same energies and
             forces with fewer per-edge slots); True, False, or "auto" (from
             :data:`COMPACT_MIN_ATOMS` atoms). Pass False when vmapping ``energy_fn``
-            over positions (replicas): a ``lax.cond`` under ``vmap`` runs both branches.
+            over positions (replicas): a ``lax.switch`` under ``vmap`` runs every branch.
         **neighbor_kwargs: passed to ``jax_md.partition.neighbor_list``.
 
     Returns:

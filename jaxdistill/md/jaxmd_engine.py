@@ -181,8 +181,8 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
     rebuild_fn = partition.neighbor_list(
         displacement, box_for_list, cutoff + skin, dr_threshold=0.0, **common
     )
-    # Replicas vmap the energy over positions, where the compaction's lax.cond would
-    # run both of its branches.
+    # Replicas vmap the energy over positions, where the compaction's lax.switch would
+    # run every branch.
     compaction = (
         None
         if batched

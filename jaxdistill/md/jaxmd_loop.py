@@ -229,7 +229,7 @@ def run_jaxmd(
     neighbor_rebuild: str,
     disable_cell_list: bool | None,
     capacity_multiplier: float,
-    compact_rows: bool | str = "auto",
+    compact_rows: bool | str,
 ) -> MDSummary:
     """One jax-md run (replicas vmapped) with the checks, logs and summary of run_md."""
     start_wall = time.perf_counter()
