@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -187,6 +189,37 @@ def _scatter_bwd(n_node, residual, cotangent):
 
 scatter_to_senders.defvjp(_scatter_fwd, _scatter_bwd)
 gather_senders.defvjp(_gather_fwd, _gather_bwd)
+
+
+#: Environment variable that sets whether the students' per-edge work is recomputed in
+#: the backward pass (:func:`edge_function`): "auto" (default), "on" or "off".
+EDGE_REMAT_ENV_VAR = "JAXDISTILL_EDGE_REMAT"
+
+
+def recompute_edges() -> bool:
+    """Whether :func:`edge_function` recomputes the per-edge work in the backward pass
+    (read at trace time from :data:`EDGE_REMAT_ENV_VAR`; "auto": on GPUs)."""
+    value = os.environ.get(EDGE_REMAT_ENV_VAR, "").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"{EDGE_REMAT_ENV_VAR} must be 'auto', 'on' or 'off', got {value!r}")
+    if value == "auto":
+        return jax.default_backend() == "gpu"
+    return value == "on"
+
+
+def edge_function(function: Callable, static_argnums: tuple[int, ...] = ()) -> Callable:
+    """``function`` (a layer's per-edge work: node features in, sums at receivers out),
+    under ``jax.checkpoint`` where :func:`recompute_edges` says so.
+
+    Reverse mode otherwise keeps the per-edge intermediates (gathered features,
+    filters, products: ``[n_edge, 3F]`` arrays) from the forward pass to the backward
+    one, written to and read back from memory; recomputed, they are built again
+    inside the backward pass's own kernels from the node features, which are small.
+    The values are the same either way.
+    """
+    if not recompute_edges():
+        return function
+    return jax.checkpoint(function, static_argnums=static_argnums)
 
 
 class Edges(NamedTuple):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule
-from jaxdistill.models.edges import Edges, ReceiverMajor
+from jaxdistill.models.edges import Edges, ReceiverMajor, edge_function
 from jaxdistill.models.fused import FusedEdges, SlotEdges, painn_messages
 from jaxdistill.models.node_kernels import (
     UpdateWeights,
@@ -22,6 +22,52 @@ from jaxdistill.models.node_kernels import (
     painn_update_reference,
     use_node_kernels,
 )
+
+
+def painn_edge_messages(
+    phi: jax.Array,
+    v: jax.Array,
+    kernel: jax.Array,
+    bias: jax.Array,
+    radial: jax.Array,
+    envelope: jax.Array,
+    unit_vectors: jax.Array,
+    edges: Edges,
+    vectors_zero: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """A PaiNN layer's per-edge work, from node features to sums at receivers.
+
+    Args:
+        phi: ``[n_node, 3F]`` the senders' gates (the node MLP's output).
+        v: ``[n_node, 3, F]`` vector features.
+        kernel, bias: the filter's dense layer, ``[num_radial, 3F]`` and ``[3F]``.
+        radial: ``[n_edge, num_radial]``; envelope ``[n_edge]``; unit_vectors
+            ``[n_edge, 3]``.
+        edges: senders, receivers and their layout.
+        vectors_zero: ``v`` is zero (the first layer): its term and that third of the
+            filter are left out.
+
+    Returns:
+        ``(ds [n_node, F], dv [n_node, 3, F])``.
+    """
+    n_node = phi.shape[0]
+    f = v.shape[-1]
+    # The envelope multiplies after the dense layer so that its bias, too, goes
+    # smoothly to zero at the cutoff (and is exactly zero on padding edges).
+    if vectors_zero:
+        # columns [F:3F] only: gate_v (the first F) would multiply v_j = 0
+        filters = (radial @ kernel[:, f:] + bias[f:]) * envelope[:, None]
+        gate_s, gate_r = jnp.split(edges.from_senders(phi[:, f:]) * filters, 2, axis=-1)
+        dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
+    else:
+        filters = (radial @ kernel + bias) * envelope[:, None]
+        x = edges.from_senders(phi) * filters
+        gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
+        dv_edge = (
+            edges.from_senders(v) * gate_v[:, None, :]
+            + unit_vectors[:, :, None] * gate_r[:, None, :]
+        )
+    return edges.to_receivers(gate_s, n_node), edges.to_receivers(dv_edge, n_node)
 
 
 class PaiNNMessage(nn.Module):
@@ -62,7 +108,6 @@ class PaiNNMessage(nn.Module):
             fused: layouts of the fused path, or None for the reference path; then
                 ``edge_vectors`` (Å), ``edge_mask`` and ``cutoff`` (Å) are needed.
         """
-        n_node = s.shape[0]
         phi = nn.Dense(3 * self.features)(nn.silu(nn.Dense(self.features)(s)))
         filter_layer = nn.Dense(3 * self.features)
         if fused is not None:
@@ -84,26 +129,21 @@ class PaiNNMessage(nn.Module):
                 radial.shape[-1],
             )
             return s + ds, v + dv
-        # The envelope multiplies after the dense layer so that its bias, too, goes
-        # smoothly to zero at the cutoff (and is exactly zero on padding edges).
-        if self.vectors_zero:
-            # columns [F:3F] only: gate_v (the first F) would multiply v_j = 0
-            filter_layer(jnp.zeros((0, radial.shape[-1]), s.dtype))  # binds the parameters
-            weights = filter_layer.variables["params"]
-            f = self.features
-            filters = (radial @ weights["kernel"][:, f:] + weights["bias"][f:]) * envelope[:, None]
-            gate_s, gate_r = jnp.split(edges.from_senders(phi[:, f:]) * filters, 2, axis=-1)
-            dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
-        else:
-            filters = filter_layer(radial) * envelope[:, None]
-            x = edges.from_senders(phi) * filters
-            gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
-            dv_edge = (
-                edges.from_senders(v) * gate_v[:, None, :]
-                + unit_vectors[:, :, None] * gate_r[:, None, :]
-            )
-        ds = edges.to_receivers(gate_s, n_node)
-        dv = edges.to_receivers(dv_edge, n_node)
+        # Zero-row call: creates (at init) and binds the filter's parameters, which the
+        # pure per-edge function reads (so it can be recomputed in the backward pass).
+        filter_layer(jnp.zeros((0, radial.shape[-1]), s.dtype))
+        weights = filter_layer.variables["params"]
+        ds, dv = edge_function(painn_edge_messages, static_argnums=(8,))(
+            phi,
+            v,
+            weights["kernel"],
+            weights["bias"],
+            radial,
+            envelope,
+            unit_vectors,
+            edges,
+            self.vectors_zero,
+        )
         return s + ds, v + dv
 
 

@@ -12,8 +12,34 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule
-from jaxdistill.models.edges import Edges, ReceiverMajor
+from jaxdistill.models.edges import Edges, ReceiverMajor, edge_function
 from jaxdistill.models.fused import FusedEdges, SlotEdges, schnet_messages
+
+
+def schnet_edge_messages(
+    x: jax.Array,
+    inner_kernel: jax.Array,
+    inner_bias: jax.Array,
+    outer_kernel: jax.Array,
+    outer_bias: jax.Array,
+    radial: jax.Array,
+    envelope: jax.Array,
+    edges: Edges,
+) -> jax.Array:
+    """A continuous-filter convolution's per-edge work: ``[n_node, F]`` sums at the
+    receivers of the senders' features ``x [n_node, F]`` times each edge's filter, the
+    network ``outer(silu(inner(radial)))`` times the envelope.
+
+    Args:
+        x: ``[n_node, F]``.
+        inner_kernel, inner_bias: ``[num_radial, F]``, ``[F]``.
+        outer_kernel, outer_bias: ``[F, F]``, ``[F]``.
+        radial: ``[n_edge, num_radial]``; envelope ``[n_edge]``.
+        edges: senders, receivers and their layout.
+    """
+    hidden = nn.silu(radial @ inner_kernel + inner_bias)
+    filters = (hidden @ outer_kernel + outer_bias) * envelope[:, None]
+    return edges.to_receivers(edges.from_senders(x) * filters, x.shape[0])
 
 
 class SchNetInteraction(nn.Module):
@@ -48,8 +74,22 @@ class SchNetInteraction(nn.Module):
         inner = nn.Dense(self.features)
         x = nn.Dense(self.features, use_bias=False)(h)
         if fused is None:
-            filters = outer(nn.silu(inner(radial))) * envelope[:, None]
-            messages = edges.to_receivers(edges.from_senders(x) * filters, h.shape[0])
+            # Zero-row calls create (at init) and bind the filter network's parameters,
+            # which the pure per-edge function reads (so it can be recomputed in the
+            # backward pass).
+            inner(jnp.zeros((0, radial.shape[-1]), h.dtype))
+            outer(jnp.zeros((0, self.features), h.dtype))
+            w_in, w_out = inner.variables["params"], outer.variables["params"]
+            messages = edge_function(schnet_edge_messages)(
+                x,
+                w_in["kernel"],
+                w_in["bias"],
+                w_out["kernel"],
+                w_out["bias"],
+                radial,
+                envelope,
+                edges,
+            )
         else:
             # Called once on a dummy row so the parameters exist (at init) and are
             # bound; the result is unused and XLA drops it.
