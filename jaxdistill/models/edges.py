@@ -194,16 +194,20 @@ gather_senders.defvjp(_gather_fwd, _gather_bwd)
 #: Environment variable that sets whether the students' per-edge work is recomputed in
 #: the backward pass (:func:`edge_function`): "auto" (default), "on" or "off".
 EDGE_REMAT_ENV_VAR = "JAXDISTILL_EDGE_REMAT"
+#: Backends where "auto" recomputes. None yet: it has not been timed against storing on
+#: a GPU (docs/benchmarks.md), and on a 2-core CPU it was mixed.
+EDGE_REMAT_AUTO_BACKENDS: tuple[str, ...] = ()
 
 
 def recompute_edges() -> bool:
     """Whether :func:`edge_function` recomputes the per-edge work in the backward pass
-    (read at trace time from :data:`EDGE_REMAT_ENV_VAR`; "auto": on GPUs)."""
+    (read at trace time from :data:`EDGE_REMAT_ENV_VAR`; "auto": where
+    :data:`EDGE_REMAT_AUTO_BACKENDS` names the backend)."""
     value = os.environ.get(EDGE_REMAT_ENV_VAR, "").strip().lower() or "auto"
     if value not in ("auto", "on", "off"):
         raise ValueError(f"{EDGE_REMAT_ENV_VAR} must be 'auto', 'on' or 'off', got {value!r}")
     if value == "auto":
-        return jax.default_backend() == "gpu"
+        return jax.default_backend() in EDGE_REMAT_AUTO_BACKENDS
     return value == "on"
 
 
