@@ -55,8 +55,7 @@ def everything(student, graph):
     return out
 
 
-@pytest.mark.parametrize("architecture", ["painn", "schnet"])
-@pytest.mark.parametrize("system", ["silicon", "ethanol"])
+@pytest.mark.parametrize(("architecture", "system"), [("painn", "silicon"), ("schnet", "ethanol")])
 def test_recomputed_edges_equal_stored(architecture, system, monkeypatch):
     jax.config.update("jax_enable_x64", True)
     atoms = silicon() if system == "silicon" else ethanol()
