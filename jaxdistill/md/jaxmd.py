@@ -369,7 +369,10 @@ def _switch_differentiated_inside(
 
 
 #: ``compact_rows="auto"`` compacts from this many atoms (see :class:`RowCompaction`).
-COMPACT_MIN_ATOMS = 1024
+#: At 512 Si atoms compaction cut PaiNN's step by 14-25 % on an H100 and an H200; SchNet
+#: lost 9 % on the H100 (without recomputed per-edge work) and gained 18 % on the H200
+#: (with it); at 64 atoms it cost 8-15 % (docs/benchmarks.md).
+COMPACT_MIN_ATOMS = 512
 
 
 def resolve_compaction(
