@@ -110,11 +110,12 @@ class PaiNNMessage(nn.Module):
         """
         phi = nn.Dense(3 * self.features)(nn.silu(nn.Dense(self.features)(s)))
         filter_layer = nn.Dense(3 * self.features)
+        # A zero-row call creates (at init) and binds the filter's parameters; both paths
+        # build each edge's filter from them themselves (the reference path in a pure
+        # function, so that it can be recomputed in the backward pass).
+        filter_layer(jnp.zeros((0, radial.shape[-1]), s.dtype))
+        weights = filter_layer.variables["params"]
         if fused is not None:
-            # A dummy call creates (at init) and binds the filter's parameters; the
-            # kernel builds each edge's filter itself.
-            filter_layer(jnp.zeros((1, radial.shape[-1]), s.dtype))
-            weights = filter_layer.variables["params"]
             ds, dv = painn_messages(
                 phi,
                 v,
@@ -129,10 +130,6 @@ class PaiNNMessage(nn.Module):
                 radial.shape[-1],
             )
             return s + ds, v + dv
-        # Zero-row call: creates (at init) and binds the filter's parameters, which the
-        # pure per-edge function reads (so it can be recomputed in the backward pass).
-        filter_layer(jnp.zeros((0, radial.shape[-1]), s.dtype))
-        weights = filter_layer.variables["params"]
         ds, dv = edge_function(painn_edge_messages, static_argnums=(8,))(
             phi,
             v,

@@ -73,13 +73,13 @@ class SchNetInteraction(nn.Module):
         outer = nn.Dense(self.features)
         inner = nn.Dense(self.features)
         x = nn.Dense(self.features, use_bias=False)(h)
+        # Zero-row calls create (at init) and bind the filter network's parameters; both
+        # paths build each edge's filter from them themselves (the reference path in a
+        # pure function, so that it can be recomputed in the backward pass).
+        inner(jnp.zeros((0, radial.shape[-1]), h.dtype))
+        outer(jnp.zeros((0, self.features), h.dtype))
+        w_in, w_out = inner.variables["params"], outer.variables["params"]
         if fused is None:
-            # Zero-row calls create (at init) and bind the filter network's parameters,
-            # which the pure per-edge function reads (so it can be recomputed in the
-            # backward pass).
-            inner(jnp.zeros((0, radial.shape[-1]), h.dtype))
-            outer(jnp.zeros((0, self.features), h.dtype))
-            w_in, w_out = inner.variables["params"], outer.variables["params"]
             messages = edge_function(schnet_edge_messages)(
                 x,
                 w_in["kernel"],
@@ -91,11 +91,6 @@ class SchNetInteraction(nn.Module):
                 edges,
             )
         else:
-            # Called once on a dummy row so the parameters exist (at init) and are
-            # bound; the result is unused and XLA drops it.
-            inner(jnp.zeros((1, radial.shape[-1]), h.dtype))
-            outer(jnp.zeros((1, self.features), h.dtype))
-            w_in, w_out = inner.variables["params"], outer.variables["params"]
             messages = schnet_messages(
                 x,
                 edge_vectors,
