@@ -14,6 +14,7 @@ out=${OUT:-benchmarks/results}
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi -L
+python -c "import vesin" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
 ab() {  # timeout seconds, then edge_remat_ab.py arguments
   local seconds=$1
   shift

@@ -31,7 +31,9 @@ every call as MD does:
 
 median, p99 and the p99/median ratio; compilations after the first call (expected 0).
 On a GPU each case runs with every ``--layouts`` edge layout ("auto" is receiver-major
-there; "edge_list" the layout used before 2026-12-06), side by side.
+there; "edge_list" the layout used before 2026-12-06), side by side, and with every
+``--compact-rows`` setting of the calculator (receiver-major rows compacted per call to
+the pairs within the cutoff: "auto", "true", "false").
 """
 
 from __future__ import annotations
@@ -123,10 +125,12 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     packed = calculator._input_buffer.copy()
     graph, params, potential = calculator._graph, calculator._params, calculator._potential
     # the calculator's own program: its result lands where the calculator's does
+    slots = calculator._compact_slots  # rows compacted per call (None: the full rows)
     evaluate = functools.partial(
-        calculator._evaluate, stress=False, energies=False, committee=False
-    )
-    n_out = 1 + 3 * graph.positions.shape[0]
+        calculator._evaluate, stress=False, energies=False, committee=False,
+        compact_slots=slots, cutoff=calculator.student.cutoff if slots else 0.0,
+    )  # fmt: skip
+    n_out = 1 + 3 * graph.positions.shape[0] + (slots is not None)
     device = calculator.jax_device
 
     def zeros(x):
@@ -258,6 +262,9 @@ def main() -> None:
     parser.add_argument("--layouts", default="auto,edge_list", help="edge layouts on a GPU")
     parser.add_argument("--devices", default="cpu,gpu", help="devices to time (those present)")
     parser.add_argument("--systems", default="", help="subset of the structures (default all)")
+    parser.add_argument(
+        "--compact-rows", default="auto", help="calculator compact_rows settings: auto,true,false"
+    )
     args = parser.parse_args()
     repeats = 50 if args.quick else args.repeats
     present = {"cpu"} | {d.platform for d in jax.devices()}
@@ -284,12 +291,14 @@ def main() -> None:
         for architecture in args.architectures.split(","):
             species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
             student = create_student(architecture, species, cutoff=5.0)
+            compact_settings = {"auto": "auto", "true": True, "false": False}
             cases = [
-                (device, layout)
+                (device, layout, compact_settings[compact])
                 for device in devices
                 for layout in (args.layouts.split(",") if device == "gpu" else ["auto"])
+                for compact in args.compact_rows.split(",")
             ]
-            for device, layout in cases:
+            for device, layout, compact in cases:
                 row = {
                     "architecture": architecture,
                     "system": name,
@@ -297,9 +306,12 @@ def main() -> None:
                     "device": device,
                     "edge_layout": layout,
                     "receiver_major": ase_calculator.uses_receiver_major(layout, device),
+                    "compact_rows": compact,
                 }
                 try:
-                    calculator = StudentCalculator(student, device=device, edge_layout=layout)
+                    calculator = StudentCalculator(
+                        student, device=device, edge_layout=layout, compact_rows=compact
+                    )
                     row["forces"] = time_calculator(atoms, calculator, repeats, ["forces"])
                     properties = ["energy", "forces"] + (["stress"] if all(atoms.pbc) else [])
                     row["all"] = time_calculator(atoms, calculator, repeats, properties)
@@ -308,6 +320,9 @@ def main() -> None:
                         row["forces_interleaved"]["median_ms"] - row["bare"]["median_ms"]
                     )
                     row["neighbour_list_builds"] = calculator.neighbour_list_builds
+                    row["slots"] = calculator._slots
+                    row["compact_slots"] = calculator._compact_slots
+                    row["compaction_overflows"] = calculator.compaction_overflows
                 except Exception as error:  # record and go on: one failure, not the run
                     row["error"] = repr(error)
                 results.append(row)

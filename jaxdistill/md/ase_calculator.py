@@ -67,10 +67,11 @@ from jaxdistill.graph import (
     batch_graphs,
     bucket_capacity,
     neighbour_pairs,
+    slot_capacity,
     slots_for,
     validate_atoms,
 )
-from jaxdistill.potential import Potential, voigt_stress
+from jaxdistill.potential import Potential, compact_graph, voigt_stress
 from jaxdistill.student import Student
 
 
@@ -91,6 +92,9 @@ class _Reference(NamedTuple):
 #: 0.34-0.54 on the GPU, schnet 0.26 vs 0.30-0.35), 21-atom hexanol 2.5-6x faster on
 #: the GPU (painn 2.66 vs 0.37-0.43 ms, schnet 0.82 vs 0.33).
 AUTO_GPU_MIN_ATOMS = 16
+#: ``compact_rows="auto"`` compacts a receiver-major graph's rows to the pairs within the
+#: cutoff, per call, from this many atoms (:func:`jaxdistill.potential.compact_graph`).
+COMPACT_MIN_ATOMS = 512
 DEVICES = ("auto", "cpu", "gpu")
 EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")
 
@@ -112,18 +116,26 @@ def _evaluate_program(
     stress: bool,
     energies: bool,
     committee: bool,
+    compact_slots: int | None = None,
+    cutoff: float = 0.0,
 ) -> jax.Array:
     """Everything one call returns, flat, for the first graph of ``graph``:
 
     ``[energy (1), forces (3 n_node), Voigt stress (6, with stress), per-atom energies
     (n_node, with energies), per-atom force std (n_node) and energy std (1), with
-    committee]``.
+    committee, the most pairs within the cutoff of any atom (1, with compact_slots)]``.
 
     Without ``stress`` the strain derivative is skipped. With ``committee``, ``params``
     are stacked members (leading axis K) evaluated by one vmap and the outputs are their
-    means plus their spread (``jaxdistill.committee``).
+    means plus their spread (``jaxdistill.committee``). With ``compact_slots`` the
+    receiver-major graph's rows are first compacted to that many slots holding the pairs
+    within ``cutoff`` (:func:`jaxdistill.potential.compact_graph`); the results are
+    valid only where the last element is at most ``compact_slots``.
     """
     graph = _unpack_input(graph, packed)
+    largest = None
+    if compact_slots is not None:
+        graph, largest = compact_graph(graph, cutoff, compact_slots)
 
     def one(p) -> dict[str, jax.Array]:
         if stress:
@@ -144,11 +156,13 @@ def _evaluate_program(
         out["energy_std"] = jnp.std(members["energy"][:, 0])[None]
     else:
         out = one(params)
-    order = ("energy", "forces", "stress", "energies", "force_std", "energy_std")
+    if largest is not None:
+        out["largest"] = largest.astype(out["energy"].dtype)
+    order = ("energy", "forces", "stress", "energies", "force_std", "energy_std", "largest")
     return jnp.concatenate([out[k].reshape(-1) for k in order if k in out])
 
 
-_STATIC = ("potential", "stress", "energies", "committee")
+_STATIC = ("potential", "stress", "energies", "committee", "compact_slots", "cutoff")
 # One jitted program for all calculators: the potential (static, hashed by identity) is
 # cached per model description, so calculators sharing a student share compilations;
 # each combination of flags is its own (compiled once) program.
@@ -317,6 +331,13 @@ class StudentCalculator(Calculator):
         edge_layout: "auto" (default: "receiver_major" on a GPU, "edge_list" on a
             CPU), "receiver_major" (no scatter-add in the student's evaluation) or
             "edge_list". Same results either way, to float rounding.
+        compact_rows: on a receiver-major graph, first compact each atom's slots to
+            the pairs within the cutoff, every call, so the student runs on fewer
+            edges than the list (built for ``cutoff + skin``, with head-room) holds:
+            True, False or "auto" (default: from :data:`COMPACT_MIN_ATOMS` atoms).
+            The compacted width is set at each neighbour-list build from the pairs
+            then within the cutoff; a call where an atom has more is run again wider
+            (counted in ``compaction_overflows``), so results never depend on it.
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
@@ -338,6 +359,9 @@ class StudentCalculator(Calculator):
 
     Attributes:
         neighbour_list_builds: how many times the neighbour list was built.
+        compaction_overflows: calls run again because an atom had more pairs within
+            the cutoff than the compacted rows hold (each widens them for the calls
+            after, one compilation).
         jax_device: the device of the current structure (None before the first call).
         committee: whether the model is a committee.
     """
@@ -364,6 +388,7 @@ class StudentCalculator(Calculator):
         skin: float = 0.5,
         device: str = "auto",
         edge_layout: str = "auto",
+        compact_rows: bool | str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -372,7 +397,10 @@ class StudentCalculator(Calculator):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         uses_receiver_major(edge_layout, "cpu")  # validates the name
+        if compact_rows not in (True, False, "auto"):
+            raise ValueError(f"compact_rows must be True, False or 'auto', got {compact_rows!r}")
         self.edge_layout = edge_layout
+        self.compact_rows = compact_rows
         self.student = as_model(student, dtype)
         self.committee = is_committee(self.student)
         if self.committee:
@@ -385,6 +413,7 @@ class StudentCalculator(Calculator):
         self.skin = float(skin)
         self.device = device
         self.neighbour_list_builds = 0
+        self.compaction_overflows = 0
         self._forget_device()
 
     def _forget_device(self) -> None:
@@ -397,6 +426,7 @@ class StudentCalculator(Calculator):
         self._node_capacity = 0
         self._edge_capacity = 0
         self._slots = 0  # edge slots per atom of a receiver-major graph
+        self._compact_width = 0  # their compacted width (0: not compacted)
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
         self._potential_cached: Potential | None = None
         self._evaluate = _program  # the jitted evaluation for jax_device
@@ -421,6 +451,7 @@ class StudentCalculator(Calculator):
             "_node_capacity",
             "_edge_capacity",
             "_slots",
+            "_compact_width",
             "_input_buffer",
             "_potential_cached",
             "_evaluate",
@@ -431,7 +462,10 @@ class StudentCalculator(Calculator):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.__dict__.setdefault("edge_layout", "auto")  # pickled before the option
+        # pickled before these options
+        self.__dict__.setdefault("edge_layout", "auto")
+        self.__dict__.setdefault("compact_rows", "auto")
+        self.__dict__.setdefault("compaction_overflows", 0)
         self._forget_device()
 
     # -- neighbour list -------------------------------------------------------------
@@ -483,6 +517,7 @@ class StudentCalculator(Calculator):
             # counts never trigger a compilation.
             self._edge_capacity = max(self._edge_capacity, _edge_capacity(n_edges))
             self._slots = max(self._slots, slots_for([neighbours]))
+        self._choose_compaction(atoms, neighbours, receiver_major, new_system)
         graph = batch_graphs(
             [atoms],
             self.student.cutoff,
@@ -510,6 +545,61 @@ class StudentCalculator(Calculator):
             numbers=atoms.numbers.copy(),
         )
         self.neighbour_list_builds += 1
+
+    def _choose_compaction(
+        self, atoms: ase.Atoms, neighbours, receiver_major: bool, new_system: bool
+    ) -> None:
+        """Size the compacted rows from the pairs within the cutoff at this build; the
+        width only grows for a system (no compilation as counts fluctuate in MD)."""
+        compact = self.compact_rows
+        if compact == "auto":
+            compact = len(atoms) >= COMPACT_MIN_ATOMS
+        if new_system or not (compact and receiver_major):
+            self._compact_width = 0
+        if not (compact and receiver_major):
+            return
+        vectors = (
+            atoms.positions[neighbours.senders]
+            - atoms.positions[neighbours.receivers]
+            + neighbours.shifts @ atoms.cell.array
+        )
+        cutoff = self.student.cutoff
+        within = neighbours.receivers[np.einsum("ij,ij->i", vectors, vectors) < cutoff**2]
+        self._widen_compaction(int(np.bincount(within).max()) if len(within) else 1)
+
+    def _widen_compaction(self, largest: int) -> None:
+        """Make the compacted rows hold ``largest`` pairs, with head-room."""
+        self._compact_width = max(self._compact_width, slot_capacity(largest))
+
+    @property
+    def _compact_slots(self) -> int | None:
+        """Width of the compacted rows, or None to run the full rows (not compacting,
+        or a compaction no narrower than them)."""
+        width = self._compact_width
+        return width if 0 < width < self._slots else None
+
+    def _run(self, packed: np.ndarray, stress: bool, energies: bool) -> np.ndarray:
+        """One evaluation, as a float64 host vector (layout: ``_evaluate_program``);
+        run again on wider rows where the compacted ones lacked pairs."""
+        for _ in range(2):  # widened rows hold every pair, or are the full rows
+            slots = self._compact_slots
+            out = self._evaluate(
+                self._potential,
+                self._params,
+                self._graph,
+                packed,
+                stress=stress,
+                energies=energies,
+                committee=self.committee,
+                compact_slots=slots,
+                cutoff=self.student.cutoff if slots is not None else 0.0,
+            )
+            out = np.asarray(out).astype(np.float64)
+            if slots is None or out[-1] <= slots:
+                return out
+            self.compaction_overflows += 1
+            self._widen_compaction(int(out[-1]))
+        raise AssertionError("unreachable: widened rows hold every pair within the cutoff")
 
     # -- ASE interface ----------------------------------------------------------------
 
@@ -568,16 +658,7 @@ class StudentCalculator(Calculator):
         with_stress = periodic and "stress" in properties
         with_energies = "energies" in properties
         # one transfer in (the packed buffer), one out (the packed result)
-        out = self._evaluate(
-            self._potential,
-            self._params,
-            self._graph,
-            packed,
-            stress=with_stress,
-            energies=with_energies,
-            committee=self.committee,
-        )
-        out = np.asarray(out).astype(np.float64)
+        out = self._run(packed, with_stress, with_energies)
         self.results = self._unpack_output(out, n_atoms, with_stress, with_energies)
 
     def _unpack_output(

@@ -104,6 +104,27 @@ def receiver_major_layout(
     return ReceiverMajor(reverse=reverse, reverse_mask=jnp.any(match, axis=-1).reshape(-1))
 
 
+def compacted_columns(keep: jax.Array, n_slots: int) -> tuple[jax.Array, jax.Array]:
+    """Where each slot of a table goes when its rows are compacted to the kept slots.
+
+    Args:
+        keep: ``[n_row, M]`` bool, the slots to keep.
+        n_slots: static width ``M'`` of the compacted table.
+
+    Returns:
+        ``(column, largest)``: ``[n_row, M]`` int32, a kept slot's column in the
+        compacted row (its rank among the row's kept slots); every other slot, and a kept
+        one past ``n_slots``, gets a distinct column ``>= n_slots`` (to be dropped), so a
+        scatter by these columns has unique indices and needs no atomics. ``largest``, an
+        int32 scalar, is the most slots any row keeps (where it exceeds ``n_slots`` the
+        compaction lacks pairs and must not be used).
+    """
+    width = keep.shape[1]
+    rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
+    column = jnp.where(keep, rank, n_slots + jnp.arange(width, dtype=jnp.int32))
+    return column, jnp.max(rank[:, -1]) + 1
+
+
 def compact_rows(table: jax.Array, keep: jax.Array, n_slots: int, fill: int):
     """Move each row's kept slots to the front of a narrower table, in their order.
 
@@ -119,19 +140,15 @@ def compact_rows(table: jax.Array, keep: jax.Array, n_slots: int, fill: int):
 
     Returns:
         ``(compacted, largest)``: ``[n_row, n_slots]`` with row ``r``'s kept senders
-        first and ``fill`` after them, and an int32 scalar, the most slots any row
-        keeps (where it exceeds ``n_slots`` the result lacks pairs and must not be used).
+        first and ``fill`` after them, and ``largest`` of :func:`compacted_columns`.
     """
-    n_row, width = table.shape
-    rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
-    # Slots not kept go to distinct columns past the end (dropped), so the scatter's
-    # indices are unique and it needs no atomics.
-    column = jnp.where(keep, rank, n_slots + jnp.arange(width, dtype=jnp.int32))
+    column, largest = compacted_columns(keep, n_slots)
+    n_row = table.shape[0]
     compacted = jnp.full((n_row, n_slots), fill, table.dtype)
     compacted = compacted.at[jnp.arange(n_row)[:, None], column].set(
         table, mode="drop", unique_indices=True
     )
-    return compacted, jnp.max(rank[:, -1]) + 1
+    return compacted, largest
 
 
 def sum_at_receivers(messages: jax.Array, n_node: int) -> jax.Array:

@@ -1,0 +1,191 @@
+"""The ASE calculator's receiver-major rows compacted to the pairs within the cutoff
+(``compact_rows``) give what the full rows give: for small cells with repeated periodic
+images, molecules, stress and committees; when an atom gains pairs faster than the
+compacted width allows (the call runs again, wider); without recompiling in MD."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from structures import ethanol, silicon
+
+from jaxdistill import StudentCalculator
+from jaxdistill.diagnostics import count_compilations
+from jaxdistill.graph import batch_graphs, neighbour_pairs, slots_for
+from jaxdistill.md import ase_calculator
+from jaxdistill.potential import compact_graph
+
+
+def _two_ethanols():
+    """Two ethanol molecules 6 Å apart, no cell: pairs between them lie in the skin."""
+    first, second = ethanol(seed=0), ethanol(seed=1)
+    second.positions += [6.0, 0.0, 0.0]
+    return first + second
+
+
+def _largest_within(atoms, cutoff: float) -> int:
+    """The most pairs within ``cutoff`` of any atom."""
+    pairs = neighbour_pairs(atoms, cutoff)
+    return int(np.bincount(pairs.receivers).max())
+
+
+def _calculate(atoms, model, compact, skin, properties=("energy", "forces", "energies")):
+    atoms = atoms.copy()
+    calc = StudentCalculator(
+        model, dtype="float64", device="cpu", edge_layout="receiver_major",
+        compact_rows=compact, skin=skin,
+    )  # fmt: skip
+    atoms.calc = calc
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces()}
+    if "energies" in properties:
+        out["energies"] = atoms.get_potential_energies()
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out, calc
+
+
+def _assert_same(compacted: dict, full: dict) -> None:
+    assert compacted.keys() == full.keys()
+    for key in full:
+        np.testing.assert_allclose(compacted[key], full[key], rtol=0, atol=1e-10, err_msg=key)
+
+
+@pytest.mark.parametrize(
+    "atoms",
+    [
+        silicon(cubic=False, rattle=0.05),  # 2 atoms: each pair seen through many images
+        silicon(repeat=(2, 2, 2), rattle=0.05),
+        _two_ethanols(),
+    ],
+    ids=["si-primitive", "si-64", "two-ethanols"],
+)
+def test_compacted_rows_equal_full_rows(small_student, atoms):
+    full, full_calc = _calculate(atoms, small_student, False, skin=1.5)
+    compacted, calc = _calculate(atoms, small_student, True, skin=1.5)
+    assert full_calc._compact_slots is None
+    # the compaction ran, on rows narrower than the list's
+    assert calc._compact_slots is not None and calc._compact_slots < calc._slots
+    assert calc.compaction_overflows == 0
+    _assert_same(compacted, full)
+
+
+def test_committee_on_compacted_rows(small_student):
+    from jaxdistill import create_student
+
+    other = create_student(
+        "painn", ["H", "C", "O", "Si"], cutoff=4.0, seed=9, dtype="float64",
+        features=16, num_layers=2, num_radial=8,
+    )  # fmt: skip
+    atoms = silicon(repeat=(2, 1, 1), rattle=0.05)
+    keys = ("energy", "forces", "stress", "force_std", "energy_std")
+    results = {}
+    for compact in (False, True):
+        copy = atoms.copy()
+        copy.calc = StudentCalculator(
+            [small_student, other], dtype="float64", edge_layout="receiver_major",
+            compact_rows=compact, skin=1.5,
+        )  # fmt: skip
+        copy.get_stress()
+        assert (copy.calc._compact_slots is not None) == compact
+        results[compact] = copy.calc.results
+    for key in keys:
+        np.testing.assert_allclose(results[True][key], results[False][key], atol=1e-10)
+
+
+def test_an_atom_gaining_pairs_runs_again_wider(small_student):
+    # Compressing the crystal 12 % brings its third shell (4.50 Å) inside the 4 Å
+    # cutoff: 28 pairs per atom where the build saw 16. The strain keeps the list (a
+    # 2 Å skin covers it), so the compacted rows sized at the build are too narrow.
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.02)
+    atoms.calc = StudentCalculator(
+        small_student, dtype="float64", device="cpu", edge_layout="receiver_major",
+        compact_rows=True, skin=2.0,
+    )  # fmt: skip
+    atoms.get_forces()
+    narrow = atoms.calc._compact_slots
+    assert narrow is not None and narrow < 28
+    atoms.set_cell(atoms.cell.array * 0.88, scale_atoms=True)
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    assert atoms.calc.neighbour_list_builds == 1  # the list was kept
+    assert atoms.calc.compaction_overflows == 1
+    assert 28 <= atoms.calc._compact_slots < atoms.calc._slots
+    full, _ = _calculate(atoms, small_student, False, skin=2.0, properties=())
+    np.testing.assert_allclose(forces, full["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stress, full["stress"], rtol=0, atol=1e-10)
+
+
+def test_compacted_rows_do_not_recompile_as_atoms_move(small_student):
+    atoms = silicon(repeat=(2, 2, 2))
+    # (a 1 Å skin puts the list's edge, 5 Å, between two shells of the crystal)
+    atoms.calc = StudentCalculator(
+        small_student, dtype="float64", edge_layout="receiver_major", compact_rows=True,
+        skin=1.0,
+    )  # fmt: skip
+    reference = atoms.positions.copy()
+    rng = np.random.default_rng(3)
+    atoms.positions = reference + rng.normal(scale=0.2, size=reference.shape)
+    atoms.get_forces()
+    counts = set()
+    with count_compilations() as compiled:
+        for _ in range(8):
+            # thermal motion about the lattice: pairs cross the cutoff both ways, some
+            # moves pass half the skin (rebuilds)
+            atoms.positions = reference + rng.normal(scale=0.2, size=reference.shape)
+            atoms.get_forces()
+            counts.add(len(neighbour_pairs(atoms, small_student.cutoff).senders))
+    assert len(counts) > 1  # the pairs within the cutoff changed
+    assert atoms.calc.neighbour_list_builds > 1
+    assert atoms.calc.compaction_overflows == 0
+    assert compiled.count == 0
+
+
+def test_auto_compacts_receiver_major_graphs_from_the_threshold(small_student, monkeypatch):
+    atoms = silicon(repeat=(2, 2, 2))
+    for layout, threshold, expected in [
+        ("receiver_major", ase_calculator.COMPACT_MIN_ATOMS, len(atoms) >= 512),
+        ("receiver_major", len(atoms), True),
+        ("edge_list", len(atoms), False),  # an edge list has no rows to compact
+    ]:
+        monkeypatch.setattr(ase_calculator, "COMPACT_MIN_ATOMS", threshold)
+        copy = atoms.copy()
+        copy.calc = StudentCalculator(small_student, device="cpu", edge_layout=layout)
+        copy.get_forces()
+        assert (copy.calc._compact_slots is not None) == expected, (layout, threshold)
+
+
+def test_compact_rows_option_is_checked(small_student):
+    with pytest.raises(ValueError, match="compact_rows"):
+        StudentCalculator(small_student, compact_rows="sometimes")
+
+
+def test_compact_graph_keeps_each_pair_both_ways_and_reports_overflow():
+    atoms = silicon(cubic=False, rattle=0.05)
+    cutoff, skin = 4.0, 1.5
+    neighbours = neighbour_pairs(atoms, cutoff + skin)
+    graph = batch_graphs(
+        [atoms], cutoff, neighbours=[neighbours], node_capacity=3, edge_capacity=1,
+        graph_capacity=2, dtype="float64", slots_per_node=slots_for([neighbours]),
+    )  # fmt: skip
+    vectors = (
+        atoms.positions[neighbours.senders]
+        - atoms.positions[neighbours.receivers]
+        + neighbours.shifts @ atoms.cell.array
+    )
+    within = np.linalg.norm(vectors, axis=1) < cutoff
+    largest = _largest_within(atoms, cutoff)
+    compacted, reported = compact_graph(graph, cutoff, largest)
+    assert int(reported) == largest
+    mask = np.asarray(compacted.edge_mask)
+    assert mask.sum() == within.sum()
+    reverse = np.asarray(compacted.reverse_edges)
+    senders, receivers = np.asarray(compacted.senders), np.asarray(compacted.receivers)
+    shifts = np.asarray(compacted.shifts)
+    # every kept edge's reverse is a kept edge j <- i with the opposite shift
+    assert mask[reverse][mask].all()
+    np.testing.assert_array_equal(senders[reverse][mask], receivers[mask])
+    np.testing.assert_array_equal(shifts[reverse][mask], -shifts[mask])
+    # kept pairs sit at the front of their receiver's row
+    rows = mask.reshape(3, largest)
+    assert (np.diff(rows.astype(int), axis=1) <= 0).all()
+    _, too_narrow = compact_graph(graph, cutoff, largest - 1)
+    assert int(too_narrow) == largest
