@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# One device call (< 6 minutes) for issue 18: the ASE calculator's per-call table on the
-# default path, with its receiver-major rows compacted per call (compact_rows=True)
-# against the full rows (False), side by side in one process (student_call.py), plus the
-# machine's transfer floor. Start the device command with `source .device/env.sh || exit 1;`
-# and carry .device, prepared with `../shared/device/prepare.sh vesin==0.6.2` (the
-# calculator's neighbour list; the GPU machine lacks it).
-#   bash benchmarks/calculator_gpu.sh [systems]     # default si64,si512,water648,si1000
+# One device call (< 6 minutes) for issue 18: the ASE calculator with its receiver-major
+# rows compacted per call against the full rows, A/B in one process with paired rounds
+# (calculator_compact_ab.py), then the per-call table on the default path
+# (student_call.py) with the machine's transfer floor. Start the device command with
+# `source .device/env.sh || exit 1;` and carry .device, prepared with
+# `../shared/device/prepare.sh vesin==0.6.2` (the GPU machine lacks vesin).
+#   bash benchmarks/calculator_gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/results}
@@ -13,10 +13,12 @@ mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi -L
 python -c "import vesin, ase, jax_md" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
-timeout 330 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
-  --layouts auto --compact-rows false,true --repeats 300 \
-  --systems "${1:-si64,si512,water648,si1000}" --output "$out/student_call.json" \
-  > "$out/student_call.log" 2>&1 || echo "student_call stopped early (see student_call.log)"
+timeout 200 python benchmarks/calculator_compact_ab.py --systems si64,si512,water648,si1000,si4096 \
+  --calls 400 --output "$out/calculator_compact_ab.json" 2>&1 | grep -E '^\[ab\]|Error'
+timeout 130 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
+  --layouts auto --compact-rows auto --repeats 300 --systems si64,si512,water648,si1000 \
+  --output "$out/student_call.json" > "$out/student_call.log" 2>&1 \
+  || echo "student_call stopped early (see student_call.log)"
 python - "$out/student_call.json" <<'PY'
 import json, sys
 cases = ("forces", "bare", "null", "host")
