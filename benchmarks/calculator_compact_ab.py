@@ -49,11 +49,11 @@ def _stats(values_ms: list[float]) -> dict[str, float]:
 
 def _bare(calculator) -> callable:
     """The calculator's compiled forces program on its ready buffer, fetched to the host."""
-    slots = calculator._compact_slots
+    width = calculator._compact_width
     evaluate = functools.partial(
         calculator._evaluate, calculator._potential, calculator._params, calculator._graph,
-        stress=False, energies=False, committee=False, compact_slots=slots,
-        cutoff=calculator.student.cutoff if slots else 0.0,
+        stress=False, energies=False, committee=False, compact_width=width,
+        cutoff=calculator.student.cutoff if width else 0.0,
     )  # fmt: skip
     packed = calculator._input_buffer.copy()
     return lambda: np.asarray(evaluate(packed))
@@ -119,8 +119,12 @@ def compare(student, atoms, calls: int, device: str, edge_layout: str = "auto") 
     return {
         **{name: _stats(values) for name, values in times.items()},
         "compact_minus_full": paired,
-        "slots": calcs[True]._slots,
-        "compact_slots": calcs[True]._compact_slots,
+        # slots per atom (receiver-major) or edges (edge list): full, then compacted
+        "receiver_major": calcs[True]._receiver_major,
+        "full_size": calcs[True]._slots
+        if calcs[True]._receiver_major
+        else calcs[True]._edge_capacity,
+        "compact_size": calcs[True]._compact_width,
         "compaction_overflows": calcs[True].compaction_overflows,
         "neighbour_list_builds": {str(c): calcs[c].neighbour_list_builds for c in settings},
         "compilations_during_rounds": compiled.count,
@@ -167,7 +171,7 @@ def main() -> None:
                 continue
             forces, bare = row["compact_minus_full"]["forces"], row["compact_minus_full"]["bare"]
             print(
-                f"[ab] {architecture} {name} slots {row['slots']}->{row['compact_slots']}: "
+                f"[ab] {architecture} {name} size {row['full_size']}->{row['compact_size']}: "
                 f"forces {row['forces_full']['median_ms']:.3f} -> "
                 f"{row['forces_compact']['median_ms']:.3f} ms, paired "
                 f"{forces['median_ms']:+.3f} [{forces['p25_ms']:+.3f}, {forces['p75_ms']:+.3f}]; "

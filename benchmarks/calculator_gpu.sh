@@ -24,7 +24,7 @@ import json, sys
 cases = ("forces", "bare", "null", "host")
 for r in json.load(open(sys.argv[1]))["results"]:
     print(r.get("architecture"), r["system"], "compact", r.get("compact_rows"), r.get("slots"),
-          r.get("compact_slots"), {k: round(r[k]["median_ms"], 3) for k in cases if k in r},
+          r.get("compact_width"), {k: round(r[k]["median_ms"], 3) for k in cases if k in r},
           "p99/med", round(r["forces"].get("p99_over_median", 0), 2) if "forces" in r else "",
           "overflows", r.get("compaction_overflows"), r.get("error", ""))
 PY

@@ -124,16 +124,19 @@ def calculator_cases(student, atoms, calls: int, edge_layout: str = "auto") -> d
         "edge_capacity": int(np.prod(graph.senders.shape)),
         "edge_shape": list(graph.senders.shape),
     }
-    evaluate = functools.partial(
-        calculator._evaluate, stress=False, energies=False, committee=False
-    )
+    # the calculator's forces program as it runs, compacted where the calculator compacts
+    width = calculator._compact_width
+    out["graph"]["compact_width"] = width
+    flags = {
+        "stress": False, "energies": False, "committee": False, "compact_width": width,
+        "cutoff": calculator.student.cutoff if width else 0.0,
+    }  # fmt: skip
+    evaluate = functools.partial(calculator._evaluate, **flags)
     packed = calculator._input_buffer.copy()
     potential, params = calculator._potential, calculator._params
     out["bare"] = traced(lambda: np.asarray(evaluate(potential, params, graph, packed)), calls)
     out["bare"]["lowered_ops"] = lowered_ops(
-        calculator._evaluate.lower(
-            potential, params, graph, packed, stress=False, energies=False, committee=False
-        )
+        calculator._evaluate.lower(potential, params, graph, packed, **flags)
     )
     return out
 

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# One device call (< 8 minutes) for issues 13 and 18: where the time goes, kernel by kernel.
+# One device call (< 6.5 minutes) for issues 13 and 18: where the time goes, kernel by kernel.
 #   1. the ASE calculator's call, its bare program and a jax-md force call of the same
 #      crystal, traced (call_profile.py), PaiNN 64x3, Si 64 / 512 / 1000;
-#   2. the ASE calls with the bare_after_idle case (student_call.py): is the calculator's
-#      program slower after the host's own work, as `forces - bare` > `host` suggested?
-#   3. a user's jax-md NVE loop, PaiNN 64x3 on a receiver-major list at 512 and 4096 Si
+#      (the calculator's program compacted from 512 atoms, as it runs by default);
+#   2. a user's jax-md NVE loop, PaiNN 64x3 on a receiver-major list at 512 and 4096 Si
 #      atoms, traced, with the compiled loop's HLO written beside the trace
 #      (step_profile.py --hlo-dir): the kernel names of the trace are the fusions'
 #      names in that HLO, so the costly kernels can be read op by op
 #      (benchmarks/hlo_kernels.py --profile step_profile.json --hlo hlo_...txt);
-#   4. PaiNN 64x3 at 4096 Si atoms in a user's jax-md loop, message_passing "auto" (the
+#   3. PaiNN 64x3 at 4096 Si atoms in a user's jax-md loop, message_passing "auto" (the
 #      sorted fused kernels there) beside the receiver-major reference, no overrides.
-# $OUT gets four JSON files and two HLO texts (at most 8 files come back); the logs stay
+# (bare_after_idle, once step 2 here, ran in calculator_gpu.sh on 2026-12-07.)
+# $OUT gets three JSON files and two HLO texts (at most 8 files come back); the logs stay
 # on the machine, their last lines are printed when a step fails.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device.
 #   bash benchmarks/profile_gpu.sh
@@ -22,6 +22,7 @@ logs=$(mktemp -d)
 mkdir -p "$out"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi -L
+python -c "import vesin" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
 step() {  # name, timeout seconds, pattern of the lines to print ("-": none), command
   local name=$1 seconds=$2 pattern=$3
   shift 3
@@ -30,15 +31,6 @@ step() {  # name, timeout seconds, pattern of the lines to print ("-": none), co
 }
 step call_profile 150 '^\[call\]' python benchmarks/call_profile.py --architectures painn \
   --systems si64,si512,si1000 --calls 50 --output "$out/call_profile.json"
-step student_call 80 - python benchmarks/student_call.py --architectures painn \
-  --devices gpu --layouts auto --repeats 300 --systems si64,si1000 \
-  --output "$out/student_call.json"
-python - "$out/student_call.json" <<'PY'
-import json, sys
-cases = ("forces", "forces_interleaved", "bare", "bare_after_idle", "null", "host")
-for r in json.load(open(sys.argv[1]))["results"]:
-    print(r["system"], {k: round(r[k]["median_ms"], 3) for k in cases if k in r}, r.get("error", ""))
-PY
 step step_profile 130 '^\{' python benchmarks/step_profile.py --students painn64x3 \
   --sizes 512,4096 --formats dense --steps 200 --chunks 2 --hlo-dir "$out" \
   --output "$out/step_profile.json"

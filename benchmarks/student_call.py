@@ -125,12 +125,12 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     packed = calculator._input_buffer.copy()
     graph, params, potential = calculator._graph, calculator._params, calculator._potential
     # the calculator's own program: its result lands where the calculator's does
-    slots = calculator._compact_slots  # rows compacted per call (None: the full rows)
+    width = calculator._compact_width  # compacted per call (None: the full graph)
     evaluate = functools.partial(
         calculator._evaluate, stress=False, energies=False, committee=False,
-        compact_slots=slots, cutoff=calculator.student.cutoff if slots else 0.0,
+        compact_width=width, cutoff=calculator.student.cutoff if width else 0.0,
     )  # fmt: skip
-    n_out = 1 + 3 * graph.positions.shape[0] + (slots is not None)
+    n_out = 1 + 3 * graph.positions.shape[0] + (width is not None)
     device = calculator.jax_device
 
     def zeros(x):
@@ -321,7 +321,8 @@ def main() -> None:
                     )
                     row["neighbour_list_builds"] = calculator.neighbour_list_builds
                     row["slots"] = calculator._slots
-                    row["compact_slots"] = calculator._compact_slots
+                    row["edge_capacity"] = calculator._edge_capacity
+                    row["compact_width"] = calculator._compact_width
                     row["compaction_overflows"] = calculator.compaction_overflows
                 except Exception as error:  # record and go on: one failure, not the run
                     row["error"] = repr(error)

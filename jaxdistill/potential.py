@@ -116,58 +116,72 @@ def edge_vectors(
     return vectors, cell
 
 
-def compact_graph(graph: Graph, cutoff: float, n_slots: int) -> tuple[Graph, jax.Array]:
-    """A receiver-major graph with its rows compacted to the pairs within ``cutoff``.
+def compact_graph(graph: Graph, cutoff: float, width: int) -> tuple[Graph, jax.Array]:
+    """A graph with its edges compacted to the pairs within ``cutoff``.
 
     A calculator's graph holds the pairs within ``cutoff + skin`` (reused over many
-    calls) with head-room slots on top; only pairs within the cutoff carry a message,
-    so the student can run on rows ``n_slots`` wide holding just those. A pair is kept
-    both ways or neither (its two edges' lengths are compared as one), so the reverse
-    map stays a bijection on the kept edges. Which pairs are kept is a discrete choice
-    made under ``stop_gradient``: forces and stress of the compacted graph are those of
-    the full one, to float rounding, whenever ``largest <= n_slots``.
+    calls) with head-room on top; only pairs within the cutoff carry a message, so the
+    student can run on a narrower graph holding just those. Which pairs are kept is a
+    discrete choice made under ``stop_gradient``: energies, forces and stress of the
+    compacted graph are those of the full one, to float rounding, whenever
+    ``largest <= width``.
+
+    - Receiver-major (``reverse_edges`` set, ``M`` slots per node): each row is
+      compacted to ``width`` slots, its kept pairs first in their order. A pair is kept
+      both ways or neither (its two edges' lengths are compared as one), so the reverse
+      map stays a bijection on the kept edges and is carried over.
+    - Edge list: the kept edges move to the front of a list of ``width`` edges.
 
     Args:
-        graph: receiver-major (``reverse_edges`` set), ``M`` slots per node.
+        graph: the full graph.
         cutoff: the student's cutoff, Å.
-        n_slots: static width of the compacted rows.
+        width: static size of the result: slots per node (receiver-major) or edges.
 
     Returns:
-        ``(compacted, largest)``: the graph with ``n_node * n_slots`` edges (padding
-        slots join the padding node to itself, as built), and an int32 scalar, the most
-        pairs any row keeps. Where ``largest > n_slots`` pairs are missing and the
-        compacted graph must not be used.
+        ``(compacted, largest)``: the graph with ``n_node * width`` or ``width`` edges
+        (padding edges join the padding node to itself, as built), and an int32
+        scalar: the most pairs any row keeps (receiver-major) or the pairs kept (edge
+        list). Where ``largest > width`` pairs are missing and the compacted graph must
+        not be used.
     """
     from jaxdistill.models.edges import compacted_columns
 
     n_node = graph.positions.shape[0]
     n_edge = graph.senders.shape[0]
-    width = n_edge // n_node
     frozen = jax.tree_util.tree_map(jax.lax.stop_gradient, graph)
     vectors, _ = edge_vectors(jnp.asarray(frozen.positions), frozen)
     within = graph.edge_mask & (jnp.sum(vectors**2, axis=-1) < cutoff**2)
-    keep = within | within[graph.reverse_edges]
-    column, largest = compacted_columns(keep.reshape(n_node, width), n_slots)
-    rows = jnp.arange(n_node, dtype=jnp.int32)[:, None]
-    n_compacted = n_node * n_slots
-    # Slots dropped (or past n_slots) go to distinct indices past the end: unique.
-    position = jnp.where(
-        column < n_slots,
-        rows * n_slots + column,
-        n_compacted + jnp.arange(n_edge, dtype=jnp.int32).reshape(n_node, width),
-    ).reshape(-1)
+    # Edges dropped (or past the width) go to distinct indices past the end: unique.
+    past_end = jnp.arange(n_edge, dtype=jnp.int32)
+    if graph.reverse_edges is None:
+        keep = within
+        n_compacted = width
+        rank = jnp.cumsum(keep, dtype=jnp.int32) - 1
+        position = jnp.where(keep & (rank < width), rank, n_compacted + past_end)
+        largest = rank[-1] + 1
+    else:
+        keep = within | within[graph.reverse_edges]
+        n_slots = n_edge // n_node
+        n_compacted = n_node * width
+        column, largest = compacted_columns(keep.reshape(n_node, n_slots), width)
+        rows = jnp.arange(n_node, dtype=jnp.int32)[:, None]
+        position = jnp.where(
+            column < width, rows * width + column, n_compacted + past_end.reshape(n_node, -1)
+        ).reshape(-1)
     padding_node = n_node - 1
 
     def place(values: jax.Array, fill) -> jax.Array:
         out = jnp.full((n_compacted, *values.shape[1:]), fill, values.dtype)
         return out.at[position].set(values, mode="drop", unique_indices=True)
 
-    # A kept edge's reverse is kept, so its new index is the reverse's new index.
-    reverse = (
-        jnp.arange(n_compacted, dtype=jnp.int32)
-        .at[position]
-        .set(position[graph.reverse_edges], mode="drop", unique_indices=True)
-    )
+    reverse = None
+    if graph.reverse_edges is not None:
+        # A kept edge's reverse is kept, so its new index is the reverse's new index.
+        reverse = (
+            jnp.arange(n_compacted, dtype=jnp.int32)
+            .at[position]
+            .set(position[graph.reverse_edges], mode="drop", unique_indices=True)
+        )
     compacted = graph._replace(
         senders=place(graph.senders, padding_node),
         receivers=place(graph.receivers, padding_node),

@@ -92,12 +92,14 @@ class _Reference(NamedTuple):
 #: 0.34-0.54 on the GPU, schnet 0.26 vs 0.30-0.35), 21-atom hexanol 2.5-6x faster on
 #: the GPU (painn 2.66 vs 0.37-0.43 ms, schnet 0.82 vs 0.33).
 AUTO_GPU_MIN_ATOMS = 16
-#: ``compact_rows="auto"`` compacts a receiver-major graph's rows to the pairs within the
-#: cutoff, per call, from this many atoms (:func:`jaxdistill.potential.compact_graph`).
-#: On an H100 (2026-12-07, benchmarks/calculator_compact_ab.py, paired rounds) it saved
-#: 0.03-0.12 ms a call (3-8 %) at 512 to 1000 atoms, PaiNN and SchNet, and nothing either
-#: way at 64 (docs/benchmarks.md).
-COMPACT_MIN_ATOMS = 512
+#: ``compact_rows="auto"`` compacts the graph to the pairs within the cutoff, per call,
+#: from this many atoms, by the platform of the calculator's device
+#: (:func:`jaxdistill.potential.compact_graph`). Measured 2026-12-07 with
+#: benchmarks/calculator_compact_ab.py (paired rounds; docs/benchmarks.md): on an H100
+#: it saved 0.03-0.12 ms a call (3-8 %) from 512 to 1000 atoms, PaiNN and SchNet, and
+#: nothing either way at 64; on a 2-core CPU (edge list) 7-14 % from 64 Si atoms, while
+#: at 21-atom hexanol (8 % fewer edges) PaiNN gained 4 % and SchNet lost 8 %.
+COMPACT_MIN_ATOMS = {"cpu": 64, "gpu": 512}
 DEVICES = ("auto", "cpu", "gpu")
 EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")
 
@@ -119,26 +121,26 @@ def _evaluate_program(
     stress: bool,
     energies: bool,
     committee: bool,
-    compact_slots: int | None = None,
+    compact_width: int | None = None,
     cutoff: float = 0.0,
 ) -> jax.Array:
     """Everything one call returns, flat, for the first graph of ``graph``:
 
     ``[energy (1), forces (3 n_node), Voigt stress (6, with stress), per-atom energies
     (n_node, with energies), per-atom force std (n_node) and energy std (1), with
-    committee, the most pairs within the cutoff of any atom (1, with compact_slots)]``.
+    committee, the compaction's ``largest`` (1, with compact_width)]``.
 
     Without ``stress`` the strain derivative is skipped. With ``committee``, ``params``
     are stacked members (leading axis K) evaluated by one vmap and the outputs are their
-    means plus their spread (``jaxdistill.committee``). With ``compact_slots`` the
-    receiver-major graph's rows are first compacted to that many slots holding the pairs
-    within ``cutoff`` (:func:`jaxdistill.potential.compact_graph`); the results are
-    valid only where the last element is at most ``compact_slots``.
+    means plus their spread (``jaxdistill.committee``). With ``compact_width`` the
+    graph is first compacted to the pairs within ``cutoff``, that many slots per atom
+    (receiver-major) or edges (edge list) (:func:`jaxdistill.potential.compact_graph`);
+    the results are valid only where the last element is at most ``compact_width``.
     """
     graph = _unpack_input(graph, packed)
     largest = None
-    if compact_slots is not None:
-        graph, largest = compact_graph(graph, cutoff, compact_slots)
+    if compact_width is not None:
+        graph, largest = compact_graph(graph, cutoff, compact_width)
 
     def one(p) -> dict[str, jax.Array]:
         if stress:
@@ -165,7 +167,7 @@ def _evaluate_program(
     return jnp.concatenate([out[k].reshape(-1) for k in order if k in out])
 
 
-_STATIC = ("potential", "stress", "energies", "committee", "compact_slots", "cutoff")
+_STATIC = ("potential", "stress", "energies", "committee", "compact_width", "cutoff")
 # One jitted program for all calculators: the potential (static, hashed by identity) is
 # cached per model description, so calculators sharing a student share compilations;
 # each combination of flags is its own (compiled once) program.
@@ -334,13 +336,15 @@ class StudentCalculator(Calculator):
         edge_layout: "auto" (default: "receiver_major" on a GPU, "edge_list" on a
             CPU), "receiver_major" (no scatter-add in the student's evaluation) or
             "edge_list". Same results either way, to float rounding.
-        compact_rows: on a receiver-major graph, first compact each atom's slots to
-            the pairs within the cutoff, every call, so the student runs on fewer
-            edges than the list (built for ``cutoff + skin``, with head-room) holds:
-            True, False or "auto" (default: from :data:`COMPACT_MIN_ATOMS` atoms).
-            The compacted width is set at each neighbour-list build from the pairs
-            then within the cutoff; a call where an atom has more is run again wider
-            (counted in ``compaction_overflows``), so results never depend on it.
+        compact_rows: first compact the graph to the pairs within the cutoff, every
+            call (each atom's slots on a receiver-major graph, the edge list as a
+            whole otherwise), so the student runs on fewer edges than the list (built
+            for ``cutoff + skin``, with head-room) holds: True, False or "auto"
+            (default: from :data:`COMPACT_MIN_ATOMS` atoms, 64 on a CPU and 512 on a
+            GPU). The compacted size is
+            set at each neighbour-list build from the pairs then within the cutoff; a
+            call with more is run again on a larger one (counted in
+            ``compaction_overflows``), so results never depend on it.
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
@@ -362,8 +366,8 @@ class StudentCalculator(Calculator):
 
     Attributes:
         neighbour_list_builds: how many times the neighbour list was built.
-        compaction_overflows: calls run again because an atom had more pairs within
-            the cutoff than the compacted rows hold (each widens them for the calls
+        compaction_overflows: calls run again because there were more pairs within the
+            cutoff than the compacted graph holds (each enlarges it for the calls
             after, one compilation).
         jax_device: the device of the current structure (None before the first call).
         committee: whether the model is a committee.
@@ -429,7 +433,8 @@ class StudentCalculator(Calculator):
         self._node_capacity = 0
         self._edge_capacity = 0
         self._slots = 0  # edge slots per atom of a receiver-major graph
-        self._compact_width = 0  # their compacted width (0: not compacted)
+        self._receiver_major = False  # the graph's layout
+        self._compact_size = 0  # compacted slots per atom or edges (0: not compacted)
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
         self._potential_cached: Potential | None = None
         self._evaluate = _program  # the jitted evaluation for jax_device
@@ -454,7 +459,8 @@ class StudentCalculator(Calculator):
             "_node_capacity",
             "_edge_capacity",
             "_slots",
-            "_compact_width",
+            "_receiver_major",
+            "_compact_size",
             "_input_buffer",
             "_potential_cached",
             "_evaluate",
@@ -520,7 +526,8 @@ class StudentCalculator(Calculator):
             # counts never trigger a compilation.
             self._edge_capacity = max(self._edge_capacity, _edge_capacity(n_edges))
             self._slots = max(self._slots, slots_for([neighbours]))
-        self._choose_compaction(atoms, neighbours, receiver_major, new_system)
+        self._receiver_major = receiver_major
+        self._choose_compaction(atoms, neighbours, device.platform, new_system)
         graph = batch_graphs(
             [atoms],
             self.student.cutoff,
@@ -550,16 +557,17 @@ class StudentCalculator(Calculator):
         self.neighbour_list_builds += 1
 
     def _choose_compaction(
-        self, atoms: ase.Atoms, neighbours, receiver_major: bool, new_system: bool
+        self, atoms: ase.Atoms, neighbours, platform: str, new_system: bool
     ) -> None:
-        """Size the compacted rows from the pairs within the cutoff at this build; the
-        width only grows for a system (no compilation as counts fluctuate in MD)."""
+        """Size the compacted graph from the pairs within the cutoff at this build: slots
+        per atom on a receiver-major graph, edges on an edge list. The size only grows
+        for a system (no compilation as counts fluctuate in MD)."""
         compact = self.compact_rows
         if compact == "auto":
-            compact = len(atoms) >= COMPACT_MIN_ATOMS
-        if new_system or not (compact and receiver_major):
-            self._compact_width = 0
-        if not (compact and receiver_major):
+            compact = len(atoms) >= COMPACT_MIN_ATOMS.get(platform, COMPACT_MIN_ATOMS["gpu"])
+        if new_system or not compact:
+            self._compact_size = 0
+        if not compact:
             return
         vectors = (
             atoms.positions[neighbours.senders]
@@ -568,24 +576,30 @@ class StudentCalculator(Calculator):
         )
         cutoff = self.student.cutoff
         within = neighbours.receivers[np.einsum("ij,ij->i", vectors, vectors) < cutoff**2]
-        self._widen_compaction(int(np.bincount(within).max()) if len(within) else 1)
+        if self._receiver_major:
+            self._widen_compaction(int(np.bincount(within).max()) if len(within) else 1)
+        else:
+            self._widen_compaction(len(within))
 
     def _widen_compaction(self, largest: int) -> None:
-        """Make the compacted rows hold ``largest`` pairs, with head-room."""
-        self._compact_width = max(self._compact_width, slot_capacity(largest))
+        """Make the compacted graph hold ``largest`` pairs (per atom on a receiver-major
+        graph, in all on an edge list), with the full graph's head-room."""
+        size = slot_capacity(largest) if self._receiver_major else _edge_capacity(largest)
+        self._compact_size = max(self._compact_size, size)
 
     @property
-    def _compact_slots(self) -> int | None:
-        """Width of the compacted rows, or None to run the full rows (not compacting,
-        or a compaction no narrower than them)."""
-        width = self._compact_width
-        return width if 0 < width < self._slots else None
+    def _compact_width(self) -> int | None:
+        """Size of the compacted graph (slots per atom or edges), or None to run the
+        full graph (not compacting, or a compaction no smaller than it)."""
+        full = self._slots if self._receiver_major else self._edge_capacity
+        size = self._compact_size
+        return size if 0 < size < full else None
 
     def _run(self, packed: np.ndarray, stress: bool, energies: bool) -> np.ndarray:
         """One evaluation, as a float64 host vector (layout: ``_evaluate_program``);
         run again on wider rows where the compacted ones lacked pairs."""
         for _ in range(2):  # widened rows hold every pair, or are the full rows
-            slots = self._compact_slots
+            width = self._compact_width
             out = self._evaluate(
                 self._potential,
                 self._params,
@@ -594,11 +608,11 @@ class StudentCalculator(Calculator):
                 stress=stress,
                 energies=energies,
                 committee=self.committee,
-                compact_slots=slots,
-                cutoff=self.student.cutoff if slots is not None else 0.0,
+                compact_width=width,
+                cutoff=self.student.cutoff if width is not None else 0.0,
             )
             out = np.asarray(out).astype(np.float64)
-            if slots is None or out[-1] <= slots:
+            if width is None or out[-1] <= width:
                 return out
             self.compaction_overflows += 1
             self._widen_compaction(int(out[-1]))

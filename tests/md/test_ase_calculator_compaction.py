@@ -1,7 +1,8 @@
-"""The ASE calculator's receiver-major rows compacted to the pairs within the cutoff
-(``compact_rows``) give what the full rows give: for small cells with repeated periodic
-images, molecules, stress and committees; when an atom gains pairs faster than the
-compacted width allows (the call runs again, wider); without recompiling in MD."""
+"""The ASE calculator's graph compacted to the pairs within the cutoff (``compact_rows``:
+each atom's slots on a receiver-major graph, the whole list on an edge list) gives what
+the full graph gives: for small cells with repeated periodic images, molecules, stress
+and committees; when atoms gain pairs faster than the compacted size allows (the call
+runs again, larger); without recompiling in MD."""
 
 from __future__ import annotations
 
@@ -29,10 +30,13 @@ def _largest_within(atoms, cutoff: float) -> int:
     return int(np.bincount(pairs.receivers).max())
 
 
-def _calculate(atoms, model, compact, skin, properties=("energy", "forces", "energies")):
+LAYOUTS = ["receiver_major", "edge_list"]
+
+
+def _calculate(atoms, model, compact, skin, layout, properties=("energy", "forces", "energies")):
     atoms = atoms.copy()
     calc = StudentCalculator(
-        model, dtype="float64", device="cpu", edge_layout="receiver_major",
+        model, dtype="float64", device="cpu", edge_layout=layout,
         compact_rows=compact, skin=skin,
     )  # fmt: skip
     atoms.calc = calc
@@ -59,17 +63,20 @@ def _assert_same(compacted: dict, full: dict) -> None:
     ],
     ids=["si-primitive", "si-64", "two-ethanols"],
 )
-def test_compacted_rows_equal_full_rows(small_student, atoms):
-    full, full_calc = _calculate(atoms, small_student, False, skin=1.5)
-    compacted, calc = _calculate(atoms, small_student, True, skin=1.5)
-    assert full_calc._compact_slots is None
-    # the compaction ran, on rows narrower than the list's
-    assert calc._compact_slots is not None and calc._compact_slots < calc._slots
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compacted_graph_equals_full_graph(small_student, atoms, layout):
+    full, full_calc = _calculate(atoms, small_student, False, 1.5, layout)
+    compacted, calc = _calculate(atoms, small_student, True, 1.5, layout)
+    assert full_calc._compact_width is None
+    # the compaction ran, on a graph smaller than the list's
+    size = calc._slots if layout == "receiver_major" else calc._edge_capacity
+    assert calc._compact_width is not None and calc._compact_width < size
     assert calc.compaction_overflows == 0
     _assert_same(compacted, full)
 
 
-def test_committee_on_compacted_rows(small_student):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_committee_on_compacted_graph(small_student, layout):
     from jaxdistill import create_student
 
     other = create_student(
@@ -82,44 +89,46 @@ def test_committee_on_compacted_rows(small_student):
     for compact in (False, True):
         copy = atoms.copy()
         copy.calc = StudentCalculator(
-            [small_student, other], dtype="float64", edge_layout="receiver_major",
+            [small_student, other], dtype="float64", edge_layout=layout,
             compact_rows=compact, skin=1.5,
         )  # fmt: skip
         copy.get_stress()
-        assert (copy.calc._compact_slots is not None) == compact
+        assert (copy.calc._compact_width is not None) == compact
         results[compact] = copy.calc.results
     for key in keys:
         np.testing.assert_allclose(results[True][key], results[False][key], atol=1e-10)
 
 
-def test_an_atom_gaining_pairs_runs_again_wider(small_student):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_atoms_gaining_pairs_run_again_larger(small_student, layout):
     # Compressing the crystal 12 % brings its third shell (4.50 Å) inside the 4 Å
     # cutoff: 28 pairs per atom where the build saw 16. The strain keeps the list (a
-    # 2 Å skin covers it), so the compacted rows sized at the build are too narrow.
+    # 2 Å skin covers it), so the compacted graph sized at the build is too small.
     atoms = silicon(repeat=(2, 2, 2), rattle=0.02)
     atoms.calc = StudentCalculator(
-        small_student, dtype="float64", device="cpu", edge_layout="receiver_major",
+        small_student, dtype="float64", device="cpu", edge_layout=layout,
         compact_rows=True, skin=2.0,
     )  # fmt: skip
     atoms.get_forces()
-    narrow = atoms.calc._compact_slots
-    assert narrow is not None and narrow < 28
+    per_atom = 1 if layout == "receiver_major" else len(atoms)
+    full_size = atoms.calc._slots if layout == "receiver_major" else atoms.calc._edge_capacity
+    assert atoms.calc._compact_width < 28 * per_atom
     atoms.set_cell(atoms.cell.array * 0.88, scale_atoms=True)
     forces, stress = atoms.get_forces(), atoms.get_stress()
     assert atoms.calc.neighbour_list_builds == 1  # the list was kept
     assert atoms.calc.compaction_overflows == 1
-    assert 28 <= atoms.calc._compact_slots < atoms.calc._slots
-    full, _ = _calculate(atoms, small_student, False, skin=2.0, properties=())
+    assert 28 * per_atom <= atoms.calc._compact_width < full_size
+    full, _ = _calculate(atoms, small_student, False, 2.0, layout, properties=())
     np.testing.assert_allclose(forces, full["forces"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(stress, full["stress"], rtol=0, atol=1e-10)
 
 
-def test_compacted_rows_do_not_recompile_as_atoms_move(small_student):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compacted_graph_does_not_recompile_as_atoms_move(small_student, layout):
     atoms = silicon(repeat=(2, 2, 2))
     # (a 1 Å skin puts the list's edge, 5 Å, between two shells of the crystal)
     atoms.calc = StudentCalculator(
-        small_student, dtype="float64", edge_layout="receiver_major", compact_rows=True,
-        skin=1.0,
+        small_student, dtype="float64", edge_layout=layout, compact_rows=True, skin=1.0,
     )  # fmt: skip
     reference = atoms.positions.copy()
     rng = np.random.default_rng(3)
@@ -139,18 +148,24 @@ def test_compacted_rows_do_not_recompile_as_atoms_move(small_student):
     assert compiled.count == 0
 
 
-def test_auto_compacts_receiver_major_graphs_from_the_threshold(small_student, monkeypatch):
+def test_auto_compacts_from_the_threshold_of_the_platform(small_student, monkeypatch):
     atoms = silicon(repeat=(2, 2, 2))
+    # the defaults: a CPU compacts from 64 atoms
+    copy = atoms.copy()
+    copy.calc = StudentCalculator(small_student, device="cpu")
+    copy.get_forces()
+    assert copy.calc._compact_width is not None
     for layout, threshold, expected in [
-        ("receiver_major", ase_calculator.COMPACT_MIN_ATOMS, len(atoms) >= 512),
         ("receiver_major", len(atoms), True),
-        ("edge_list", len(atoms), False),  # an edge list has no rows to compact
+        ("receiver_major", len(atoms) + 1, False),
+        ("edge_list", len(atoms), True),
+        ("edge_list", len(atoms) + 1, False),
     ]:
-        monkeypatch.setattr(ase_calculator, "COMPACT_MIN_ATOMS", threshold)
+        monkeypatch.setitem(ase_calculator.COMPACT_MIN_ATOMS, "cpu", threshold)
         copy = atoms.copy()
         copy.calc = StudentCalculator(small_student, device="cpu", edge_layout=layout)
         copy.get_forces()
-        assert (copy.calc._compact_slots is not None) == expected, (layout, threshold)
+        assert (copy.calc._compact_width is not None) == expected, (layout, threshold)
 
 
 def test_compact_rows_option_is_checked(small_student):
@@ -189,3 +204,26 @@ def test_compact_graph_keeps_each_pair_both_ways_and_reports_overflow():
     assert (np.diff(rows.astype(int), axis=1) <= 0).all()
     _, too_narrow = compact_graph(graph, cutoff, largest - 1)
     assert int(too_narrow) == largest
+
+
+def test_compact_graph_on_an_edge_list_keeps_the_pairs_within_the_cutoff():
+    atoms = silicon(cubic=False, rattle=0.05)
+    cutoff, skin = 4.0, 1.5
+    neighbours = neighbour_pairs(atoms, cutoff + skin)
+    n_pairs = len(neighbours.senders)
+    graph = batch_graphs(
+        [atoms], cutoff, neighbours=[neighbours], node_capacity=3,
+        edge_capacity=n_pairs + 1, graph_capacity=2, dtype="float64",
+    )  # fmt: skip
+    within = len(neighbour_pairs(atoms, cutoff).senders)
+    assert within < n_pairs
+    compacted, kept = compact_graph(graph, cutoff, within + 2)
+    assert int(kept) == within
+    mask = np.asarray(compacted.edge_mask)
+    np.testing.assert_array_equal(mask, np.arange(within + 2) < within)  # kept first
+    assert compacted.reverse_edges is None
+    # the padding edges join the padding node to itself
+    assert (np.asarray(compacted.senders)[~mask] == 2).all()
+    assert (np.asarray(compacted.receivers)[~mask] == 2).all()
+    _, too_few = compact_graph(graph, cutoff, within - 1)
+    assert int(too_few) == within
