@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import sys
 import time
@@ -49,14 +48,8 @@ def _stats(values_ms: list[float]) -> dict[str, float]:
 
 def _bare(calculator) -> callable:
     """The calculator's compiled forces program on its ready buffer, fetched to the host."""
-    width = calculator._compact_width
-    evaluate = functools.partial(
-        calculator._evaluate, calculator._potential, calculator._params, calculator._graph,
-        stress=False, energies=False, committee=False, compact_width=width,
-        cutoff=calculator.student.cutoff if width else 0.0,
-    )  # fmt: skip
-    packed = calculator._input_buffer.copy()
-    return lambda: np.asarray(evaluate(packed))
+    program, packed = calculator.program(), calculator._input_buffer.copy()
+    return lambda: np.asarray(program(packed))
 
 
 def compare(student, atoms, calls: int, device: str, edge_layout: str = "auto") -> dict:

@@ -35,7 +35,6 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
 import datetime
-import functools
 import json
 import re
 import sys
@@ -104,7 +103,17 @@ def lowered_ops(lowered) -> dict:
     }
 
 
-def calculator_cases(student, atoms, calls: int, edge_layout: str = "auto") -> dict:
+def write_hlo(lowered, path: Path | None) -> None:
+    """The compiled program's HLO text (after XLA's optimisation: its fusions are the
+    trace's kernels; ``benchmarks/hlo_kernels.py --call-profile`` reads them)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(lowered.compile().as_text())
+
+
+def calculator_cases(
+    student, atoms, calls: int, edge_layout: str = "auto", hlo_path: Path | None = None
+) -> dict:
     device = "gpu" if jax.default_backend() == "gpu" else "cpu"  # (a CPU smoke run)
     calculator = StudentCalculator(student, device=device, edge_layout=edge_layout)
     atoms = atoms.copy()
@@ -125,23 +134,16 @@ def calculator_cases(student, atoms, calls: int, edge_layout: str = "auto") -> d
         "edge_shape": list(graph.senders.shape),
     }
     # the calculator's forces program as it runs, compacted where the calculator compacts
-    width = calculator._compact_width
-    out["graph"]["compact_width"] = width
-    flags = {
-        "stress": False, "energies": False, "committee": False, "compact_width": width,
-        "cutoff": calculator.student.cutoff if width else 0.0,
-    }  # fmt: skip
-    evaluate = functools.partial(calculator._evaluate, **flags)
-    packed = calculator._input_buffer.copy()
-    potential, params = calculator._potential, calculator._params
-    out["bare"] = traced(lambda: np.asarray(evaluate(potential, params, graph, packed)), calls)
-    out["bare"]["lowered_ops"] = lowered_ops(
-        calculator._evaluate.lower(potential, params, graph, packed, **flags)
-    )
+    out["graph"]["compact_width"] = calculator._compact_width
+    program, packed = calculator.program(), calculator._input_buffer.copy()
+    out["bare"] = traced(lambda: np.asarray(program(packed)), calls)
+    lowered = program.func.lower(*program.args, packed, **program.keywords)
+    out["bare"]["lowered_ops"] = lowered_ops(lowered)
+    write_hlo(lowered, hlo_path)
     return out
 
 
-def jaxmd_case(student, atoms, calls: int) -> dict | None:
+def jaxmd_case(student, atoms, calls: int, hlo_path: Path | None = None) -> dict | None:
     cell = atoms.cell.array
     if not all(atoms.pbc) or np.abs(cell - np.diag(np.diag(cell))).max() > 0:
         return None
@@ -159,7 +161,9 @@ def jaxmd_case(student, atoms, calls: int) -> dict | None:
     force = jax.jit(quantity.force(energy_fn))
     row = traced(lambda: jax.block_until_ready(force(r0, neighbor=nbrs)), calls)
     row["edge_shape"] = list(nbrs.idx.shape)
-    row["lowered_ops"] = lowered_ops(force.lower(r0, neighbor=nbrs))
+    lowered = force.lower(r0, neighbor=nbrs)
+    row["lowered_ops"] = lowered_ops(lowered)
+    write_hlo(lowered, hlo_path)
     return row
 
 
@@ -177,6 +181,10 @@ def main() -> None:
         help="the calculator's edge layout (auto: receiver-major on a GPU, an edge list "
         "on a CPU; receiver_major on a CPU lowers the program a GPU runs)",
     )
+    parser.add_argument(
+        "--hlo-dir", type=Path, default=None,
+        help="write the compiled HLO of the calculator's program and the jax-md force call",
+    )  # fmt: skip
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         print("no GPU: the calculator's kernels are not traced (a GPU benchmark)")
@@ -198,8 +206,14 @@ def main() -> None:
             student = create_student(architecture, species, cutoff=5.0)
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
             try:
-                row.update(calculator_cases(student, atoms, args.calls, args.edge_layout))
-                row["jaxmd_force"] = jaxmd_case(student, atoms, args.calls)
+                hlo = {
+                    case: args.hlo_dir / f"hlo_{case}_{architecture}_{name}.txt"
+                    for case in ("bare", "jaxmd_force")
+                } if args.hlo_dir else {}  # fmt: skip
+                row.update(
+                    calculator_cases(student, atoms, args.calls, args.edge_layout, hlo.get("bare"))
+                )
+                row["jaxmd_force"] = jaxmd_case(student, atoms, args.calls, hlo.get("jaxmd_force"))
             except Exception as error:  # record and go on
                 row["error"] = f"{type(error).__name__}: {error}"[:800]
             rows.append(row)

@@ -123,31 +123,64 @@ def describe(
     return row
 
 
+def _per_step(case: dict, label: str) -> dict:
+    """A call_profile.py case in step_profile.py's terms (one call is one step)."""
+    kernels = [
+        {**k, "us_per_step": k["us_per_call"], "calls_per_step": k["calls_per_call"]}
+        for k in case.get("top_kernels", [])
+    ]
+    return {
+        "label": label,
+        "us_per_step": case["wall_us_per_call"],
+        "kernels_per_step": case.get("kernels_per_call"),
+        "top_kernels": kernels,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", type=Path, required=True, help="step_profile.py JSON")
+    parser.add_argument(
+        "--profile", type=Path, required=True, help="step_profile.py or call_profile.py JSON"
+    )
     parser.add_argument("--hlo", type=Path, required=True, help="its HLO text of the same row")
     parser.add_argument("--student", default="painn64x3")
     parser.add_argument("--n-atoms", type=int, default=4096)
     parser.add_argument("--format", default="dense")
+    parser.add_argument(
+        "--call-case",
+        default=None,
+        help="a call_profile.py JSON: its case (bare or jaxmd_force) of --architecture and "
+        "--system, read per call instead of per step",
+    )
+    parser.add_argument("--architecture", default="painn")
+    parser.add_argument("--system", default="si1000")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     record = json.loads(args.profile.read_text())
-    rows = [
-        row
-        for run in record["runs"]
-        for row in run.get("rows", [])
-        if row.get("student") == args.student
-        and row.get("n_atoms") == args.n_atoms
-        and row.get("format") == args.format
-        and row.get("neighbor_update", True)
-    ]
+    if args.call_case:
+        label = f"{args.architecture} {args.system} {args.call_case}"
+        rows = [
+            _per_step(row[args.call_case], label)
+            for row in record["rows"]
+            if row.get("architecture") == args.architecture
+            and row.get("system") == args.system
+            and row.get(args.call_case)
+        ]
+    else:
+        label = f"{args.student} {args.n_atoms} atoms, {args.format}"
+        rows = [
+            row
+            for run in record["runs"]
+            for row in run.get("rows", [])
+            if row.get("student") == args.student
+            and row.get("n_atoms") == args.n_atoms
+            and row.get("format") == args.format
+            and row.get("neighbor_update", True)
+        ]
     if not rows:
-        raise SystemExit(
-            f"no row for {args.student} / {args.n_atoms} / {args.format} in {args.profile}"
-        )
+        raise SystemExit(f"no row for {label} in {args.profile}")
     row = rows[0]
     shapes, fusions, bodies = parse_hlo(args.hlo.read_text())
     by_trace_name = {n.replace(".", "_"): n for n in fusions}
@@ -155,7 +188,7 @@ def main() -> None:
         describe(k, shapes, fusions, bodies, by_trace_name) for k in row.get("top_kernels", [])
     ]
     print(
-        f"{args.student} {args.n_atoms} atoms, {args.format}: {row['us_per_step']:.1f} us/step, "
+        f"{label}: {row['us_per_step']:.1f} us/step (a call), "
         f"{row.get('kernels_per_step')} kernels/step; the top {len(kernels)}:"
     )
     for k in kernels:

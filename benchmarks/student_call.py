@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import os
 import platform
@@ -123,14 +122,9 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     base = atoms.positions.copy()
     rng = np.random.default_rng(1)
     packed = calculator._input_buffer.copy()
-    graph, params, potential = calculator._graph, calculator._params, calculator._potential
     # the calculator's own program: its result lands where the calculator's does
-    width = calculator._compact_width  # compacted per call (None: the full graph)
-    evaluate = functools.partial(
-        calculator._evaluate, stress=False, energies=False, committee=False,
-        compact_width=width, cutoff=calculator.student.cutoff if width else 0.0,
-    )  # fmt: skip
-    n_out = 1 + 3 * graph.positions.shape[0] + (width is not None)
+    evaluate = calculator.program()
+    n_out = np.asarray(evaluate(packed)).size
     device = calculator.jax_device
 
     def zeros(x):
@@ -144,20 +138,20 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     )
 
     start = time.perf_counter()
-    result = np.asarray(evaluate(potential, params, graph, packed))
+    result = np.asarray(evaluate(packed))
     repeats = min(repeats, max(30, int(BUDGET_S / (time.perf_counter() - start))))
     forces, bare, floor = [], [], []
     with jax.default_device(device):  # the null call runs where the model does
         # (the default device is part of jit's cache key: compile all three here first)
         np.asarray(null(packed))
-        np.asarray(evaluate(potential, params, graph, packed))
+        np.asarray(evaluate(packed))
         atoms.positions = base + 1e-3
         atoms.get_forces()
         host = time_host(calculator, atoms, repeats, result)
         idle_s = host["median_ms"] * 1e-3
 
         def run_bare() -> None:
-            np.asarray(evaluate(potential, params, graph, packed))
+            np.asarray(evaluate(packed))
 
         def timed(call) -> float:
             start = time.perf_counter()

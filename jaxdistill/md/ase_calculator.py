@@ -595,28 +595,35 @@ class StudentCalculator(Calculator):
         size = self._compact_size
         return size if 0 < size < full else None
 
+    def program(self, stress: bool = False, energies: bool = False):
+        """The compiled evaluation of the current graph, as a call makes it:
+        ``packed [node_capacity + 3, 3] -> flat result`` (layout:
+        ``_evaluate_program``; compacted as the calculator compacts). For benchmarks
+        and profiles: a call's program without ASE or the neighbour check."""
+        width = self._compact_width
+        return functools.partial(
+            self._evaluate,
+            self._potential,
+            self._params,
+            self._graph,
+            stress=stress,
+            energies=energies,
+            committee=self.committee,
+            compact_width=width,
+            cutoff=self.student.cutoff if width is not None else 0.0,
+        )
+
     def _run(self, packed: np.ndarray, stress: bool, energies: bool) -> np.ndarray:
         """One evaluation, as a float64 host vector (layout: ``_evaluate_program``);
-        run again on wider rows where the compacted ones lacked pairs."""
-        for _ in range(2):  # widened rows hold every pair, or are the full rows
+        run again on a larger graph where the compacted one lacked pairs."""
+        for _ in range(2):  # the larger graph holds every pair, or is the full graph
             width = self._compact_width
-            out = self._evaluate(
-                self._potential,
-                self._params,
-                self._graph,
-                packed,
-                stress=stress,
-                energies=energies,
-                committee=self.committee,
-                compact_width=width,
-                cutoff=self.student.cutoff if width is not None else 0.0,
-            )
-            out = np.asarray(out).astype(np.float64)
+            out = np.asarray(self.program(stress, energies)(packed)).astype(np.float64)
             if width is None or out[-1] <= width:
                 return out
             self.compaction_overflows += 1
             self._widen_compaction(int(out[-1]))
-        raise AssertionError("unreachable: widened rows hold every pair within the cutoff")
+        raise AssertionError("unreachable: the larger graph holds every pair within the cutoff")
 
     # -- ASE interface ----------------------------------------------------------------
 
