@@ -11,8 +11,8 @@ against jax-md's cell order. This times the calculator's own compiled forces pro
 paired rounds:
 
 - ``as_built``: the calculator's graph (node capacity 1024);
-- ``rows_1001``: the same pairs in a graph of the fewest rows (n_atoms + 1);
-- ``rows_1040``: a node capacity a little above the default bucket;
+- ``rows_N``: the same pairs in a graph of ``N`` node rows, for each of
+  ``--node-capacities`` (default: the fewest, n_atoms + 1, and the bucket + 16);
 - ``shuffled_slots``: each row's pairs in a random order (reverse map carried over).
 
 Results agree to float rounding; the script records the largest force difference.
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--architecture", default="painn")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--edge-layout", default="receiver_major")
+    parser.add_argument("--node-capacities", default="", help="e.g. 1001,1008,1040")
     parser.add_argument(
         "--output", type=Path, default=Path("benchmarks/results/calculator_variants.json")
     )
@@ -87,12 +88,14 @@ def main() -> None:
     n_atoms = len(atoms)
     device = calculator.jax_device
     base = calculator._graph
-    variants = {
-        "as_built": base,
-        "rows_1001": _graph(atoms, calculator, n_atoms + 1),
-        "rows_1040": _graph(atoms, calculator, calculator._node_capacity + 16),
-        "shuffled_slots": _shuffled(jax.device_get(base)),
-    }
+    capacities = [int(c) for c in args.node_capacities.split(",") if c] or [
+        n_atoms + 1,
+        calculator._node_capacity + 16,
+    ]
+    variants = {"as_built": base}
+    for capacity in capacities:
+        variants[f"rows_{capacity}"] = _graph(atoms, calculator, capacity)
+    variants["shuffled_slots"] = _shuffled(jax.device_get(base))
     programs, buffers, first = {}, {}, {}
     for name, graph in variants.items():
         graph = jax.device_put(graph, device)
