@@ -30,7 +30,8 @@ apart. The list is therefore kept while
 which reduces to the usual "no atom moved more than half the skin" for a fixed cell
 and lets NPT dynamics and cell filters reuse the list across small strains. Any
 change of atom count, elements or periodicity rebuilds it; a change of atom count
-also re-pads to that system's buckets. Edge capacities only grow for a given system,
+also re-pads to that system's size (node rows: a bucket below 512 atoms, exactly
+``n_atoms + 1`` from there). Edge capacities only grow for a given system,
 so an MD run compiles once (again only if the neighbour count outgrows a bucket).
 
 Edge layout: on a GPU (``edge_layout="auto"``) the graph is receiver-major (every atom
@@ -191,6 +192,22 @@ CAPACITY_PER_OCTAVE = 8
 #: Head-room of an edge-list graph's edge capacity over the pairs counted at a build, so
 #: the few percent a pair count drifts in MD does not cross a fine bucket (a compilation).
 EDGE_HEADROOM = 1.05
+
+
+#: From this many atoms a calculator's graph has exactly one padding node row (``n_atoms
+#: + 1`` rows) instead of a bucket's: on an H100 (2026-12-07,
+#: benchmarks/calculator_variants.py, paired rounds) the bucket sizes 1024 (Si 1000)
+#: and 704 (water 648) were the slowest of eight row counts each, 0.06-0.10 ms a call
+#: slower than n_atoms + 1 (docs/benchmarks.md). Below it, buckets let structures of
+#: similar sizes share compilations.
+EXACT_ROWS_MIN_ATOMS = 512
+
+
+def node_capacity(n_atoms: int) -> int:
+    """Node rows of the calculator's graph for ``n_atoms`` atoms (the last a padding node)."""
+    if n_atoms >= EXACT_ROWS_MIN_ATOMS:
+        return n_atoms + 1
+    return bucket_capacity(n_atoms + 1, per_octave=CAPACITY_PER_OCTAVE)
 
 
 def _edge_capacity(n_edges: int) -> int:
@@ -516,9 +533,9 @@ class StudentCalculator(Calculator):
         receiver_major = uses_receiver_major(self.edge_layout, device.platform)
         new_system = self._reference is None or len(self._reference.numbers) != n_atoms
         if new_system:
-            # A new system: size the buckets for it (shapes seen before hit jit's cache).
+            # A new system: size the graph for it (shapes seen before hit jit's cache).
             # Fine buckets: every padded node row and edge is computed on at every call.
-            self._node_capacity = bucket_capacity(n_atoms + 1, per_octave=CAPACITY_PER_OCTAVE)
+            self._node_capacity = node_capacity(n_atoms)
             self._edge_capacity = _edge_capacity(n_edges)
             self._slots = slots_for([neighbours])
         else:

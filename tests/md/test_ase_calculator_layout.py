@@ -135,3 +135,24 @@ def test_program_has_no_per_edge_batched_matrix_product(small_student):
             if "dot_general" in line and "batching_dims" in line and f"tensor<{n_edge}x" in line
         ]
         assert not batched, batched[:1]
+
+
+def test_large_systems_get_exactly_one_padding_row(small_student):
+    # bucket row counts (multiples of 64 from 512 atoms) measured slow on a GPU
+    from jaxdistill.graph import bucket_capacity
+
+    threshold = ase_calculator.EXACT_ROWS_MIN_ATOMS
+    below = threshold - 1
+    assert ase_calculator.node_capacity(below) == bucket_capacity(below + 1, per_octave=8)
+    assert ase_calculator.node_capacity(threshold) == threshold + 1
+    atoms = silicon(repeat=(4, 4, 4))  # 512 atoms
+    assert len(atoms) >= threshold
+    results = {}
+    for layout in ("edge_list", "receiver_major"):
+        copy = atoms.copy()
+        copy.calc = StudentCalculator(
+            small_student, dtype="float64", device="cpu", edge_layout=layout
+        )
+        results[layout] = copy.get_forces()
+        assert copy.calc._node_capacity == len(atoms) + 1
+    np.testing.assert_allclose(results["receiver_major"], results["edge_list"], atol=1e-10)
