@@ -6,13 +6,7 @@
 # `source .device/env.sh || exit 1;` and carry .device, prepared with
 # `../shared/device/prepare.sh vesin==0.6.2` (the GPU machine lacks vesin).
 #   bash benchmarks/calculator_gpu.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
-python -c "import vesin, ase, jax_md" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
+source "$(dirname "$0")/device_preamble.sh"
 timeout 200 python benchmarks/calculator_compact_ab.py --systems si64,si512,water648,si1000,si4096 \
   --calls 400 --output "$out/calculator_compact_ab.json" 2>&1 | grep -E '^\[ab\]|Error'
 timeout 130 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \

@@ -6,12 +6,7 @@
 # (md_speed.py --fused-only). Start the device command with
 # `source .device/env.sh || exit 1;` and carry .device.
 #   bash benchmarks/compact_gpu.sh [capacity_multiplier (1.6)] [budget s (330)] [sizes (64,512,4096)]
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
+source "$(dirname "$0")/device_preamble.sh"
 capacity=${1:-1.6}
 python benchmarks/md_speed.py --fused-only --replicas 0 --capacity-multiplier "$capacity" \
   --steps-per-chunk 300 --max-chunks 3 --budget-seconds "${2:-330}" \

@@ -15,14 +15,8 @@
 # on the machine, their last lines are printed when a step fails.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device.
 #   bash benchmarks/profile_gpu.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
+source "$(dirname "$0")/device_preamble.sh"
 logs=$(mktemp -d)
-mkdir -p "$out"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
-python -c "import vesin" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
 step() {  # name, timeout seconds, pattern of the lines to print ("-": none), command
   local name=$1 seconds=$2 pattern=$3
   shift 3

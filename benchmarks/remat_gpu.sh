@@ -8,13 +8,7 @@
 #   bash benchmarks/remat_gpu.sh          # < 7.5 minutes
 #   bash benchmarks/remat_gpu.sh short    # < 5 minutes: jax-md at 512 (both lists) and
 #                                         # 4096 (compacted), no 64-atom part
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
-python -c "import vesin" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
+source "$(dirname "$0")/device_preamble.sh"
 ab() {  # timeout seconds, then edge_remat_ab.py arguments
   local seconds=$1
   shift

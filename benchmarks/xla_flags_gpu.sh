@@ -6,13 +6,7 @@
 # once per process, so each setting runs student_call.py in its own process, the
 # settings in turn, twice. Start with `source .device/env.sh || exit 1;`, carry .device.
 #   bash benchmarks/xla_flags_gpu.sh
-set -uo pipefail
-cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
-export XLA_PYTHON_CLIENT_PREALLOCATE=false
-nvidia-smi -L
-python -c "import vesin" || { echo "missing wheels: run prepare.sh vesin==0.6.2"; exit 1; }
+source "$(dirname "$0")/device_preamble.sh"
 all="FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,DYNAMIC_SLICE_COPY_FUSION"
 settings=(
   "default|"
