@@ -358,10 +358,9 @@ class StudentCalculator(Calculator):
             whole otherwise), so the student runs on fewer edges than the list (built
             for ``cutoff + skin``, with head-room) holds: True, False or "auto"
             (default: from :data:`COMPACT_MIN_ATOMS` atoms, 64 on a CPU and 512 on a
-            GPU). The compacted size is
-            set at each neighbour-list build from the pairs then within the cutoff; a
-            call with more is run again on a larger one (counted in
-            ``compaction_overflows``), so results never depend on it.
+            GPU). The compacted size is set at each neighbour-list build from the
+            pairs then within the cutoff; a call with more is run again on a larger
+            one (counted in ``compaction_overflows``), so results never depend on it.
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
