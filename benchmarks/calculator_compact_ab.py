@@ -24,16 +24,14 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from structures import silicon_cell
-from student_call import structures
+from student_call import null_call, structures
 
 from jaxdistill import StudentCalculator, create_student
 from jaxdistill.diagnostics import count_compilations
-from jaxdistill.md import ase_calculator
 
 
 def _stats(values_ms: list[float]) -> dict[str, float]:
@@ -66,13 +64,8 @@ def compare(student, atoms, calls: int, device: str, edge_layout: str = "auto") 
     calcs = {compact: copies[compact].calc for compact in settings}
     bare = {compact: _bare(calcs[compact]) for compact in settings}
     sizes = calcs[True]._input_buffer
-    n_out = 1 + 3 * calcs[True]._graph.positions.shape[0]
-    memory = "device" if calcs[True]._evaluate is ase_calculator._program else "pinned_host"
+    null, _ = null_call(calcs[True], bare[True]().size)
     jax_device = calcs[True].jax_device
-    null = jax.jit(
-        lambda x: jnp.zeros((n_out,), x.dtype) + x[0, 0],
-        out_shardings=jax.sharding.SingleDeviceSharding(jax_device, memory_kind=memory),
-    )
     with jax.default_device(jax_device):
         np.asarray(null(sizes))
         for compact in settings:

@@ -112,6 +112,21 @@ def time_calculator(atoms, calculator, repeats: int, properties: list[str]) -> d
     return {**stats(times), "calls": repeats, "compilations_after_first": compiled.count}
 
 
+def null_call(calculator, n_out: int):
+    """A jitted call that takes the calculator's packed buffer and returns ``n_out``
+    values into the memory its result lands in (pinned host or device): the transfer
+    floor of the device."""
+
+    def zeros(x):
+        return jnp.zeros((n_out,), x.dtype) + x[0, 0]
+
+    memory = os.environ.get(ase_calculator.RESULT_MEMORY_ENV, ase_calculator.RESULT_MEMORY)
+    if calculator._evaluate is ase_calculator._program:
+        memory = "device"  # (a CPU, or a GPU without pinned host memory)
+    sharding = jax.sharding.SingleDeviceSharding(calculator.jax_device, memory_kind=memory)
+    return jax.jit(zeros, out_shardings=sharding), memory
+
+
 def time_floors(calculator, atoms, repeats: int) -> dict:
     """The calculator's ``get_forces``, the bare jitted evaluation and a null call of
     the same input/output sizes, interleaved call by call (so ``forces - bare`` compares
@@ -124,18 +139,8 @@ def time_floors(calculator, atoms, repeats: int) -> dict:
     packed = calculator._input_buffer.copy()
     # the calculator's own program: its result lands where the calculator's does
     evaluate = calculator.program()
-    n_out = np.asarray(evaluate(packed)).size
+    null, memory = null_call(calculator, np.asarray(evaluate(packed)).size)
     device = calculator.jax_device
-
-    def zeros(x):
-        return jnp.zeros((n_out,), x.dtype) + x[0, 0]
-
-    memory = os.environ.get(ase_calculator.RESULT_MEMORY_ENV, ase_calculator.RESULT_MEMORY)
-    if calculator._evaluate is ase_calculator._program:
-        memory = "device"  # (a CPU, or a GPU without pinned host memory)
-    null = jax.jit(
-        zeros, out_shardings=jax.sharding.SingleDeviceSharding(device, memory_kind=memory)
-    )
 
     start = time.perf_counter()
     result = np.asarray(evaluate(packed))

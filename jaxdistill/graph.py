@@ -192,6 +192,15 @@ def atoms_problem(
     return coincident_atoms(atoms, neighbours) if coincident else None
 
 
+def pair_vectors(atoms: ase.Atoms, neighbours: Neighbours) -> np.ndarray:
+    """``r_ij = R_j - R_i + shift · cell`` of every pair, Å, ``[n_pair, 3]`` (host)."""
+    positions = atoms.positions
+    vectors = positions[neighbours.senders] - positions[neighbours.receivers]
+    if np.any(neighbours.shifts):
+        vectors = vectors + neighbours.shifts @ atoms.cell.array
+    return vectors
+
+
 def coincident_atoms(atoms: ase.Atoms, neighbours: Neighbours | None = None) -> str | None:
     """The closest pair in words when two atoms (or periodic images) are closer than
     :data:`MIN_DISTANCE_ANGSTROM`, else None.
@@ -207,11 +216,7 @@ def coincident_atoms(atoms: ase.Atoms, neighbours: Neighbours | None = None) -> 
         neighbours = neighbour_pairs(atoms, _COINCIDENCE_SEARCH_ANGSTROM)
     if len(neighbours.senders) == 0:
         return None
-    positions = atoms.positions
-    vectors = positions[neighbours.senders] - positions[neighbours.receivers]
-    if np.any(neighbours.shifts):
-        vectors = vectors + neighbours.shifts @ atoms.cell.array
-    lengths = np.linalg.norm(vectors, axis=1)
+    lengths = np.linalg.norm(pair_vectors(atoms, neighbours), axis=1)
     k = int(np.argmin(lengths))
     if lengths[k] >= MIN_DISTANCE_ANGSTROM:
         return None

@@ -152,22 +152,20 @@ def compact_graph(graph: Graph, cutoff: float, width: int) -> tuple[Graph, jax.A
     vectors, _ = edge_vectors(jnp.asarray(frozen.positions), frozen)
     within = graph.edge_mask & (jnp.sum(vectors**2, axis=-1) < cutoff**2)
     # Edges dropped (or past the width) go to distinct indices past the end: unique.
-    past_end = jnp.arange(n_edge, dtype=jnp.int32)
     if graph.reverse_edges is None:
+        # one row of n_edge slots: dropped edges already get distinct columns >= width
         keep = within
         n_compacted = width
-        rank = jnp.cumsum(keep, dtype=jnp.int32) - 1
-        position = jnp.where(keep & (rank < width), rank, n_compacted + past_end)
-        largest = rank[-1] + 1
+        column, largest = compacted_columns(keep[None], width)
+        position = column[0]
     else:
         keep = within | within[graph.reverse_edges]
         n_slots = n_edge // n_node
         n_compacted = n_node * width
         column, largest = compacted_columns(keep.reshape(n_node, n_slots), width)
         rows = jnp.arange(n_node, dtype=jnp.int32)[:, None]
-        position = jnp.where(
-            column < width, rows * width + column, n_compacted + past_end.reshape(n_node, -1)
-        ).reshape(-1)
+        past_end = n_compacted + jnp.arange(n_edge, dtype=jnp.int32).reshape(n_node, n_slots)
+        position = jnp.where(column < width, rows * width + column, past_end).reshape(-1)
     padding_node = n_node - 1
 
     def place(values: jax.Array, fill) -> jax.Array:

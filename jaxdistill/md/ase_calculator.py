@@ -68,6 +68,7 @@ from jaxdistill.graph import (
     batch_graphs,
     bucket_capacity,
     neighbour_pairs,
+    pair_vectors,
     slot_capacity,
     slots_for,
     validate_atoms,
@@ -585,11 +586,7 @@ class StudentCalculator(Calculator):
             self._compact_size = 0
         if not compact:
             return
-        vectors = (
-            atoms.positions[neighbours.senders]
-            - atoms.positions[neighbours.receivers]
-            + neighbours.shifts @ atoms.cell.array
-        )
+        vectors = pair_vectors(atoms, neighbours)
         cutoff = self.student.cutoff
         within = neighbours.receivers[np.einsum("ij,ij->i", vectors, vectors) < cutoff**2]
         if self._receiver_major:

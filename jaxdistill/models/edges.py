@@ -121,7 +121,8 @@ def compacted_columns(keep: jax.Array, n_slots: int) -> tuple[jax.Array, jax.Arr
     """
     width = keep.shape[1]
     rank = jnp.cumsum(keep, axis=1, dtype=jnp.int32) - 1
-    column = jnp.where(keep, rank, n_slots + jnp.arange(width, dtype=jnp.int32))
+    # (a kept slot past n_slots too: its rank could equal another slot's n_slots + m)
+    column = jnp.where(keep & (rank < n_slots), rank, n_slots + jnp.arange(width, dtype=jnp.int32))
     return column, jnp.max(rank[:, -1]) + 1
 
 
