@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One device call (< 6 minutes) for issue 18: the ASE calculator with its receiver-major
-# rows compacted per call against the full rows, A/B in one process with paired rounds
-# (calculator_compact_ab.py), then the per-call table on the default path
+# One device call (< 6 minutes) for issue 18: two ASE calculators that differ in one
+# option, A/B in one process with paired rounds (calculator_ab.py; OPTION is
+# host_wait, the default, or compact_rows), then the per-call table on the default path
 # (student_call.py) with the machine's transfer floor. Start the device command with
 # `source .device/env.sh || exit 1;` and carry .device, prepared with
 # `../shared/device/prepare.sh vesin==0.6.2` (the GPU machine lacks vesin).
-#   bash benchmarks/calculator_gpu.sh
+#   bash benchmarks/calculator_gpu.sh [OPTION]
 source "$(dirname "$0")/device_preamble.sh"
-timeout 200 python benchmarks/calculator_compact_ab.py --systems si64,si512,water648,si1000,si4096 \
-  --calls 400 --output "$out/calculator_compact_ab.json" 2>&1 | grep -E '^\[ab\]|Error'
+option=${1:-host_wait}
+timeout 200 python benchmarks/calculator_ab.py --option "$option" \
+  --systems si64,si512,water648,si1000 --calls 400 \
+  --output "$out/calculator_ab_$option.json" 2>&1 | grep -E '^\[ab\]|Error'
 timeout 130 python benchmarks/student_call.py --architectures painn,schnet --devices gpu \
   --layouts auto --compact-rows auto --repeats 300 --systems si64,si512,water648,si1000 \
   --output "$out/student_call.json" > "$out/student_call.log" 2>&1 \

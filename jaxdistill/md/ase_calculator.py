@@ -102,6 +102,13 @@ AUTO_GPU_MIN_ATOMS = 16
 #: nothing either way at 64; on a 2-core CPU (edge list) 8-13 % from 64 Si atoms, while
 #: at 21-atom hexanol (8 % fewer edges) PaiNN gained 2-4 % and SchNet lost 4-8 %.
 COMPACT_MIN_ATOMS = {"cpu": 64, "gpu": 512}
+#: How a call waits for its result, by platform, under ``host_wait="auto"``: "block"
+#: (sleep until the runtime wakes the thread) or "spin" (poll ``is_ready()``, keeping
+#: the core awake; never on a CPU backend, whose own threads compute the result).
+HOST_WAIT = {"cpu": "block", "gpu": "block"}
+#: Environment variable that overrides ``host_wait="auto"`` ("block" or "spin").
+HOST_WAIT_ENV = "JAXDISTILL_HOST_WAIT"
+HOST_WAITS = ("auto", "block", "spin")
 DEVICES = ("auto", "cpu", "gpu")
 EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")
 
@@ -214,6 +221,25 @@ def node_capacity(n_atoms: int) -> int:
 def _edge_capacity(n_edges: int) -> int:
     """Edge capacity of the calculator's graph for ``n_edges`` pairs (one padding edge)."""
     return bucket_capacity(math.ceil(n_edges * EDGE_HEADROOM) + 1, per_octave=CAPACITY_PER_OCTAVE)
+
+
+def _spins(host_wait: str, platform: str) -> bool:
+    """Whether a calculator with ``host_wait`` polls for its results on ``platform``."""
+    if host_wait == "auto":
+        host_wait = os.environ.get(HOST_WAIT_ENV) or HOST_WAIT.get(platform, "block")
+        if host_wait not in HOST_WAITS[1:]:
+            raise ValueError(f"{HOST_WAIT_ENV} must be 'block' or 'spin', got {host_wait!r}")
+    return host_wait == "spin" and platform != "cpu"
+
+
+def fetch(result: jax.Array, spin: bool = False) -> np.ndarray:
+    """A call's result as a float64 host vector. ``spin``: poll until it is ready
+    instead of sleeping in the runtime's wait, so no thread wake-up stands between the
+    device finishing and the host reading."""
+    if spin:
+        while not result.is_ready():
+            pass
+    return np.asarray(result).astype(np.float64)
 
 
 @functools.cache
@@ -362,6 +388,12 @@ class StudentCalculator(Calculator):
             GPU). The compacted size is set at each neighbour-list build from the
             pairs then within the cutoff; a call with more is run again on a larger
             one (counted in ``compaction_overflows``), so results never depend on it.
+        host_wait: how the host waits for a call's result: "block" (the thread sleeps
+            until the runtime wakes it), "spin" (it polls the result, keeping its core
+            busy for the length of the call) or "auto" (default: :data:`HOST_WAIT` by
+            platform; the environment variable ``JAXDISTILL_HOST_WAIT`` overrides it).
+            A call on a CPU always blocks (the backend's own threads compute it).
+            Results are the same either way.
 
     Properties: energy and free_energy (eV), forces (eV/Å), stress (eV/Å³, Voigt order
     xx yy zz yz xz xy, only for cells periodic in all three directions), energies (the
@@ -413,6 +445,7 @@ class StudentCalculator(Calculator):
         device: str = "auto",
         edge_layout: str = "auto",
         compact_rows: bool | str = "auto",
+        host_wait: str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -423,8 +456,11 @@ class StudentCalculator(Calculator):
         uses_receiver_major(edge_layout, "cpu")  # validates the name
         if compact_rows not in (True, False, "auto"):
             raise ValueError(f"compact_rows must be True, False or 'auto', got {compact_rows!r}")
+        if host_wait not in HOST_WAITS:
+            raise ValueError(f"host_wait must be one of {HOST_WAITS}, got {host_wait!r}")
         self.edge_layout = edge_layout
         self.compact_rows = compact_rows
+        self.host_wait = host_wait
         self.student = as_model(student, dtype)
         self.committee = is_committee(self.student)
         if self.committee:
@@ -455,6 +491,7 @@ class StudentCalculator(Calculator):
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
         self._potential_cached: Potential | None = None
         self._evaluate = _program  # the jitted evaluation for jax_device
+        self._spin = False  # whether a call polls for its result (see host_wait)
         self._snapshot: ase.Atoms | None = None  # what self.atoms points at (see _remember)
 
     @property
@@ -481,6 +518,7 @@ class StudentCalculator(Calculator):
             "_input_buffer",
             "_potential_cached",
             "_evaluate",
+            "_spin",
             "_snapshot",
         }
         state = {k: v for k, v in self.__dict__.items() if k not in device_bound}
@@ -492,6 +530,7 @@ class StudentCalculator(Calculator):
         self.__dict__.setdefault("edge_layout", "auto")
         self.__dict__.setdefault("compact_rows", "auto")
         self.__dict__.setdefault("compaction_overflows", 0)
+        self.__dict__.setdefault("host_wait", "auto")
         self._forget_device()
 
     # -- neighbour list -------------------------------------------------------------
@@ -558,6 +597,7 @@ class StudentCalculator(Calculator):
         if device != self.jax_device:
             # (the program first: a bad setting raises before anything is bound)
             self._evaluate = _program_for(device, os.environ.get(RESULT_MEMORY_ENV, RESULT_MEMORY))
+            self._spin = _spins(self.host_wait, device.platform)
             self._params = jax.device_put(self.student.params, device)
             self.jax_device = device
         self._graph = jax.device_put(graph, device)
@@ -631,7 +671,7 @@ class StudentCalculator(Calculator):
         run again on a larger graph where the compacted one lacked pairs."""
         for _ in range(2):  # the larger graph holds every pair, or is the full graph
             width = self._compact_width
-            out = np.asarray(self.program(stress, energies)(packed)).astype(np.float64)
+            out = fetch(self.program(stress, energies)(packed), self._spin)
             if width is None or out[-1] <= width:
                 return out
             self.compaction_overflows += 1
