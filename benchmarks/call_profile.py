@@ -82,6 +82,52 @@ def traced(call, calls: int) -> dict:
     return row
 
 
+def timeline(call, calls: int, path: Path) -> None:
+    """Trace ``calls`` calls of ``call()`` (after a warm-up call) and write every event
+    of the trace to ``path`` as JSON: plane, line, name, start and duration in µs from
+    the first event, for the GPU's stream lines and the host's threads (host events
+    shorter than 1 µs left out). Says where the wall time of a call goes between its
+    kernels: launches, waits, copies."""
+    import glob
+
+    from jax.profiler import ProfileData
+
+    call()
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(calls):
+                call()
+        files = sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))
+        data = ProfileData.from_file(files[-1])
+    events = []
+    for plane in data.planes:
+        gpu = plane.name.startswith("/device:GPU")
+        if not gpu and not plane.name.startswith("/host"):
+            continue
+        for line in plane.lines:
+            if gpu and not line.name.startswith("Stream"):
+                continue  # (the "XLA Ops" lines repeat the stream's kernels)
+            for event in line.events:
+                if not gpu and event.duration_ns < 1000:
+                    continue
+                events.append(
+                    (plane.name, line.name, event.name[:120], event.start_ns, event.duration_ns)
+                )
+    origin = min(e[3] for e in events) if events else 0
+    rows = [
+        {
+            "plane": plane,
+            "line": line,
+            "name": name,
+            "start_us": (start - origin) / 1e3,
+            "duration_us": duration / 1e3,
+        }
+        for plane, line, name, start, duration in sorted(events, key=lambda e: e[3])
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"calls": calls, "events": rows}) + "\n")
+
+
 def lowered_ops(lowered) -> dict:
     """Operations of a lowered program by kind: ``{kind: [count, elements produced]}``,
     most elements first, plus their totals (a device-independent size of the work)."""
@@ -112,7 +158,12 @@ def write_hlo(lowered, path: Path | None) -> None:
 
 
 def calculator_cases(
-    student, atoms, calls: int, edge_layout: str = "auto", hlo_path: Path | None = None
+    student,
+    atoms,
+    calls: int,
+    edge_layout: str = "auto",
+    hlo_path: Path | None = None,
+    timeline_path: Path | None = None,
 ) -> dict:
     device = "gpu" if jax.default_backend() == "gpu" else "cpu"  # (a CPU smoke run)
     calculator = StudentCalculator(student, device=device, edge_layout=edge_layout)
@@ -140,6 +191,17 @@ def calculator_cases(
     lowered = program.func.lower(*program.args, packed, **program.keywords)
     out["bare"]["lowered_ops"] = lowered_ops(lowered)
     write_hlo(lowered, hlo_path)
+    if timeline_path is not None:
+        from student_call import null_call
+
+        null, _ = null_call(calculator, np.asarray(program(packed)).size)
+        with jax.default_device(calculator.jax_device):
+            timeline(lambda: np.asarray(program(packed)), 5, timeline_path)
+            timeline(
+                lambda: np.asarray(null(packed)),
+                5,
+                timeline_path.with_name(timeline_path.stem + "_null.json"),
+            )
     return out
 
 
@@ -185,6 +247,10 @@ def main() -> None:
         "--hlo-dir", type=Path, default=None,
         help="write the compiled HLO of the calculator's program and the jax-md force call",
     )  # fmt: skip
+    parser.add_argument(
+        "--timeline-dir", type=Path, default=None,
+        help="write every traced event of 5 bare calls and of 5 null calls (call_timeline)",
+    )  # fmt: skip
     args = parser.parse_args()
     if jax.default_backend() != "gpu":
         print("no GPU: the calculator's kernels are not traced (a GPU benchmark)")
@@ -210,8 +276,15 @@ def main() -> None:
                     case: args.hlo_dir / f"hlo_{case}_{architecture}_{name}.txt"
                     for case in ("bare", "jaxmd_force")
                 } if args.hlo_dir else {}  # fmt: skip
+                timeline_path = (
+                    args.timeline_dir / f"timeline_{architecture}_{name}.json"
+                    if args.timeline_dir
+                    else None
+                )
                 row.update(
-                    calculator_cases(student, atoms, args.calls, args.edge_layout, hlo.get("bare"))
+                    calculator_cases(
+                        student, atoms, args.calls, args.edge_layout, hlo.get("bare"), timeline_path
+                    )
                 )
                 row["jaxmd_force"] = jaxmd_case(student, atoms, args.calls, hlo.get("jaxmd_force"))
             except Exception as error:  # record and go on

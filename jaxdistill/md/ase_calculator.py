@@ -105,7 +105,11 @@ COMPACT_MIN_ATOMS = {"cpu": 64, "gpu": 512}
 #: How a call waits for its result, by platform, under ``host_wait="auto"``: "block"
 #: (sleep until the runtime wakes the thread) or "spin" (poll ``is_ready()``, keeping
 #: the core awake; never on a CPU backend, whose own threads compute the result).
-HOST_WAIT = {"cpu": "block", "gpu": "block"}
+#: Measured on one H100 and its 16-core host (2026-12-07, benchmarks/calculator_ab.py
+#: --option host_wait, 400 paired rounds; docs/benchmarks.md): polling made every
+#: case faster, 0.013-0.031 ms a forces call (paired medians; PaiNN and SchNet, Si 64
+#: to 1000 atoms and water 648) and 0.02-0.07 ms a null round trip.
+HOST_WAIT = {"cpu": "block", "gpu": "spin"}
 #: Environment variable that overrides ``host_wait="auto"`` ("block" or "spin").
 HOST_WAIT_ENV = "JAXDISTILL_HOST_WAIT"
 HOST_WAITS = ("auto", "block", "spin")
