@@ -356,3 +356,43 @@ def test_result_memory_setting(small_student, monkeypatch):
     atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu")
     with pytest.raises(ValueError, match="JAXDISTILL_RESULT_MEMORY"):
         atoms.get_forces()
+
+
+def test_host_wait_setting(small_student, monkeypatch):
+    """A GPU call polls for its result by default, a CPU call always blocks; the
+    environment variable overrides "auto", and a wrong value is named either way."""
+    import pickle
+
+    from jaxdistill.md import ase_calculator
+
+    assert ase_calculator._spins("auto", "gpu") == (ase_calculator.HOST_WAIT["gpu"] == "spin")
+    assert ase_calculator._spins("spin", "gpu") is True
+    assert ase_calculator._spins("block", "gpu") is False
+    assert ase_calculator._spins("spin", "cpu") is False  # the backend's threads compute
+    monkeypatch.setenv(ase_calculator.HOST_WAIT_ENV, "block")
+    assert ase_calculator._spins("auto", "gpu") is False
+    assert ase_calculator._spins("spin", "gpu") is True  # an explicit choice wins
+    monkeypatch.setenv(ase_calculator.HOST_WAIT_ENV, "busy")
+    with pytest.raises(ValueError, match="JAXDISTILL_HOST_WAIT"):
+        ase_calculator._spins("auto", "gpu")
+    monkeypatch.delenv(ase_calculator.HOST_WAIT_ENV)
+    with pytest.raises(ValueError, match="host_wait must be one of"):
+        StudentCalculator(small_student, host_wait="poll")
+
+    # the polling fetch returns what the blocking one does
+    value = jax.numpy.arange(7.0, dtype=jax.numpy.float32) / 3
+    for spin in (False, True):
+        out = ase_calculator.fetch(value, spin)
+        assert out.dtype == np.float64
+        np.testing.assert_array_equal(out, np.asarray(value, dtype=np.float64))
+
+    atoms = silicon()
+    forces = {}
+    for wait in ("block", "spin"):
+        atoms.calc = StudentCalculator(small_student, dtype="float64", device="cpu", host_wait=wait)
+        forces[wait] = atoms.get_forces()
+        assert atoms.calc._spin is False  # a CPU call blocks whatever was asked
+    np.testing.assert_array_equal(forces["block"], forces["spin"])
+    copy = pickle.loads(pickle.dumps(atoms.calc))
+    assert copy.host_wait == "spin"
+    np.testing.assert_array_equal(copy.get_forces(atoms), forces["spin"])
