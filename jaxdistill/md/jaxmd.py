@@ -260,15 +260,23 @@ class RowCompaction(NamedTuple):
     so results never depend on them. A hot system, whose atoms gather more neighbours
     than the cold one the list was sized on, takes the wider ones.
 
+    Under ``jax.vmap`` (replicas) a ``lax.switch`` whose index is batched runs every
+    branch, so there the width is chosen on the host instead: ``level`` fixes it
+    (``widths()[level]``, or the full list at ``len(widths())``), the caller checks
+    with :func:`largest_row` that no step needed more and redoes those that did on the
+    next level (``run_md``'s replicas do, per chunk).
+
     Attributes:
         skin: the list's skin (jax-md's ``dr_threshold``), Å.
         capacity_multiplier: the list's head-room factor.
         margins: head-room of each compacted width over the expected pair count.
+        level: None to choose per step (``lax.switch``), or the index of a fixed width.
     """
 
     skin: float
     capacity_multiplier: float
     margins: tuple[float, ...] = (1.25, 1.6)
+    level: int | None = None
 
     def widths(self, n_slots: int, cutoff: float) -> tuple[int, ...]:
         """Compacted widths, ascending, each narrower than the list's ``n_slots``."""
@@ -301,14 +309,35 @@ def compact_table(
     """
     from jaxdistill.models.edges import compact_rows
 
+    keep = _within_cutoff(table, padded_positions, displacement, cutoff)
+    return compact_rows(table, keep, n_slots, table.shape[0] - 1)
+
+
+def _within_cutoff(
+    table: jax.Array, padded_positions: jax.Array, displacement: Callable, cutoff: float
+) -> jax.Array:
+    """``[n_atoms + 1, M]`` bool: the table's slots that hold a pair within ``cutoff``
+    (arguments as :func:`compact_table`)."""
     n_atoms = table.shape[0] - 1
     rows = jnp.broadcast_to(jnp.arange(n_atoms + 1)[:, None], table.shape)
     # Which pairs are in is a discrete choice: no gradient flows through it.
     ends = jax.lax.stop_gradient(padded_positions)
     vectors = displacement(ends[table.reshape(-1)], ends[rows.reshape(-1)])
     squared = jnp.sum(vectors.reshape(*table.shape, -1) ** 2, axis=-1)
-    keep = (table < n_atoms) & (rows < n_atoms) & (squared < cutoff**2)
-    return compact_rows(table, keep, n_slots, n_atoms)
+    return (table < n_atoms) & (rows < n_atoms) & (squared < cutoff**2)
+
+
+def largest_row(
+    R: jax.Array, neighbor, displacement_fn: Callable, cutoff: float, **kwargs
+) -> jax.Array:
+    """The most pairs within ``cutoff`` any atom has in a ``Dense`` list at ``R``: what
+    a compacted width must hold (int scalar). ``kwargs`` go to ``displacement_fn``."""
+    n_atoms = R.shape[0]
+    table = receiver_major_table(neighbor, n_atoms)
+    padded = jnp.concatenate([R, jnp.zeros_like(R[:1])], axis=0)
+    displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
+    keep = _within_cutoff(table, padded, displacement, cutoff)
+    return jnp.max(jnp.sum(keep, axis=1, dtype=jnp.int32))
 
 
 def _switch_differentiated_inside(
@@ -431,6 +460,14 @@ def _member_energy_fn(
         if not widths:
             return on_table(table, inputs)
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
+        if compaction.level is not None:
+            # a width fixed by the caller, who checks the rows fit (see RowCompaction)
+            if compaction.level >= len(widths):
+                return on_table(table, inputs)
+            compacted, _ = compact_table(
+                table, padded, displacement, cutoff, widths[compaction.level]
+            )
+            return on_table(compacted, inputs)
         compacted, largest = compact_table(table, padded, displacement, cutoff, widths[-1])
         # The narrowest width that holds every row's pairs; past the widest, the full list.
         index = sum((largest > width).astype(jnp.int32) for width in widths)
@@ -480,7 +517,7 @@ def make_energy_fn(
     ``compaction``: on a ``Dense`` list, run the student on rows compacted to the pairs
     within the cutoff (:class:`RowCompaction`); None runs it on the list as it is.
     Under ``jax.vmap`` over positions the compaction's ``lax.switch`` runs every
-    branch: leave it None there.
+    branch: there fix its ``level`` and check the rows fit (:func:`largest_row`).
     """
     energy = _member_energy_fn(student, displacement_fn, species, compaction)
     default_params = student.params

@@ -61,12 +61,17 @@ class JaxMDEngine(NamedTuple):
         init: ``(keys, positions, momenta, nbrs, kTs, boxes, masses, params) -> state``.
         observe: ``(carry, kT, params) -> dict`` of one sample's observables (with a
             committee also ``force_std`` ``[n_atoms]`` and ``max_force_std``, eV/Å).
-        chunk: ``(carry, kT, params, n_samples, inner) -> (carry, samples)``.
+        chunk: ``(carry, kT, params, n_samples, inner, level=None) -> (carry,
+            samples)``; ``level`` (replicas) runs the student on rows compacted to
+            ``compaction_widths(nbrs)[level]`` (the full list at ``len(...)``), and the
+            samples' ``compaction_peak`` says whether every step fit.
         allocate: ``(positions, boxes, minimum_capacity=0) -> nbrs`` (grown until no
             replica overflows).
         reallocate: ``(start_carry, failed_carry) -> carry``: the chunk's start carry
             with a larger list, after the chunk overflowed.
         boxes_of: ``state -> boxes`` (current NPT boxes, the fixed box, or None).
+        compaction_widths: ``nbrs -> tuple[int, ...]``: the widths a replica chunk's
+            ``level`` picks from (ascending), or () when it does not compact.
         box: the fixed box (columns are lattice vectors), or None for a molecule.
         cutoff: the student's cutoff, Å.
         conserved: whether the ensemble conserves an energy (all but Langevin).
@@ -81,6 +86,7 @@ class JaxMDEngine(NamedTuple):
     allocate: Callable
     reallocate: Callable
     boxes_of: Callable
+    compaction_widths: Callable
     box: Any
     cutoff: float
     conserved: bool
@@ -181,15 +187,15 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
     rebuild_fn = partition.neighbor_list(
         displacement, box_for_list, cutoff + skin, dr_threshold=0.0, **common
     )
-    # Replicas vmap the energy over positions, where the compaction's lax.switch would
-    # run every branch.
     compaction = (
-        None
-        if batched
-        else jaxmd.resolve_compaction(
-            settings.compact_rows, n_atoms, skin, settings.capacity_multiplier
-        )
+        jaxmd.resolve_compaction(settings.compact_rows, n_atoms, skin, settings.capacity_multiplier)
+        if neighbor_format is partition.Dense
+        else None
     )
+    # Replicas vmap the energy over positions, where the compaction's per-step
+    # lax.switch would run every branch: their chunks take a width fixed on the host
+    # instead (``level``, see RowCompaction), and init and samples the full list.
+    replica_compaction, compaction = (compaction, None) if batched else (None, compaction)
     energy_fn = jaxmd.make_energy_fn(student, displacement, reference.numbers, compaction)
     committee = is_committee(student)
     # The MD integrates the committee's mean forces (energy_fn is the mean energy); the
@@ -199,6 +205,24 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
         jaxmd.make_member_forces_fn(student, displacement, reference.numbers) if committee else None
     )
     init_fn, apply_fn = _integrator(simulate, energy_fn, shift, settings)
+
+    @functools.cache
+    def apply_at_level(level: int | None):
+        """The integrator step on rows compacted to the width of ``level`` (None: the
+        energy_fn above)."""
+        if level is None or replica_compaction is None:
+            return apply_fn
+        fixed = replica_compaction._replace(level=level)
+        level_energy = jaxmd.make_energy_fn(student, displacement, reference.numbers, fixed)
+        return _integrator(simulate, level_energy, shift, settings)[1]
+
+    def compaction_widths(nbrs) -> tuple[int, ...]:
+        """The fixed widths a replica chunk may take on this list (ascending; the full
+        list is the level past the last), or () when replicas do not compact."""
+        if replica_compaction is None:
+            return ()
+        return replica_compaction.widths(int(nbrs.idx.shape[-1]), cutoff)
+
     pressure = settings.pressure_bar * units.bar
     conserved = not (ensemble == "nvt" and settings.thermostat == "langevin")
     codes = partition.PartitionErrorCode
@@ -299,23 +323,37 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
             out["max_force_std"] = jnp.max(out["force_std"])
         return out
 
-    def chunk_one(carry, kT, params, n_samples: int, inner: int):
+    def chunk_one(carry, kT, params, n_samples: int, inner: int, level: int | None = None):
+        widths = compaction_widths(carry[1]) if level is not None else ()
+        # a fixed compacted width: each step also finds the most pairs any atom had at
+        # the positions its forces were taken at (the sample's "compaction_peak")
+        checked = level is not None and level < len(widths)
+        step_apply = apply_at_level(level if checked else None)
+
         def one_step(_, c):
-            state, nbrs, inverse_box, rebuilds, kinetic_sum = c
+            state, nbrs, inverse_box, rebuilds, kinetic_sum, peak = c
             nbrs, inverse_box, rebuilt = update_neighbors(
                 state.position, nbrs, inverse_box, box_kwargs(state)
             )
-            state = apply_fn(state, neighbor=nbrs, params=params, **step_kwargs(kT))
+            state = step_apply(state, neighbor=nbrs, params=params, **step_kwargs(kT))
             kinetic = quantity.kinetic_energy(momentum=state.momentum, mass=state.mass)
-            return state, nbrs, inverse_box, rebuilds + rebuilt, kinetic_sum + kinetic
+            if checked:
+                largest = jaxmd.largest_row(
+                    state.position, nbrs, displacement, cutoff, **box_kwargs(state)
+                )
+                peak = jnp.maximum(peak, largest)
+            return state, nbrs, inverse_box, rebuilds + rebuilt, kinetic_sum + kinetic, peak
 
         def sample(c, _):
             # The kinetic energy of every step between samples, summed from zero at each
             # sample (float32 sums of a few thousand terms): the mean temperature of a
             # small molecule from sparse samples alone is off by percents.
-            c = (*c[:4], jnp.zeros_like(c[4]))
-            c = jax.lax.fori_loop(0, inner, one_step, c)
-            return c, observe_one(c, kT, params)
+            c = (*c[:4], jnp.zeros_like(c[4]), jnp.zeros((), jnp.int32))
+            *c, peak = jax.lax.fori_loop(0, inner, one_step, c)
+            out = observe_one(tuple(c), kT, params)
+            if checked:
+                out["compaction_peak"] = peak
+            return tuple(c), out
 
         return jax.lax.scan(sample, carry, None, length=n_samples)
 
@@ -382,8 +420,8 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
         init = jax.vmap(init_one, in_axes=(0, 0, 0, 0, 0, 0, None, None))
         observe = jax.vmap(observe_one, in_axes=(0, 0, None))
 
-        def chunk(carry, kT, params, n_samples: int, inner: int):
-            one = functools.partial(chunk_one, n_samples=n_samples, inner=inner)
+        def chunk(carry, kT, params, n_samples: int, inner: int, level: int | None = None):
+            one = functools.partial(chunk_one, n_samples=n_samples, inner=inner, level=level)
             return jax.vmap(one, in_axes=(0, 0, None))(carry, kT, params)
     else:
         init, observe, chunk = init_one, observe_one, chunk_one
@@ -395,6 +433,7 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
         allocate=allocate,
         reallocate=reallocate,
         boxes_of=boxes_of,
+        compaction_widths=compaction_widths,
         box=box,
         cutoff=cutoff,
         conserved=conserved,

@@ -25,7 +25,7 @@ from jaxdistill.committee import Model, is_committee
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.checks import FragmentCheck, UncertaintyCheck, raise_blowup
 from jaxdistill.md.initial import initial_momenta, standard_form
-from jaxdistill.md.jaxmd import box_widths, minimum_box_width
+from jaxdistill.md.jaxmd import COMPACT_MIN_ATOMS, box_widths, minimum_box_width
 from jaxdistill.md.jaxmd_engine import JaxMDEngine, JaxMDSettings, jaxmd_engine
 from jaxdistill.md.recording import (
     ProgressReporter,
@@ -63,12 +63,15 @@ class _Compiled:
     observe: Any
     chunks: dict[tuple, Any] = field(default_factory=dict)
 
-    def chunk(self, carry, kT, params, n_samples: int, inner: int):
-        """The chunk compiled for these shapes (cached; compile time kept apart)."""
+    def chunk(self, carry, kT, params, n_samples: int, inner: int, level: int | None = None):
+        """The chunk compiled for these shapes and compaction level (cached; compile
+        time kept apart)."""
         nbrs = carry[1]
-        key = (n_samples, inner, nbrs.max_occupancy, nbrs.cell_list_capacity)
+        key = (n_samples, inner, nbrs.max_occupancy, nbrs.cell_list_capacity, level)
         if key not in self.chunks:
-            function = functools.partial(self.engine.chunk, n_samples=n_samples, inner=inner)
+            function = functools.partial(
+                self.engine.chunk, n_samples=n_samples, inner=inner, level=level
+            )
             self.chunks[key] = jax.jit(function).lower(carry, kT, params).compile()
         return self.chunks[key]
 
@@ -242,6 +245,9 @@ def run_jaxmd(
         if not np.allclose(cells, cells[0], rtol=0, atol=1e-9):
             raise ValueError("replicas must share one cell")
     reference = structures[0]
+    if batched and compact_rows == "auto":
+        # what compaction saves grows with the edges of one step, all replicas together
+        compact_rows = n_replicas * len(reference) >= COMPACT_MIN_ATOMS
     settings = JaxMDSettings(
         ensemble=options.ensemble,
         thermostat=options.thermostat,
@@ -273,6 +279,10 @@ def run_jaxmd(
         engine.committee,
     )
     carry, kTs = _initial_carry(compiled, student, structures, options, periodic)
+    # Replicas' compacted width, as a level (see RowCompaction): the narrowest first,
+    # one level wider each time a chunk needed more (the chunk redone); None: no
+    # compaction.
+    level = 0 if engine.compaction_widths(carry[1]) else None
     writer = TrajectoryWriter(options.trajectory, n_replicas)
     thermo = ThermoLog(options.log_file, committee=engine.committee)
     uncertainty = UncertaintyCheck(options.uncertainty)
@@ -330,6 +340,15 @@ def run_jaxmd(
             uncertain_path=uncertainty.path,
         )
 
+    def check_before(samples: dict, first_untrusted: int, step: int, inner: int) -> None:
+        """A chunk to be redone: its samples before ``first_untrusted`` are exact, and a
+        blow-up among them is real (the samples after are not trusted)."""
+        for i in range(first_untrusted):
+            values = samples_of.thermo(samples, i)
+            reason, bad = samples_of.problems(values, samples, i)
+            if reason is not None:
+                blow_up(reason, step + (i + 1) * inner, bad)
+
     def check_uncertainty(frames: list[ase.Atoms], values: dict, step: int) -> None:
         """Record or stop on the committee's disagreement (a checked sample)."""
         if engine.committee:
@@ -359,23 +378,33 @@ def run_jaxmd(
                     step = totals["step"]
                     for _attempt in range(20):
                         t0 = time.perf_counter()
-                        run = compiled.chunk(carry, kTs, params, n_samples, inner)
+                        run = compiled.chunk(carry, kTs, params, n_samples, inner, level)
                         timing["compile"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         new_carry, samples = run(carry, kTs, params)
                         samples = samples_of.host_chunk(samples)
                         elapsed = time.perf_counter() - t0
                         overflowed = np.any(samples["error"] & engine.overflow_bits, axis=1)
+                        if not np.any(overflowed) and "compaction_peak" in samples:
+                            width = engine.compaction_widths(carry[1])[level]
+                            too_narrow = np.any(samples["compaction_peak"] > width, axis=1)
+                            if np.any(too_narrow):
+                                check_before(samples, int(np.argmax(too_narrow)), step, inner)
+                                totals["redone"] += 1
+                                level += 1
+                                logger.info(
+                                    "an atom had more than %d pairs within the cutoff after "
+                                    "step %d: redoing the chunk on wider rows",
+                                    width,
+                                    step,
+                                )
+                                continue
                         if not np.any(overflowed):
                             break
                         # Overflow in this chunk: samples from the first overflowed one on
                         # are not trusted. A blow-up before it is real; otherwise grow the
                         # list (rebuilt at the chunk's start) and redo the chunk from there.
-                        for i in range(int(np.argmax(overflowed))):
-                            values = samples_of.thermo(samples, i)
-                            reason, bad = samples_of.problems(values, samples, i)
-                            if reason is not None:
-                                blow_up(reason, step + (i + 1) * inner, bad)
+                        check_before(samples, int(np.argmax(overflowed)), step, inner)
                         totals["redone"] += 1
                         totals["reallocations"] += 1
                         carry = engine.reallocate(carry, new_carry)

@@ -310,3 +310,47 @@ def test_compacted_rows_run_the_same_dynamics(tiny_student, ensemble):
     for key in ("potential_energy", "temperature_kelvin"):
         np.testing.assert_allclose(compact.thermo[key], full.thermo[key], rtol=1e-9)
     np.testing.assert_allclose(compact.atoms.positions, full.atoms.positions, atol=1e-9)
+
+
+@pytest.mark.parametrize("margins", [None, (0.5, 1.25)])
+def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypatch, margins):
+    """Replicas (one vmapped run) take a compacted width fixed per chunk: the same
+    trajectories as on the list as allocated (float64). With a first width too narrow
+    for any atom (margin 0.5), the first chunk finds it out and is redone on the next
+    width, and the run still equals the full list's."""
+    from jaxdistill.md import jaxmd, jaxmd_loop
+
+    if margins is not None:
+        resolve = jaxmd.resolve_compaction
+
+        def narrow(*args, **kwargs):
+            found = resolve(*args, **kwargs)
+            return None if found is None else found._replace(margins=margins)
+
+        monkeypatch.setattr(jaxmd, "resolve_compaction", narrow)
+        monkeypatch.setattr(jaxmd_loop, "_CACHE", {})  # engines built with the patch
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.05, seed=4)
+    common = dict(
+        ensemble="nvt",
+        temperature_kelvin=[500.0, 900.0],
+        replicas=2,
+        timestep_fs=1.0,
+        steps=200,
+        sample_every=50,
+        chunk_steps=100,
+        neighbor_format="dense",
+        capacity_multiplier=1.5,
+        bond_factor=None,
+        seed=7,
+    )
+    full = run_md(tiny_student, atoms, compact_rows=False, **common)
+    compact = run_md(tiny_student, atoms, compact_rows=True, **common)
+    assert compact.chunks_redone == (1 if margins else 0)
+    assert full.chunks_redone == 0
+    # the chunks compiled, by compaction level (None: the full list)
+    levels = {key[-1] for compiled in jaxmd_loop._CACHE.values() for key in compiled.chunks}
+    assert levels >= ({None, 0, 1} if margins else {None, 0})
+    for key in ("potential_energy", "temperature_kelvin"):
+        np.testing.assert_allclose(compact.thermo[key], full.thermo[key], rtol=1e-9)
+    for mine, theirs in zip(compact.atoms, full.atoms, strict=True):
+        np.testing.assert_allclose(mine.positions, theirs.positions, atol=1e-9)
