@@ -25,7 +25,7 @@ from jaxdistill.committee import Model, is_committee
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.checks import FragmentCheck, UncertaintyCheck, raise_blowup
 from jaxdistill.md.initial import initial_momenta, standard_form
-from jaxdistill.md.jaxmd import COMPACT_MIN_ATOMS, box_widths, minimum_box_width
+from jaxdistill.md.jaxmd import box_widths, minimum_box_width
 from jaxdistill.md.jaxmd_engine import JaxMDEngine, JaxMDSettings, jaxmd_engine
 from jaxdistill.md.recording import (
     ProgressReporter,
@@ -67,7 +67,10 @@ class _Compiled:
         """The chunk compiled for these shapes and compaction level (cached; compile
         time kept apart)."""
         nbrs = carry[1]
-        key = (n_samples, inner, nbrs.max_occupancy, nbrs.cell_list_capacity, level)
+        # (the positions' shape: replicas of another count, or another structure's
+        # atoms, need their own program)
+        shape = carry[0].position.shape
+        key = (n_samples, inner, shape, nbrs.max_occupancy, nbrs.cell_list_capacity, level)
         if key not in self.chunks:
             function = functools.partial(
                 self.engine.chunk, n_samples=n_samples, inner=inner, level=level
@@ -246,8 +249,10 @@ def run_jaxmd(
             raise ValueError("replicas must share one cell")
     reference = structures[0]
     if batched and compact_rows == "auto":
-        # what compaction saves grows with the edges of one step, all replicas together
-        compact_rows = n_replicas * len(reference) >= COMPACT_MIN_ATOMS
+        # Measured on an H100 (2026-12-07, benchmarks/replicas_speed.py): 128 x Si 64
+        # 2-3 % faster compacted, 256 x hexanol no faster, and a width too narrow costs
+        # a chunk's compilation; so replicas compact only when asked.
+        compact_rows = False
     settings = JaxMDSettings(
         ensemble=options.ensemble,
         thermostat=options.thermostat,

@@ -354,3 +354,14 @@ def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypa
         np.testing.assert_allclose(compact.thermo[key], full.thermo[key], rtol=1e-9)
     for mine, theirs in zip(compact.atoms, full.atoms, strict=True):
         np.testing.assert_allclose(mine.positions, theirs.positions, atol=1e-9)
+
+
+def test_replica_counts_share_an_engine_not_a_program(tiny_student):
+    """Runs of one student and structure with another replica count reuse the engine
+    but compile their own chunk: a second count in one process used to be handed the
+    first count's compiled program (a TypeError naming mismatched argument types)."""
+    common = dict(ensemble="nvt", temperature_kelvin=300.0, steps=20, sample_every=10, seed=1)
+    for replicas in (2, 3):
+        summary = run_md(tiny_student, ethanol(), replicas=replicas, **{**MOLECULE, **common})
+        assert len(summary.atoms) == replicas
+        assert np.all(np.isfinite([a.positions for a in summary.atoms]))
