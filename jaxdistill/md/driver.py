@@ -164,10 +164,12 @@ def run_md(
             replicas do anyway).
         disable_cell_list: None picks by jax version (see ``jaxmd.default_disable_cell_list``).
         capacity_multiplier: neighbour-list head-room at allocation.
-        compact_rows: jax-md engine, "dense" list, one structure: run the student each
+        compact_rows: jax-md engine, "dense" list: run the student each
             step on rows compacted to the pairs within the cutoff (same results, fewer
             per-edge slots; ``jaxdistill.md.jaxmd.RowCompaction``): True, False or
-            "auto" (from ``jaxmd.COMPACT_MIN_ATOMS`` atoms). Replicas never compact.
+            "auto" (from ``jaxmd.COMPACT_MIN_ATOMS`` atoms; replicas not: they
+            compact only with True, on a width fixed per chunk and widened when a
+            step needed more, the chunk redone).
         max_temperature_factor: stop when the temperature exceeds this multiple of
             ``max(target, 100 K)``.
         bond_factor: stop when the structure breaks into more covalently bonded pieces
