@@ -240,8 +240,9 @@ def fetch(result: jax.Array, spin: bool = False) -> np.ndarray:
     """A call's result as a float64 host vector. ``spin``: poll until it is ready
     instead of sleeping in the runtime's wait, so no thread wake-up stands between the
     device finishing and the host reading."""
-    if spin:
-        while not result.is_ready():
+    is_ready = getattr(result, "is_ready", None)  # (a host array is ready)
+    if spin and is_ready is not None:
+        while not is_ready():
             pass
     return np.asarray(result).astype(np.float64)
 

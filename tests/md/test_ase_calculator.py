@@ -385,6 +385,8 @@ def test_host_wait_setting(small_student, monkeypatch):
         out = ase_calculator.fetch(value, spin)
         assert out.dtype == np.float64
         np.testing.assert_array_equal(out, np.asarray(value, dtype=np.float64))
+    # a host array (what a benchmark's stand-in program returns) is simply ready
+    np.testing.assert_array_equal(ase_calculator.fetch(np.ones(3, np.float32), True), np.ones(3))
 
     atoms = silicon()
     forces = {}
