@@ -13,7 +13,6 @@ in rotating order, and fits the cost per leaf.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -22,6 +21,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from records import header
 
 
 def main() -> None:
@@ -48,16 +50,11 @@ def main() -> None:
             times[n].append((time.perf_counter() - start) * 1e6)
     medians = {n: float(np.median(v)) for n, v in times.items()}
     slope, intercept = np.polyfit(counts, [medians[n] for n in counts], 1)
-    record = {
-        "script": "benchmarks/argument_leaves.py",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "jax": jax.__version__,
-        "command": " ".join(sys.argv),
-        "median_us": {str(n): medians[n] for n in counts},
-        "us_per_leaf": float(slope),
-        "us_at_zero_leaves": float(intercept),
-    }
+    record = header(
+        median_us={str(n): medians[n] for n in counts},
+        us_per_leaf=float(slope),
+        us_at_zero_leaves=float(intercept),
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(record, indent=1) + "\n")
     print(

@@ -20,7 +20,6 @@ range. (Until 2026-12-07 this was ``calculator_compact_ab.py``, compaction only.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -31,6 +30,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from records import header
 from structures import silicon_cell
 from student_call import null_call, structures
 
@@ -165,14 +165,7 @@ def main() -> None:
         "--output", type=Path, default=Path("benchmarks/results/calculator_ab.json")
     )
     args = parser.parse_args()
-    record = {
-        "script": "benchmarks/calculator_ab.py",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "jax": jax.__version__,
-        "command": " ".join(sys.argv),
-        "rows": [],
-    }
+    record = header(rows=[])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     available = {**structures(quick=False), "si4096": silicon_cell(4096)}
     a, b = OPTIONS[args.option][1]

@@ -27,7 +27,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
-import datetime
 import glob
 import json
 import sys
@@ -39,6 +38,7 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from records import header
 from student_call import structures
 
 from jaxdistill import StudentCalculator, create_student
@@ -112,16 +112,7 @@ def main() -> None:
     parser.add_argument("--label", default="", help="a name for this process's XLA_FLAGS")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    record = {
-        "script": "benchmarks/graph_launch.py",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "jax": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "label": args.label,
-        "command": " ".join(sys.argv),
-        "rows": [],
-    }
+    record = header(xla_flags=os.environ.get("XLA_FLAGS", ""), label=args.label, rows=[])
     systems = structures(quick=False)
     for name in args.systems.split(","):
         for architecture in args.architectures.split(","):

@@ -21,15 +21,14 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
-import datetime
 import json
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
+from records import header
 from structures import hexanol, silicon_cell
 
 from jaxdistill import create_student
@@ -82,14 +81,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    record = {
-        "script": "benchmarks/replicas_speed.py",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "devices": [str(d.device_kind) for d in jax.devices()],
-        "jax": jax.__version__,
-        "command": " ".join(sys.argv),
-        "rows": [],
-    }
+    record = header(rows=[])
     available = systems()
     for name in args.systems.split(","):
         atoms, student = available[name]
