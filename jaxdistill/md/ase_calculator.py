@@ -46,6 +46,7 @@ import functools
 import json
 import math
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -113,6 +114,10 @@ HOST_WAIT = {"cpu": "block", "gpu": "spin"}
 #: Environment variable that overrides ``host_wait="auto"`` ("block" or "spin").
 HOST_WAIT_ENV = "JAXDISTILL_HOST_WAIT"
 HOST_WAITS = ("auto", "block", "spin")
+#: A polling call gives up polling after this long (s) and blocks: a wake-up's tens of
+#: µs matter to a 1 ms call, not to a long one, which need not hold a core (and
+#: Python's lock) for its whole length.
+SPIN_SECONDS = 0.005
 DEVICES = ("auto", "cpu", "gpu")
 EDGE_LAYOUTS = ("auto", "receiver_major", "edge_list")
 
@@ -238,11 +243,13 @@ def _spins(host_wait: str, platform: str) -> bool:
 
 def fetch(result: jax.Array, spin: bool = False) -> np.ndarray:
     """A call's result as a float64 host vector. ``spin``: poll until it is ready
-    instead of sleeping in the runtime's wait, so no thread wake-up stands between the
-    device finishing and the host reading."""
+    (for at most :data:`SPIN_SECONDS`, then block) instead of sleeping in the runtime's
+    wait, so no thread wake-up stands between the device finishing and the host
+    reading."""
     is_ready = getattr(result, "is_ready", None)  # (a host array is ready)
     if spin and is_ready is not None:
-        while not is_ready():
+        give_up = time.perf_counter() + SPIN_SECONDS
+        while not is_ready() and time.perf_counter() < give_up:
             pass
     return np.asarray(result).astype(np.float64)
 
@@ -395,8 +402,9 @@ class StudentCalculator(Calculator):
             one (counted in ``compaction_overflows``), so results never depend on it.
         host_wait: how the host waits for a call's result: "block" (the thread sleeps
             until the runtime wakes it), "spin" (it polls the result, keeping its core
-            busy for the length of the call) or "auto" (default: :data:`HOST_WAIT` by
-            platform; the environment variable ``JAXDISTILL_HOST_WAIT`` overrides it).
+            busy for the length of the call, up to :data:`SPIN_SECONDS`) or "auto"
+            (default: :data:`HOST_WAIT` by platform; the environment variable
+            ``JAXDISTILL_HOST_WAIT`` overrides it).
             A call on a CPU always blocks (the backend's own threads compute it).
             Results are the same either way.
 

@@ -388,6 +388,21 @@ def test_host_wait_setting(small_student, monkeypatch):
     # a host array (what a benchmark's stand-in program returns) is simply ready
     np.testing.assert_array_equal(ase_calculator.fetch(np.ones(3, np.float32), True), np.ones(3))
 
+    class NeverReady:
+        """A result whose polling never succeeds: the fetch stops polling and blocks."""
+
+        polls = 0
+
+        def is_ready(self):
+            NeverReady.polls += 1
+            return False
+
+        def __array__(self, dtype=None, copy=None):
+            return np.arange(3.0)
+
+    np.testing.assert_array_equal(ase_calculator.fetch(NeverReady(), True), np.arange(3.0))
+    assert NeverReady.polls > 1
+
     atoms = silicon()
     forces = {}
     for wait in ("block", "spin"):
