@@ -22,7 +22,7 @@ import numpy as np
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
 from jaxdistill.config.validation import MDValidationConfig
-from jaxdistill.graph import neighbour_pairs
+from jaxdistill.graph import neighbour_pairs, pair_vectors
 from jaxdistill.md import MDInstabilityError, MDProgress, MDSummary, choose_engine, run_md
 from jaxdistill.md.topology import DEFAULT_BOND_FACTOR
 
@@ -61,13 +61,8 @@ def pair_distribution(
     periodic = all(np.all(a.pbc) for a in frames)
     density_norm = 0.0
     for atoms in frames:
-        nb = neighbour_pairs(atoms, r_max)
-        vectors = (
-            atoms.positions[nb.senders]
-            - atoms.positions[nb.receivers]
-            + nb.shifts @ (atoms.cell.array if periodic else np.zeros((3, 3)))
-        )
-        distances = np.linalg.norm(vectors, axis=1)
+        # each frame's pairs with its own cell's images, whatever the other frames are
+        distances = np.linalg.norm(pair_vectors(atoms, neighbour_pairs(atoms, r_max)), axis=1)
         histogram += np.histogram(distances, bins=edges)[0]
         if periodic:
             density_norm += len(atoms) * len(atoms) / atoms.get_volume()

@@ -48,6 +48,20 @@ def test_rdf_of_ideal_gas_is_one_and_crystal_peaks_at_neighbours():
     assert g[r < 2.4].sum() == 0
 
 
+def test_mixed_frames_measure_each_frame_with_its_own_images():
+    """Periodic and molecular frames together give the distance distribution, each
+    periodic frame's image pairs at their true distance (the image vectors used to be
+    dropped there, putting every atom's own images at 0 Å)."""
+    crystal = ase.build.bulk("Cu", "fcc", a=3.6)  # one atom: every pair is an image
+    molecule = ase.build.molecule("CH3CH2OH")
+    r, g = pair_distribution([crystal, molecule], 4.0, 40)
+    assert np.sum(g) * (r[1] - r[0]) == pytest.approx(1.0)
+    assert g[r < 0.9].sum() == 0  # nothing at 0 Å; the C-H bonds (1.09 Å) come first
+    nearest = 3.6 / np.sqrt(2)
+    alone, _ = np.histogram([nearest], bins=np.linspace(0.0, 4.0, 41))
+    assert g[np.argmax(alone)] > 0  # the crystal's nearest images are counted there
+
+
 def test_molecule_distance_distribution_is_normalised():
     r, g = pair_distribution([ase.build.molecule("CH3CH2OH")], 5.0, 50)
     assert np.sum(g) * (r[1] - r[0]) == pytest.approx(1.0)
