@@ -261,22 +261,24 @@ class RowCompaction(NamedTuple):
     than the cold one the list was sized on, takes the wider ones.
 
     Under ``jax.vmap`` (replicas) a ``lax.switch`` whose index is batched runs every
-    branch, so there the width is chosen on the host instead: ``level`` fixes it
-    (``widths()[level]``, or the full list at ``len(widths())``), the caller checks
-    with :func:`largest_row` that no step needed more and redoes those that did on the
-    next level (``run_md``'s replicas do, per chunk).
+    branch, so there the width is chosen on the host instead: ``width`` fixes it (the
+    full list when it is at least the list's), and the caller checks with
+    :func:`largest_row` that no step needed more and redoes those that did on a wider
+    one (``run_md``'s replicas do, per chunk, sizing it from the pairs they count:
+    :data:`REPLICA_WIDTH_MARGIN`).
 
     Attributes:
         skin: the list's skin (jax-md's ``dr_threshold``), Å.
         capacity_multiplier: the list's head-room factor.
         margins: head-room of each compacted width over the expected pair count.
-        level: None to choose per step (``lax.switch``), or the index of a fixed width.
+        width: None to choose per step among :meth:`widths` (``lax.switch``), or a
+            fixed width (slots per row).
     """
 
     skin: float
     capacity_multiplier: float
     margins: tuple[float, ...] = (1.25, 1.6)
-    level: int | None = None
+    width: int | None = None
 
     def widths(self, n_slots: int, cutoff: float) -> tuple[int, ...]:
         """Compacted widths, ascending, each narrower than the list's ``n_slots``."""
@@ -397,6 +399,11 @@ def _switch_differentiated_inside(
     return switched(index, list(structures), inputs)
 
 
+#: Replicas' compacted width (fixed per chunk, see :class:`RowCompaction`): this many
+#: times the most pairs within the cutoff any atom had, at the start and after a
+#: chunk that needed more (then at least that many).
+REPLICA_WIDTH_MARGIN = 1.15
+
 #: ``compact_rows="auto"`` compacts from this many atoms (see :class:`RowCompaction`).
 #: At 512 Si atoms compaction cut PaiNN's step by 14-25 % on an H100 and an H200; SchNet
 #: lost 9 % on the H100 (without recomputed per-edge work) and gained 18 % on the H200
@@ -457,16 +464,14 @@ def _member_energy_fn(
             return on_edges(Edges(senders, receivers), edge_mask, {}, inputs)
         table = receiver_major_table(neighbor, n_atoms)
         widths = () if compaction is None else compaction.widths(table.shape[1], cutoff)
-        if not widths:
+        if not widths and (compaction is None or compaction.width is None):
             return on_table(table, inputs)
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
-        if compaction.level is not None:
+        if compaction.width is not None:
             # a width fixed by the caller, who checks the rows fit (see RowCompaction)
-            if compaction.level >= len(widths):
+            if compaction.width >= table.shape[1]:
                 return on_table(table, inputs)
-            compacted, _ = compact_table(
-                table, padded, displacement, cutoff, widths[compaction.level]
-            )
+            compacted, _ = compact_table(table, padded, displacement, cutoff, compaction.width)
             return on_table(compacted, inputs)
         compacted, largest = compact_table(table, padded, displacement, cutoff, widths[-1])
         # The narrowest width that holds every row's pairs; past the widest, the full list.
@@ -517,7 +522,7 @@ def make_energy_fn(
     ``compaction``: on a ``Dense`` list, run the student on rows compacted to the pairs
     within the cutoff (:class:`RowCompaction`); None runs it on the list as it is.
     Under ``jax.vmap`` over positions the compaction's ``lax.switch`` runs every
-    branch: there fix its ``level`` and check the rows fit (:func:`largest_row`).
+    branch: there fix its ``width`` and check the rows fit (:func:`largest_row`).
     """
     energy = _member_energy_fn(student, displacement_fn, species, compaction)
     default_params = student.params

@@ -61,17 +61,18 @@ class JaxMDEngine(NamedTuple):
         init: ``(keys, positions, momenta, nbrs, kTs, boxes, masses, params) -> state``.
         observe: ``(carry, kT, params) -> dict`` of one sample's observables (with a
             committee also ``force_std`` ``[n_atoms]`` and ``max_force_std``, eV/Å).
-        chunk: ``(carry, kT, params, n_samples, inner, level=None) -> (carry,
-            samples)``; ``level`` (replicas) runs the student on rows compacted to
-            ``compaction_widths(nbrs)[level]`` (the full list at ``len(...)``), and the
-            samples' ``compaction_peak`` says whether every step fit.
+        chunk: ``(carry, kT, params, n_samples, inner, width=None) -> (carry,
+            samples)``; ``width`` (replicas) runs the student on rows compacted to that
+            many slots (the full list when it is at least the list's), and the
+            samples' ``compaction_peak`` (the most pairs within the cutoff any atom had
+            since the last sample) says whether every step fit.
         allocate: ``(positions, boxes, minimum_capacity=0) -> nbrs`` (grown until no
             replica overflows).
         reallocate: ``(start_carry, failed_carry) -> carry``: the chunk's start carry
             with a larger list, after the chunk overflowed.
         boxes_of: ``state -> boxes`` (current NPT boxes, the fixed box, or None).
-        compaction_widths: ``nbrs -> tuple[int, ...]``: the widths a replica chunk's
-            ``level`` picks from (ascending), or () when it does not compact.
+        largest_pairs: ``carry -> int``: the most pairs within the cutoff any atom of
+            any replica has now, or None when the replicas do not compact.
         box: the fixed box (columns are lattice vectors), or None for a molecule.
         cutoff: the student's cutoff, Å.
         conserved: whether the ensemble conserves an energy (all but Langevin).
@@ -86,7 +87,7 @@ class JaxMDEngine(NamedTuple):
     allocate: Callable
     reallocate: Callable
     boxes_of: Callable
-    compaction_widths: Callable
+    largest_pairs: Callable
     box: Any
     cutoff: float
     conserved: bool
@@ -194,7 +195,7 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
     )
     # Replicas vmap the energy over positions, where the compaction's per-step
     # lax.switch would run every branch: their chunks take a width fixed on the host
-    # instead (``level``, see RowCompaction), and init and samples the full list.
+    # instead (``width``, see RowCompaction), and init and samples the full list.
     replica_compaction, compaction = (compaction, None) if batched else (None, compaction)
     energy_fn = jaxmd.make_energy_fn(student, displacement, reference.numbers, compaction)
     committee = is_committee(student)
@@ -207,21 +208,14 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
     init_fn, apply_fn = _integrator(simulate, energy_fn, shift, settings)
 
     @functools.cache
-    def apply_at_level(level: int | None):
-        """The integrator step on rows compacted to the width of ``level`` (None: the
+    def apply_at_width(width: int | None):
+        """The integrator step on rows compacted to ``width`` slots (None: the
         energy_fn above)."""
-        if level is None or replica_compaction is None:
+        if width is None or replica_compaction is None:
             return apply_fn
-        fixed = replica_compaction._replace(level=level)
-        level_energy = jaxmd.make_energy_fn(student, displacement, reference.numbers, fixed)
-        return _integrator(simulate, level_energy, shift, settings)[1]
-
-    def compaction_widths(nbrs) -> tuple[int, ...]:
-        """The fixed widths a replica chunk may take on this list (ascending; the full
-        list is the level past the last), or () when replicas do not compact."""
-        if replica_compaction is None:
-            return ()
-        return replica_compaction.widths(int(nbrs.idx.shape[-1]), cutoff)
+        fixed = replica_compaction._replace(width=width)
+        fixed_energy = jaxmd.make_energy_fn(student, displacement, reference.numbers, fixed)
+        return _integrator(simulate, fixed_energy, shift, settings)[1]
 
     pressure = settings.pressure_bar * units.bar
     conserved = not (ensemble == "nvt" and settings.thermostat == "langevin")
@@ -323,12 +317,11 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
             out["max_force_std"] = jnp.max(out["force_std"])
         return out
 
-    def chunk_one(carry, kT, params, n_samples: int, inner: int, level: int | None = None):
-        widths = compaction_widths(carry[1]) if level is not None else ()
+    def chunk_one(carry, kT, params, n_samples: int, inner: int, width: int | None = None):
         # a fixed compacted width: each step also finds the most pairs any atom had at
         # the positions its forces were taken at (the sample's "compaction_peak")
-        checked = level is not None and level < len(widths)
-        step_apply = apply_at_level(level if checked else None)
+        checked = width is not None and width < carry[1].idx.shape[-1]
+        step_apply = apply_at_width(width if checked else None)
 
         def one_step(_, c):
             state, nbrs, inverse_box, rebuilds, kinetic_sum, peak = c
@@ -420,11 +413,24 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
         init = jax.vmap(init_one, in_axes=(0, 0, 0, 0, 0, 0, None, None))
         observe = jax.vmap(observe_one, in_axes=(0, 0, None))
 
-        def chunk(carry, kT, params, n_samples: int, inner: int, level: int | None = None):
-            one = functools.partial(chunk_one, n_samples=n_samples, inner=inner, level=level)
+        def chunk(carry, kT, params, n_samples: int, inner: int, width: int | None = None):
+            one = functools.partial(chunk_one, n_samples=n_samples, inner=inner, width=width)
             return jax.vmap(one, in_axes=(0, 0, None))(carry, kT, params)
     else:
         init, observe, chunk = init_one, observe_one, chunk_one
+
+    def largest_pairs_one(carry):
+        state, nbrs = carry[0], carry[1]
+        return jaxmd.largest_row(state.position, nbrs, displacement, cutoff, **box_kwargs(state))
+
+    counted = jax.jit(jax.vmap(largest_pairs_one) if batched else largest_pairs_one)
+
+    def largest_pairs(carry) -> int | None:
+        """The most pairs within the cutoff any atom of any replica has now (None when
+        the replicas do not compact)."""
+        if replica_compaction is None:
+            return None
+        return int(np.max(np.asarray(counted(carry))))
 
     return JaxMDEngine(
         init=init,
@@ -433,7 +439,7 @@ def jaxmd_engine(student: Model, reference: ase.Atoms, settings: JaxMDSettings) 
         allocate=allocate,
         reallocate=reallocate,
         boxes_of=boxes_of,
-        compaction_widths=compaction_widths,
+        largest_pairs=largest_pairs,
         box=box,
         cutoff=cutoff,
         conserved=conserved,

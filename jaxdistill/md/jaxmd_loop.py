@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from ase import units
 
 from jaxdistill.committee import Model, is_committee
 from jaxdistill.diagnostics import count_compilations
+from jaxdistill.md import jaxmd
 from jaxdistill.md.checks import FragmentCheck, UncertaintyCheck, raise_blowup
 from jaxdistill.md.initial import initial_momenta, standard_form
 from jaxdistill.md.jaxmd import box_widths, minimum_box_width
@@ -38,6 +40,12 @@ from jaxdistill.md.signals import StopOnSignal
 from jaxdistill.md.types import EngineOptions, MDProgress, MDSummary
 
 logger = logging.getLogger("jaxdistill.md")
+
+
+def _replica_width(pairs: int) -> int:
+    """Replicas' compacted width for atoms with at most ``pairs`` pairs within the
+    cutoff: at least that many, with :data:`jaxmd.REPLICA_WIDTH_MARGIN` head-room."""
+    return max(pairs, math.ceil(jaxmd.REPLICA_WIDTH_MARGIN * pairs), 1)
 
 
 def schedule(steps: int, sample_every: int, chunk_steps: int) -> list[tuple[int, int]]:
@@ -63,17 +71,17 @@ class _Compiled:
     observe: Any
     chunks: dict[tuple, Any] = field(default_factory=dict)
 
-    def chunk(self, carry, kT, params, n_samples: int, inner: int, level: int | None = None):
-        """The chunk compiled for these shapes and compaction level (cached; compile
+    def chunk(self, carry, kT, params, n_samples: int, inner: int, width: int | None = None):
+        """The chunk compiled for these shapes and compacted width (cached; compile
         time kept apart)."""
         nbrs = carry[1]
         # (the positions' shape: replicas of another count, or another structure's
         # atoms, need their own program)
         shape = carry[0].position.shape
-        key = (n_samples, inner, shape, nbrs.max_occupancy, nbrs.cell_list_capacity, level)
+        key = (n_samples, inner, shape, nbrs.max_occupancy, nbrs.cell_list_capacity, width)
         if key not in self.chunks:
             function = functools.partial(
-                self.engine.chunk, n_samples=n_samples, inner=inner, level=level
+                self.engine.chunk, n_samples=n_samples, inner=inner, width=width
             )
             self.chunks[key] = jax.jit(function).lower(carry, kT, params).compile()
         return self.chunks[key]
@@ -284,10 +292,17 @@ def run_jaxmd(
         engine.committee,
     )
     carry, kTs = _initial_carry(compiled, student, structures, options, periodic)
-    # Replicas' compacted width, as a level (see RowCompaction): the narrowest first,
-    # one level wider each time a chunk needed more (the chunk redone); None: no
-    # compaction.
-    level = 0 if engine.compaction_widths(carry[1]) else None
+    # Replicas' compacted width (see RowCompaction), sized from the pairs they count
+    # now and widened (the chunk redone) when a chunk needed more; None: no compaction.
+    start = engine.largest_pairs(carry)
+    width = None if start is None else _replica_width(start)
+    if width is not None:
+        logger.info(
+            "replicas on rows compacted to %d of %d slots (%d pairs within the cutoff)",
+            width,
+            carry[1].max_occupancy,
+            start,
+        )
     writer = TrajectoryWriter(options.trajectory, n_replicas)
     thermo = ThermoLog(options.log_file, committee=engine.committee)
     uncertainty = UncertaintyCheck(options.uncertainty)
@@ -383,7 +398,7 @@ def run_jaxmd(
                     step = totals["step"]
                     for _attempt in range(20):
                         t0 = time.perf_counter()
-                        run = compiled.chunk(carry, kTs, params, n_samples, inner, level)
+                        run = compiled.chunk(carry, kTs, params, n_samples, inner, width)
                         timing["compile"] += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         new_carry, samples = run(carry, kTs, params)
@@ -391,18 +406,20 @@ def run_jaxmd(
                         elapsed = time.perf_counter() - t0
                         overflowed = np.any(samples["error"] & engine.overflow_bits, axis=1)
                         if not np.any(overflowed) and "compaction_peak" in samples:
-                            width = engine.compaction_widths(carry[1])[level]
                             too_narrow = np.any(samples["compaction_peak"] > width, axis=1)
                             if np.any(too_narrow):
-                                check_before(samples, int(np.argmax(too_narrow)), step, inner)
+                                first = int(np.argmax(too_narrow))
+                                check_before(samples, first, step, inner)
                                 totals["redone"] += 1
-                                level += 1
+                                peak = int(np.max(samples["compaction_peak"][: first + 1]))
                                 logger.info(
-                                    "an atom had more than %d pairs within the cutoff after "
-                                    "step %d: redoing the chunk on wider rows",
-                                    width,
+                                    "an atom had %d pairs within the cutoff after step %d, "
+                                    "more than %d: redoing the chunk on wider rows",
+                                    peak,
                                     step,
+                                    width,
                                 )
+                                width = max(width + 1, _replica_width(peak))
                                 continue
                         if not np.any(overflowed):
                             break

@@ -312,23 +312,18 @@ def test_compacted_rows_run_the_same_dynamics(tiny_student, ensemble):
     np.testing.assert_allclose(compact.atoms.positions, full.atoms.positions, atol=1e-9)
 
 
-@pytest.mark.parametrize("margins", [None, (0.5, 1.25)])
-def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypatch, margins):
-    """Replicas (one vmapped run) take a compacted width fixed per chunk: the same
-    trajectories as on the list as allocated (float64). With a first width too narrow
-    for any atom (margin 0.5), the first chunk finds it out and is redone on the next
-    width, and the run still equals the full list's."""
+@pytest.mark.parametrize("margin", [None, 0.8])
+def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypatch, margin):
+    """Replicas (one vmapped run) take a compacted width fixed per chunk, sized from the
+    pairs they have: the same trajectories as on the list as allocated (float64). With
+    a width too narrow from the start (a margin of 0.8 under the pairs counted), the
+    first chunk finds it out and is redone wider, and the run still equals the full
+    list's."""
     from jaxdistill.md import jaxmd, jaxmd_loop
 
-    if margins is not None:
-        resolve = jaxmd.resolve_compaction
-
-        def narrow(*args, **kwargs):
-            found = resolve(*args, **kwargs)
-            return None if found is None else found._replace(margins=margins)
-
-        monkeypatch.setattr(jaxmd, "resolve_compaction", narrow)
-        monkeypatch.setattr(jaxmd_loop, "_CACHE", {})  # engines built with the patch
+    monkeypatch.setattr(jaxmd_loop, "_CACHE", {})  # this test's engines and chunks only
+    if margin is not None:
+        monkeypatch.setattr(jaxmd, "REPLICA_WIDTH_MARGIN", margin)
     atoms = silicon(repeat=(2, 2, 2), rattle=0.05, seed=4)
     common = dict(
         ensemble="nvt",
@@ -345,11 +340,15 @@ def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypa
     )
     full = run_md(tiny_student, atoms, compact_rows=False, **common)
     compact = run_md(tiny_student, atoms, compact_rows=True, **common)
-    assert compact.chunks_redone == (1 if margins else 0)
     assert full.chunks_redone == 0
-    # the chunks compiled, by compaction level (None: the full list)
-    levels = {key[-1] for compiled in jaxmd_loop._CACHE.values() for key in compiled.chunks}
-    assert levels >= ({None, 0, 1} if margins else {None, 0})
+    assert (compact.chunks_redone >= 1) if margin else (compact.chunks_redone == 0)
+    # the chunks compiled, by width (None: the full list); every one narrower than the
+    # list's, so the compacted run did run compacted
+    widths = {key[-1] for compiled in jaxmd_loop._CACHE.values() for key in compiled.chunks}
+    slots = {key[3] for compiled in jaxmd_loop._CACHE.values() for key in compiled.chunks}
+    compacted = sorted(w for w in widths if w is not None)
+    assert compacted and compacted[-1] < min(slots)
+    assert len(compacted) == 1 + compact.chunks_redone
     for key in ("potential_energy", "temperature_kelvin"):
         np.testing.assert_allclose(compact.thermo[key], full.thermo[key], rtol=1e-9)
     for mine, theirs in zip(compact.atoms, full.atoms, strict=True):
