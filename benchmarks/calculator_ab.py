@@ -1,7 +1,9 @@
 """Two ASE calculators of one student that differ in one option, A/B in one process
-(issue 18): ``--option compact_rows`` (rows compacted per call against the full rows)
-or ``--option host_wait`` (the host polling for a call's result against sleeping until
-the runtime wakes it).
+(issue 18): ``--option compact_rows`` (rows compacted per call against the full rows),
+``--option host_wait`` (the host polling for a call's result against sleeping until
+the runtime wakes it) or ``--option message_passing`` (the student's "reference" against
+"auto"; with ``--node-kernels on``, PaiNN's update blocks as one fused kernel each way,
+about 40 fewer kernels a call).
 
     python benchmarks/calculator_ab.py --option compact_rows --systems si512,si1000 \
         --calls 400 --output benchmarks/results/calculator_compact_ab.json
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -53,7 +56,12 @@ def _stats(values_ms: list[float]) -> dict[str, float]:
 OPTIONS = {
     "compact_rows": ((False, True), ("full", "compact")),
     "host_wait": (("block", "spin"), ("block", "spin")),
+    # the student's own option (``Student.with_message_passing``); with
+    # ``--node-kernels on`` "auto" runs PaiNN's update blocks as fused node kernels
+    "message_passing": (("reference", "auto"), ("reference", "auto")),
 }
+#: Options of the student rather than of the calculator.
+STUDENT_OPTIONS = ("message_passing",)
 
 
 def _bare(calculator) -> callable:
@@ -92,9 +100,11 @@ def compare(
     copies, first = {}, {}
     for value, label in zip(values, labels, strict=True):
         copy = atoms.copy()
-        copy.calc = StudentCalculator(
-            student, device=device, edge_layout=edge_layout, **{option: value}
-        )
+        if option in STUDENT_OPTIONS:
+            model, settings = student.with_message_passing(value), {}
+        else:
+            model, settings = student, {option: value}
+        copy.calc = StudentCalculator(model, device=device, edge_layout=edge_layout, **settings)
         first[label] = copy.get_forces()  # builds the graph and compiles
         copies[label] = copy
     calcs = {label: copies[label].calc for label in labels}
@@ -162,10 +172,20 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="the calculators' device option")
     parser.add_argument("--edge-layout", default="auto", help="receiver_major on a CPU check")
     parser.add_argument(
+        "--node-kernels",
+        choices=("on", "off"),
+        default=None,
+        help="set JAXDISTILL_NODE_KERNELS for this process (see --option message_passing)",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("benchmarks/results/calculator_ab.json")
     )
     args = parser.parse_args()
-    record = header(rows=[])
+    if args.node_kernels is not None:
+        from jaxdistill.models.node_kernels import ENV_VAR
+
+        os.environ[ENV_VAR] = args.node_kernels
+    record = header(node_kernels=args.node_kernels, rows=[])
     args.output.parent.mkdir(parents=True, exist_ok=True)
     available = {**structures(quick=False), "si4096": silicon_cell(4096)}
     a, b = OPTIONS[args.option][1]

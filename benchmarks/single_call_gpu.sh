@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# One device call (about 5 minutes) for issue 18, on fewer kernels per calculator call:
+# PaiNN's update blocks as fused node kernels against the pure-JAX ones (about 40 fewer
+# kernels a call, each of which costs host time in XLA's CUDA-graph launch), then XLA
+# command-buffer options per compilation, both in paired rounds in one process.
+# Start the device command with `source .device/env.sh || exit 1;` and carry .device
+# (prepared with `../shared/device/prepare.sh vesin==0.6.2`).
+#   bash benchmarks/single_call_gpu.sh
+source "$(dirname "$0")/device_preamble.sh"
+timeout 170 python benchmarks/calculator_ab.py --option message_passing --node-kernels on \
+  --architectures painn --systems si64,si512,si1000 --calls 300 \
+  --output "$out/calculator_ab_node_kernels.json" 2>&1 | grep -E '^\[ab\]|Error'
+timeout 120 python benchmarks/xla_options_ab.py --architectures painn,schnet \
+  --systems si64,si1000 --calls 300 \
+  --options "default=;fusion=xla_gpu_enable_command_buffer:FUSION;fusion_custom=xla_gpu_enable_command_buffer:FUSION,CUSTOM_CALL" \
+  --output "$out/xla_options_ab.json" 2>&1 | grep -E '^\[xla\]|Error'
+echo "done $(date -u +%FT%TZ)"
