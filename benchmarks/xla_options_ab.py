@@ -13,7 +13,8 @@ array, fetched as the calculator fetches). Reported: each variant's median and 9
 percentile, the median over rounds of its paired difference from the first variant
 with the 25-75 % range, and the largest difference of its result from the first's.
 
-``--options``: ``name=key:value,key:value;name=...``; an empty list is XLA's default.
+``--options``: ``name=key:value|key:value;name=...`` (a value may hold commas, as XLA's
+list flags do); an empty list is XLA's default.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ from jaxdistill.md.ase_calculator import fetch
 
 
 def parse_options(text: str) -> dict[str, dict[str, str]]:
-    """``"a=k:v,k2:v2;b="`` -> ``{"a": {"k": "v", "k2": "v2"}, "b": {}}``."""
+    """``"a=k:v|k2:v2,v3;b="`` -> ``{"a": {"k": "v", "k2": "v2,v3"}, "b": {}}``."""
     variants = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, _, settings = part.partition("=")
-        pairs = (item.partition(":") for item in filter(None, settings.split(",")))
+        pairs = (item.partition(":") for item in filter(None, settings.split("|")))
         variants[name.strip()] = {key.strip(): value.strip() for key, _, value in pairs}
     return variants
 
