@@ -41,13 +41,21 @@ from jaxdistill.md.ase_calculator import fetch
 
 
 def parse_options(text: str) -> dict[str, dict[str, str]]:
-    """``"a=k:v|k2:v2,v3;b="`` -> ``{"a": {"k": "v", "k2": "v2,v3"}, "b": {}}``."""
+    """``"a=k:v|k2:v2,v3|k3:1;b="`` -> ``{"a": {"k": "v", "k2": "v2,v3", "k3": 1},
+    "b": {}}`` (values typed by :func:`_typed`)."""
     variants = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         name, _, settings = part.partition("=")
         pairs = (item.partition(":") for item in filter(None, settings.split("|")))
-        variants[name.strip()] = {key.strip(): value.strip() for key, _, value in pairs}
+        variants[name.strip()] = {key.strip(): _typed(value.strip()) for key, _, value in pairs}
     return variants
+
+
+def _typed(value: str) -> bool | int | str:
+    """XLA's option values as their types ("true" a bool, "8" an int; lists stay text)."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return int(value) if value.lstrip("-").isdigit() else value
 
 
 def compare(student, atoms, variants: dict[str, dict[str, str]], calls: int) -> dict:
