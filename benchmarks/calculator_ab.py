@@ -35,9 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from records import header
 from structures import silicon_cell
-from student_call import null_call, structures
+from student_call import null_call, structures, untrained_student
 
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 from jaxdistill.diagnostics import count_compilations
 from jaxdistill.md.ase_calculator import fetch
 
@@ -192,8 +192,7 @@ def main() -> None:
     for name in args.systems.split(","):
         atoms = available[name]
         for architecture in args.architectures.split(","):
-            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-            student = create_student(architecture, species, cutoff=5.0)
+            student = untrained_student(architecture, atoms)
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
             try:
                 row.update(

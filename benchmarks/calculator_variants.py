@@ -31,9 +31,9 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from student_call import structures
+from student_call import structures, untrained_student
 
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 from jaxdistill.graph import Graph, batch_graphs, neighbour_pairs
 
 
@@ -79,8 +79,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     atoms = structures(quick=False)[args.system]
-    species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-    student = create_student(args.architecture, species, cutoff=5.0)
+    student = untrained_student(args.architecture, atoms)
     calculator = StudentCalculator(student, edge_layout=args.edge_layout, compact_rows=True)
     atoms = atoms.copy()
     atoms.calc = calculator

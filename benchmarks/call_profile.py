@@ -50,10 +50,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from step_profile import read_trace
-from student_call import structures
+from student_call import structures, untrained_student
 
 import jaxdistill
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 
 
 def traced(call, calls: int) -> dict:
@@ -268,8 +268,7 @@ def main() -> None:
     for name in args.systems.split(","):
         atoms = systems[name]
         for architecture in args.architectures.split(","):
-            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-            student = create_student(architecture, species, cutoff=5.0)
+            student = untrained_student(architecture, atoms)
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
             try:
                 hlo = {

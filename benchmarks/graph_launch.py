@@ -39,9 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from records import header
-from student_call import structures
+from student_call import structures, untrained_student
 
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 from jaxdistill.md.ase_calculator import fetch
 
 
@@ -117,8 +117,7 @@ def main() -> None:
     for name in args.systems.split(","):
         for architecture in args.architectures.split(","):
             atoms = systems[name].copy()
-            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-            student = create_student(architecture, species, cutoff=5.0)
+            student = untrained_student(architecture, atoms)
             atoms.calc = StudentCalculator(student)
             atoms.get_forces()
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}

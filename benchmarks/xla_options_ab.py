@@ -34,9 +34,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from calculator_ab import _stats, paired_rounds
 from records import header
-from student_call import structures
+from student_call import structures, untrained_student
 
-from jaxdistill import StudentCalculator, create_student
+from jaxdistill import StudentCalculator
 from jaxdistill.md.ase_calculator import fetch
 
 
@@ -109,8 +109,7 @@ def main() -> None:
     for name in args.systems.split(","):
         atoms = available[name]
         for architecture in args.architectures.split(","):
-            species = sorted(set(atoms.get_chemical_symbols()) | {"Si", "C", "H", "O"})
-            student = create_student(architecture, species, cutoff=5.0)
+            student = untrained_student(architecture, atoms)
             row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
             try:
                 row.update(compare(student, atoms, variants, args.calls))

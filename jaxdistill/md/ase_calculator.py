@@ -98,7 +98,8 @@ AUTO_GPU_MIN_ATOMS = 16
 #: ``compact_rows="auto"`` compacts the graph to the pairs within the cutoff, per call,
 #: from this many atoms, by the platform of the calculator's device
 #: (:func:`jaxdistill.potential.compact_graph`). Measured 2026-12-07 with
-#: benchmarks/calculator_compact_ab.py (paired rounds; docs/benchmarks.md): on an H100
+#: benchmarks/calculator_ab.py --option compact_rows (then calculator_compact_ab.py;
+#: paired rounds; docs/benchmarks.md): on an H100
 #: it saved 0.03-0.12 ms a call (3-8 %) from 512 to 1000 atoms, PaiNN and SchNet, and
 #: nothing either way at 64; on a 2-core CPU (edge list) 8-13 % from 64 Si atoms, while
 #: at 21-atom hexanol (8 % fewer edges) PaiNN gained 2-4 % and SchNet lost 4-8 %.
