@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One device call (about 5 minutes) for issue 18, on fewer kernels per calculator call:
+# One device call (about 7 minutes) for issue 18: the forces program split in two
+# (forward, backward: the second's launch behind the first's GPU work), then fewer
+# kernels per calculator call:
 # PaiNN's update blocks as fused node kernels against the pure-JAX ones (about 40 fewer
 # kernels a call, each of which costs host time in XLA's CUDA-graph launch), then XLA
 # command-buffer options per compilation, both in paired rounds in one process.
@@ -7,6 +9,9 @@
 # (prepared with `../shared/device/prepare.sh vesin==0.6.2`).
 #   bash benchmarks/single_call_gpu.sh
 source "$(dirname "$0")/device_preamble.sh"
+timeout 150 python benchmarks/split_launch.py --architectures painn,schnet \
+  --systems si64,si512,si1000 --calls 300 \
+  --output "$out/split_launch.json" 2>&1 | grep -E '^\[split\]|Error'
 timeout 170 python benchmarks/calculator_ab.py --option message_passing --node-kernels on \
   --architectures painn --systems si64,si512,si1000 --calls 300 \
   --output "$out/calculator_ab_node_kernels.json" 2>&1 | grep -E '^\[ab\]|Error'
