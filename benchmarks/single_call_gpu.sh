@@ -12,7 +12,10 @@ source "$(dirname "$0")/device_preamble.sh"
 timeout 150 python benchmarks/split_launch.py --architectures painn,schnet \
   --systems si64,si512,si1000 --calls 300 \
   --output "$out/split_launch.json" 2>&1 | grep -E '^\[split\]|Error'
-timeout 170 python benchmarks/calculator_ab.py --option message_passing --node-kernels on \
+# 8 warps and TF32 products: the node kernels' setting that matched the reference path
+# in MD steps (docs/benchmarks.md, "Node kernels"); 4 warps in full float32 were 2x slower
+JAXDISTILL_NODE_BLOCKS=16,8 JAXDISTILL_KERNEL_PRECISION=default \
+  timeout 170 python benchmarks/calculator_ab.py --option message_passing --node-kernels on \
   --architectures painn --systems si64,si512,si1000 --calls 300 \
   --output "$out/calculator_ab_node_kernels.json" 2>&1 | grep -E '^\[ab\]|Error'
 timeout 120 python benchmarks/xla_options_ab.py --architectures painn,schnet \
