@@ -155,6 +155,13 @@ def main() -> None:
     )
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="training seed of every student (initial parameters, batch order, the "
+        "Hessian directions drawn per step); the frames do not depend on it",
+    )
+    parser.add_argument(
         "--temperatures",
         default=None,
         help="comma-separated teacher MD temperatures of the training frames, K "
@@ -197,6 +204,7 @@ def main() -> None:
         "system": args.system,
         "teacher": spec,
         "directions": args.directions,
+        "seed": args.seed,
     }
 
     def save() -> None:
@@ -303,6 +311,7 @@ def main() -> None:
         "checkpoint_interval": args.steps,
         "patience": None,
         "split": {"train": 0.9, "validation": 0.1},
+        "seed": args.seed,
     }
     hessian_overrides = (
         {} if args.hessian_weight is None else {"hessian_weight": args.hessian_weight}
