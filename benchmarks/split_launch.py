@@ -27,7 +27,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from calculator_ab import _stats, paired_rounds
-from records import header
-from student_call import structures, untrained_student
+from records import sweep_students
 
 from jaxdistill import StudentCalculator
 from jaxdistill.md import ase_calculator
@@ -140,34 +138,27 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
-    record = header(rows=[])
-    available = structures(quick=False)
-    for name in args.systems.split(","):
-        atoms = available[name]
-        for architecture in args.architectures.split(","):
-            row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
-            try:
-                row.update(compare(untrained_student(architecture, atoms), atoms, args.calls))
-            except Exception as error:  # record and go on
-                row["error"] = f"{type(error).__name__}: {error}"[:500]
-            record["rows"].append(row)
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(record, indent=1) + "\n")
-            if "error" in row:
-                print(f"[split] {architecture} {name}: {row['error']}", flush=True)
-                continue
-            paired = row["split_minus_one"]
-            print(
-                f"[split] {architecture} {name}: one {row['one']['median_ms']:.3f} ms "
-                f"(dispatch {row['one_dispatch']['median_ms']:.3f}), split "
-                f"{row['split']['median_ms']:.3f} (dispatch "
-                f"{row['split_forward_dispatch']['median_ms']:.3f} + "
-                f"{row['split_backward_dispatch']['median_ms']:.3f}); paired "
-                f"{paired['median_ms']:+.3f} [{paired['p25_ms']:+.3f}, {paired['p75_ms']:+.3f}]"
-                f"; residuals {row['residual_leaves']} leaves, "
-                f"{row['residual_bytes'] / 1e6:.1f} MB; dF {row['max_result_difference']:.1e}",
-                flush=True,
-            )
+
+    def describe(row: dict) -> str:
+        paired = row["split_minus_one"]
+        return (
+            f"one {row['one']['median_ms']:.3f} ms (dispatch "
+            f"{row['one_dispatch']['median_ms']:.3f}), split {row['split']['median_ms']:.3f} "
+            f"(dispatch {row['split_forward_dispatch']['median_ms']:.3f} + "
+            f"{row['split_backward_dispatch']['median_ms']:.3f}); paired "
+            f"{paired['median_ms']:+.3f} [{paired['p25_ms']:+.3f}, {paired['p75_ms']:+.3f}]; "
+            f"residuals {row['residual_leaves']} leaves, {row['residual_bytes'] / 1e6:.1f} MB; "
+            f"dF {row['max_result_difference']:.1e}"
+        )
+
+    sweep_students(
+        args.output,
+        args.systems,
+        args.architectures,
+        lambda student, atoms: compare(student, atoms, args.calls),
+        describe,
+        "split",
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,8 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from calculator_ab import _stats, paired_rounds
-from records import header
-from student_call import structures, untrained_student
+from records import sweep_students
 
 from jaxdistill import StudentCalculator
 from jaxdistill.md.ase_calculator import fetch
@@ -104,35 +102,23 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     variants = parse_options(args.options)
-    record = header(rows=[])
-    available = structures(quick=False)
-    for name in args.systems.split(","):
-        atoms = available[name]
-        for architecture in args.architectures.split(","):
-            student = untrained_student(architecture, atoms)
-            row = {"architecture": architecture, "system": name, "n_atoms": len(atoms)}
-            try:
-                row.update(compare(student, atoms, variants, args.calls))
-            except Exception as error:  # record and go on
-                row["error"] = f"{type(error).__name__}: {error}"[:500]
-            record["rows"].append(row)
-            args.output.parent.mkdir(parents=True, exist_ok=True)
-            args.output.write_text(json.dumps(record, indent=1) + "\n")
-            if "error" in row:
-                print(f"[xla] {architecture} {name}: {row['error']}", flush=True)
-                continue
-            print(
-                f"[xla] {architecture} {name}: "
-                + "; ".join(
-                    f"{v} {row[v]['median_ms']:.3f} ms (paired "
-                    f"{row['minus_first'][v]['median_ms']:+.3f} "
-                    f"[{row['minus_first'][v]['p25_ms']:+.3f}, "
-                    f"{row['minus_first'][v]['p75_ms']:+.3f}], dF "
-                    f"{row['max_result_difference'][v]:.1e})"
-                    for v in variants
-                ),
-                flush=True,
-            )
+
+    def describe(row: dict) -> str:
+        return "; ".join(
+            f"{v} {row[v]['median_ms']:.3f} ms (paired {row['minus_first'][v]['median_ms']:+.3f}"
+            f" [{row['minus_first'][v]['p25_ms']:+.3f}, {row['minus_first'][v]['p75_ms']:+.3f}],"
+            f" dF {row['max_result_difference'][v]:.1e})"
+            for v in variants
+        )
+
+    sweep_students(
+        args.output,
+        args.systems,
+        args.architectures,
+        lambda student, atoms: compare(student, atoms, variants, args.calls),
+        describe,
+        "xla",
+    )
 
 
 if __name__ == "__main__":
