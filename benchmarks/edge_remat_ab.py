@@ -1,4 +1,7 @@
-"""A/B: the students' per-edge work kept for the backward pass, or recomputed in it.
+"""A/B of a student setting read when a step is traced, by default the per-edge work
+kept for the backward pass or recomputed in it (``--variable`` and ``--values`` name
+another environment variable and its two values, e.g. ``JAXDISTILL_MESSAGE_PASSING``
+``reference,auto``: the fused kernels where "auto" takes them).
 
 ``JAXDISTILL_EDGE_REMAT`` (read when a step is traced, :func:`jaxdistill.models.edges.
 edge_function`) says whether a message-passing layer's per-edge intermediates are
@@ -38,7 +41,10 @@ from jaxdistill.md import ase_calculator
 from jaxdistill.md.jaxmd import jax_md_potential
 from jaxdistill.models.edges import EDGE_REMAT_ENV_VAR
 
-SETTINGS = ("off", "on")
+#: The two values compared (``--values``), A then B.
+SETTINGS = ["off", "on"]
+#: The environment variable they are given to (``--variable``).
+VARIABLE = [EDGE_REMAT_ENV_VAR]
 
 
 def compile_chunk(label: str, atoms, steps: int, capacity: float, compact: bool, setting: str):
@@ -53,7 +59,7 @@ def compile_chunk(label: str, atoms, steps: int, capacity: float, compact: bool,
 
     box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
     displacement, _ = space.periodic(box)
-    os.environ[EDGE_REMAT_ENV_VAR] = setting
+    os.environ[VARIABLE[0]] = setting
     neighbor_fn, energy_fn = jax_md_potential(
         student,
         displacement,
@@ -76,7 +82,7 @@ def calculator_ab(label: str, atoms, calls: int) -> dict:
     architecture, hyper = FUSED_STUDENTS[label]
     built = {}
     for setting in SETTINGS:
-        os.environ[EDGE_REMAT_ENV_VAR] = setting
+        os.environ[VARIABLE[0]] = setting
         ase_calculator._SHARED.clear()  # its own potential, so its own trace
         student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
         copy = atoms.copy()
@@ -94,8 +100,8 @@ def calculator_ab(label: str, atoms, calls: int) -> dict:
             times[setting].append((time.perf_counter() - t0) * 1e3)
     return {
         "ms_per_call": {setting: stats(times[setting]) for setting in SETTINGS},
-        "max_force_difference": float(np.abs(built["on"][1] - built["off"][1]).max()),
-        "device": str(built["on"][0].calc.jax_device),
+        "max_force_difference": float(np.abs(built[SETTINGS[1]][1] - built[SETTINGS[0]][1]).max()),
+        "device": str(built[SETTINGS[1]][0].calc.jax_device),
     }
 
 
@@ -109,16 +115,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calculator-systems", default="", help="e.g. si64,si1000")
     parser.add_argument("--calculator-calls", type=int, default=300)
+    parser.add_argument("--variable", default=EDGE_REMAT_ENV_VAR, help="environment variable")
+    parser.add_argument("--values", default="off,on", help="its two values, A then B")
     parser.add_argument(
         "--output", type=Path, default=Path("benchmarks/results/edge_remat_ab.json")
     )
     args = parser.parse_args()
+    VARIABLE[0] = args.variable
+    SETTINGS[:] = [v.strip() for v in args.values.split(",")]
+    if len(SETTINGS) != 2:
+        parser.error(f"--values needs two values, got {args.values!r}")
     record = {
         "script": "benchmarks/edge_remat_ab.py",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": str(jax.devices()[0].device_kind),
         "versions": versions(),
         "args": {k: str(v) for k, v in vars(args).items()},
+        "variable": VARIABLE[0],
+        "values": list(SETTINGS),
         "rows": [],
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -144,13 +158,14 @@ def main() -> None:
                     row["us_per_step"] = {s: stats(times[s]) for s in SETTINGS}
                     row["compile_s"] = {s: built[s][4] for s in SETTINGS}
                     row["max_force_difference"] = float(
-                        np.abs(built["on"][3] - built["off"][3]).max()
+                        np.abs(built[SETTINGS[1]][3] - built[SETTINGS[0]][3]).max()
                     )
-                    row["neighbor_slots"] = int(np.prod(built["off"][2].idx.shape))
+                    row["neighbor_slots"] = int(np.prod(built[SETTINGS[0]][2].idx.shape))
                     row["overflow"] = bool(end_nbrs.did_buffer_overflow)
                     off, on = (row["us_per_step"][s]["median"] for s in SETTINGS)
                     print(
-                        f"[remat] {label}/{n}/compact={compact}: off {off:.1f} on {on:.1f} us "
+                        f"[remat] {label}/{n}/compact={compact}: {SETTINGS[0]} {off:.1f} "
+                        f"{SETTINGS[1]} {on:.1f} us "
                         f"({100 * (on / off - 1):+.1f} %) dF {row['max_force_difference']:.2e}",
                         flush=True,
                     )
@@ -167,7 +182,8 @@ def main() -> None:
                 row.update(calculator_ab(label, atoms, args.calculator_calls))
                 off, on = (row["ms_per_call"][s]["median"] for s in SETTINGS)
                 print(
-                    f"[remat] calculator {label}/{len(atoms)}: off {off:.3f} on {on:.3f} ms "
+                    f"[remat] calculator {label}/{len(atoms)}: {SETTINGS[0]} {off:.3f} "
+                    f"{SETTINGS[1]} {on:.3f} ms "
                     f"({100 * (on / off - 1):+.1f} %) dF {row['max_force_difference']:.2e}",
                     flush=True,
                 )
@@ -176,7 +192,7 @@ def main() -> None:
                 print(f"[remat] calculator {label}/{len(atoms)}: {row['error']}", flush=True)
             record["rows"].append(row)
             args.output.write_text(json.dumps(record, indent=1))
-    os.environ.pop(EDGE_REMAT_ENV_VAR, None)
+    os.environ.pop(VARIABLE[0], None)
 
 
 if __name__ == "__main__":
