@@ -74,6 +74,7 @@ from jaxdistill.graph import (
     slots_for,
     validate_atoms,
 )
+from jaxdistill.models.fused import mode_on_compacted_rows
 from jaxdistill.potential import Potential, compact_graph, voigt_stress
 from jaxdistill.student import Student
 
@@ -292,21 +293,27 @@ def _evaluate_forces_jit(
 _SHARED: dict[tuple, Potential] = {}
 
 
-def _shared(model: Student | StudentCommittee) -> Potential:
+def _shared(model: Student | StudentCommittee, compacted: bool = False) -> Potential:
     """One potential per model description (architecture,
     hyper-parameters, species, cutoff, message passing), not per Student object: the
     compiled programs are keyed by them, so a reloaded, copied or unpickled student,
     a committee's members and a committee of one share compilations (parameters are
-    arguments, and their dtype and shapes key the rest)."""
+    arguments, and their dtype and shapes key the rest). ``compacted``: the potential
+    for graphs compacted to the pairs within the cutoff, whose message passing follows
+    :func:`jaxdistill.models.fused.mode_on_compacted_rows`."""
+    mode = model.message_passing
+    if compacted:
+        mode = mode_on_compacted_rows(mode)
     key = (
         model.architecture,
         json.dumps(model.hyperparameters, sort_keys=True),
         tuple(model.species),
         float(model.cutoff),
-        model.message_passing,
+        mode,
     )
     if key not in _SHARED:
-        _SHARED[key] = model.potential
+        student = model.members[0] if is_committee(model) else model
+        _SHARED[key] = student.with_message_passing(mode).potential
     return _SHARED[key]
 
 
@@ -503,18 +510,22 @@ class StudentCalculator(Calculator):
         self._receiver_major = False  # the graph's layout
         self._compact_size = 0  # compacted slots per atom or edges (0: not compacted)
         self._input_buffer: np.ndarray | None = None  # [node_capacity + 3, 3]
-        self._potential_cached: Potential | None = None
+        self._potentials: dict[bool, Potential] = {}  # full graph, compacted graph
         self._evaluate = _program  # the jitted evaluation for jax_device
         self._spin = False  # whether a call polls for its result (see host_wait)
         self._snapshot: ase.Atoms | None = None  # what self.atoms points at (see _remember)
 
     @property
     def _potential(self) -> Potential:
+        """The potential of the full graph."""
+        return self._potential_for(compacted=False)
+
+    def _potential_for(self, compacted: bool) -> Potential:
         # looked up once per calculator (and again after unpickling), not per call:
         # the key serialises the hyper-parameters, tens of µs an MD step would pay
-        if self._potential_cached is None:
-            self._potential_cached = _shared(self.student)
-        return self._potential_cached
+        if compacted not in self._potentials:
+            self._potentials[compacted] = _shared(self.student, compacted)
+        return self._potentials[compacted]
 
     def __getstate__(self) -> dict[str, Any]:
         """Host state only: the student (its parameters as host arrays), options,
@@ -530,7 +541,7 @@ class StudentCalculator(Calculator):
             "_receiver_major",
             "_compact_size",
             "_input_buffer",
-            "_potential_cached",
+            "_potentials",
             "_evaluate",
             "_spin",
             "_snapshot",
@@ -670,7 +681,7 @@ class StudentCalculator(Calculator):
         width = self._compact_width
         return functools.partial(
             self._evaluate,
-            self._potential,
+            self._potential_for(compacted=width is not None),
             self._params,
             self._graph,
             stress=stress,

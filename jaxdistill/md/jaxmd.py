@@ -48,6 +48,7 @@ from jaxdistill.committee import (
     is_committee,
     over_members,
 )
+from jaxdistill.models.fused import mode_on_compacted_rows
 from jaxdistill.student import as_atomic_numbers
 
 #: Neighbour-list format that ``format="auto"`` picks on a GPU: a ``Dense`` list runs the
@@ -442,7 +443,12 @@ def _member_energy_fn(
 
     numbers_np = np.asarray(species, dtype=np.int32)
     n_atoms = len(numbers_np)
-    apply = model.model.apply
+    module = model.model
+    apply = apply_compacted = module.apply
+    if hasattr(module, "message_passing"):  # registered architectures may lack it
+        # compacted rows run message passing their own way (fused.mode_on_compacted_rows)
+        mode = mode_on_compacted_rows(module.message_passing)
+        apply_compacted = module.clone(message_passing=mode).apply
     receiver_major_ok = accepts_layout(model.model)
     dtype = jnp.dtype(model.dtype)
     cutoff = float(model.cutoff)
@@ -467,24 +473,31 @@ def _member_energy_fn(
         if not widths and (compaction is None or compaction.width is None):
             return on_table(table, inputs)
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
+        full_slots = table.shape[1]
+
+        def on_rows(rows: jax.Array, inputs) -> jax.Array:
+            return on_table(rows, inputs, compacted=rows.shape[1] < full_slots)
+
         if compaction.width is not None:
             # a width fixed by the caller, who checks the rows fit (see RowCompaction)
-            if compaction.width >= table.shape[1]:
+            if compaction.width >= full_slots:
                 return on_table(table, inputs)
             compacted, _ = compact_table(table, padded, displacement, cutoff, compaction.width)
-            return on_table(compacted, inputs)
+            return on_rows(compacted, inputs)
         compacted, largest = compact_table(table, padded, displacement, cutoff, widths[-1])
         # The narrowest width that holds every row's pairs; past the widest, the full list.
         index = sum((largest > width).astype(jnp.int32) for width in widths)
         tables = [compacted[:, :width] for width in widths] + [table]
-        return _switch_differentiated_inside(index, on_table, tables, inputs)
+        return _switch_differentiated_inside(index, on_rows, tables, inputs)
 
-    def on_edges(edges: Edges, edge_mask: jax.Array, layout_kwargs: dict, inputs) -> jax.Array:
+    def on_edges(
+        edges: Edges, edge_mask: jax.Array, layout_kwargs: dict, inputs, compacted: bool = False
+    ) -> jax.Array:
         params, numbers, padded, kwargs = inputs
         displacement = jax.vmap(functools.partial(displacement_fn, **kwargs))
         vectors = displacement(edges.from_senders(padded), edges.from_receivers(padded))
         vectors = jnp.where(edge_mask[:, None], vectors, 0.0).astype(dtype)
-        atomic = apply(
+        atomic = (apply_compacted if compacted else apply)(
             params,
             numbers,
             vectors,
@@ -496,9 +509,9 @@ def _member_energy_fn(
         )
         return jnp.sum(jnp.where(jnp.asarray(node_mask), atomic, 0.0))
 
-    def on_table(table: jax.Array, inputs) -> jax.Array:
+    def on_table(table: jax.Array, inputs, compacted: bool = False) -> jax.Array:
         edges, edge_mask = table_edges(table, n_atoms)
-        return on_edges(edges, edge_mask, {"layout": edges.layout}, inputs)
+        return on_edges(edges, edge_mask, {"layout": edges.layout}, inputs, compacted)
 
     return energy
 

@@ -168,6 +168,22 @@ def test_auto_compacts_from_the_threshold_of_the_platform(small_student, monkeyp
         assert (copy.calc._compact_width is not None) == expected, (layout, threshold)
 
 
+def test_compacted_graph_runs_the_mode_for_compacted_rows(small_student, monkeypatch):
+    """A compacted call evaluates the potential of ``fused.mode_on_compacted_rows`` (the
+    reference path where the student says "auto"); a full-graph call the student's own."""
+    monkeypatch.delenv("JAXDISTILL_MESSAGE_PASSING", raising=False)
+    auto = small_student.with_message_passing("auto")
+    reference = ase_calculator._shared(auto.with_message_passing("reference"))
+    atoms = silicon(repeat=(2, 2, 2))
+    for compact, expected in ((True, reference), (False, ase_calculator._shared(auto))):
+        copy = atoms.copy()
+        copy.calc = StudentCalculator(auto, device="cpu", compact_rows=compact)
+        copy.get_forces()
+        assert (copy.calc._compact_width is not None) == compact
+        assert copy.calc.program().args[0] is expected
+    assert ase_calculator._shared(auto) is not reference
+
+
 def test_compact_rows_option_is_checked(small_student):
     with pytest.raises(ValueError, match="compact_rows"):
         StudentCalculator(small_student, compact_rows="sometimes")

@@ -301,3 +301,35 @@ def test_compacted_rows_give_the_full_lists_results(name, margins, branch):
         scale = float(jnp.max(jnp.abs(want)))
         assert scale > 0
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * scale)
+
+
+@pytest.mark.parametrize("margins", [(1.25,), (0.3,)])
+def test_compacted_rows_run_the_mode_for_compacted_rows(monkeypatch, margins):
+    """Rows compacted to the cutoff evaluate the student with the message passing
+    ``fused.mode_on_compacted_rows`` gives; the full list (the fallback branch, or no
+    compaction) keeps the student's own. A mode that does not exist shows which ran:
+    only the compacted rows raise."""
+    monkeypatch.setattr(jaxmd, "mode_on_compacted_rows", lambda mode: "no-such-mode")
+    student = _student("schnet", "float64")
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=3)
+    box = jnp.asarray(atoms.cell.array.T)
+    displacement_fn, _ = space.periodic_general(box, fractional_coordinates=True)
+    R = jnp.asarray(atoms.get_scaled_positions())
+    neighbor_fn, full_fn = jax_md_potential(
+        student, displacement_fn, box, atoms.numbers, fractional_coordinates=True,
+        format="dense", compact_rows=False, capacity_multiplier=1.5,
+    )  # fmt: skip
+    nbrs = neighbor_fn.allocate(R)
+    assert np.isfinite(float(full_fn(R, nbrs)))
+    compaction = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margins)
+    compact_fn = jaxmd.make_energy_fn(student, displacement_fn, atoms.numbers, compaction)
+    # every branch of the switch is traced, the compacted ones included
+    with pytest.raises(ValueError, match="no-such-mode"):
+        compact_fn(R, nbrs)
+    # a width fixed on the host (replicas): compacted rows as well, unless not narrower
+    narrow = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margins, width=30)
+    with pytest.raises(ValueError, match="no-such-mode"):
+        jaxmd.make_energy_fn(student, displacement_fn, atoms.numbers, narrow)(R, nbrs)
+    wide = jaxmd.RowCompaction(jaxmd.DEFAULT_DR_THRESHOLD, 1.5, margins, width=10**6)
+    wide_fn = jaxmd.make_energy_fn(student, displacement_fn, atoms.numbers, wide)
+    assert float(wide_fn(R, nbrs)) == pytest.approx(float(full_fn(R, nbrs)), rel=1e-12)

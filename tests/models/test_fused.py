@@ -320,6 +320,20 @@ def test_environment_variable_decides_auto(monkeypatch):
         use_fused("auto", jnp.float32, 64, 16)
 
 
+def test_compacted_rows_take_the_reference_path_unless_told(monkeypatch):
+    monkeypatch.delenv(fz.ENV_VAR, raising=False)
+    assert fz.mode_on_compacted_rows("auto") == "reference"
+    assert fz.mode_on_compacted_rows("fused") == "fused"
+    assert fz.mode_on_compacted_rows("reference") == "reference"
+    monkeypatch.setenv(fz.ENV_VAR, "fused")  # the variable still decides what auto means
+    assert fz.mode_on_compacted_rows("auto") == "auto"
+    monkeypatch.setenv(fz.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match=fz.ENV_VAR):
+        fz.mode_on_compacted_rows("auto")
+    with pytest.raises(ValueError, match="message_passing"):
+        fz.mode_on_compacted_rows("fast")
+
+
 def test_student_option_is_not_saved_and_keeps_parameters(tmp_path):
     student = create_student("schnet", ["Si"], cutoff=CUTOFF, message_passing="reference", **HYPER)
     assert student.message_passing == "reference"
