@@ -49,8 +49,8 @@ def split_programs(calculator):
     """``(forward, backward)``: ``forward(params, graph, packed) -> (energy, pullback)``
     and ``backward(energy, pullback) -> [energy, forces]`` flat, the latter written where
     the calculator's result lands (pinned host memory on a GPU)."""
-    potential = calculator._potential
     width = calculator._compact_width
+    potential = calculator._potential_for(compacted=width is not None)
     cutoff = calculator.student.cutoff
 
     def forward(params, graph, packed):
