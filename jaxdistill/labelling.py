@@ -30,7 +30,7 @@ from jaxdistill.progress import progress_bar
 from jaxdistill.teachers.base import Teacher
 from jaxdistill.teachers.hessian import (
     DEFAULT_FD_STEP_ANGSTROM,
-    hessian_vector_products,
+    labels_and_hessian,
     random_directions,
     resolve_hessian_method,
 )
@@ -263,7 +263,21 @@ def label(
             for lo in range(done_before, len(items), size):
                 hi = min(lo + size, len(items))
                 chunk = items[lo:hi]
-                labels = teacher.label(chunk)
+                if hessian_k:
+                    directions = [
+                        frame_directions(h, len(atoms), hessian_k, hessian_seed)
+                        for h, atoms in zip(hashes[lo:hi], chunk, strict=True)
+                    ]
+                    # one evaluation for both where the teacher offers it (FeNNol)
+                    labels, products = labels_and_hessian(
+                        teacher,
+                        chunk,
+                        directions,
+                        method=hessian_info["method"],
+                        step_angstrom=hessian_step_angstrom,
+                    )
+                else:
+                    labels = teacher.label(chunk)
                 for k, (atoms, frame_labels) in enumerate(zip(chunk, labels, strict=True)):
                     problem = labels_problem(frame_labels, len(atoms))
                     if problem is not None:
@@ -274,17 +288,6 @@ def label(
                         )
                 hessian = None
                 if hessian_k:
-                    directions = [
-                        frame_directions(h, len(atoms), hessian_k, hessian_seed)
-                        for h, atoms in zip(hashes[lo:hi], chunk, strict=True)
-                    ]
-                    products = hessian_vector_products(
-                        teacher,
-                        chunk,
-                        directions,
-                        method=hessian_info["method"],
-                        step_angstrom=hessian_step_angstrom,
-                    )
                     for k, value in enumerate(products):
                         problem = _hessian_problem(value)
                         if problem is not None:

@@ -358,3 +358,23 @@ class EnsembleTeacher(BaseTeacher):
             )
 
         return mean_hvp
+
+    @property
+    def label_with_hessian(self) -> Any:
+        """Labels (:func:`combine_ensemble`) and the members' mean ``H·u`` of one
+        structure from each member's ``label_with_hessian``; present only when every
+        member has it (as :attr:`hessian_vector_products`)."""
+        methods = [getattr(member, "label_with_hessian", None) for member in self.members]
+        if not all(callable(method) for method in methods):
+            raise AttributeError(f"not every member of {self.name} has label_with_hessian")
+
+        def labels_and_mean_hvp(
+            atoms: ase.Atoms, directions: np.ndarray
+        ) -> tuple[TeacherLabels, np.ndarray]:
+            """``(labels, mean H·u [K, n_atoms, 3] float64 eV/Å²)``."""
+            per_member = [method(atoms, directions) for method in methods]
+            labels = combine_ensemble([labels for labels, _ in per_member])
+            products = np.mean([np.asarray(p, dtype=np.float64) for _, p in per_member], axis=0)
+            return labels, products
+
+        return labels_and_mean_hvp

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxdistill.teachers.ase import AseTeacher
 from jaxdistill.teachers.base import (
+    NAN_STRESS,
     EnsembleTeacher,
     Teacher,
     TeacherLabels,
@@ -26,6 +27,7 @@ from jaxdistill.teachers.base import (
     file_sha256,
     package_version,
     require_package,
+    wants_stress,
 )
 from jaxdistill.teachers.hessian import checked_directions
 
@@ -53,7 +55,7 @@ class FennolTeacher(AseTeacher):
         # change of molecule gives new shapes again and again (41 compilations for 60
         # frames of three alternating molecules on a CPU, 194 ms a frame).
         self._states: dict[tuple[Any, ...], Any] = {}
-        self._hvp_fn: Any = None
+        self._hvp_fns: dict[bool, Any] = {}  # with the energy and gradient, or without
 
     def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
         """``H·u`` for each direction ``u`` by forward-over-reverse autodiff in JAX.
@@ -78,6 +80,33 @@ class FennolTeacher(AseTeacher):
         Returns:
             ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
         """
+        _, _, hvp = self._energy_gradient_hvp(atoms, directions)
+        return hvp
+
+    def label_with_hessian(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[TeacherLabels, np.ndarray]:
+        """Labels and ``H·u`` of one structure from one preprocessing and one
+        linearisation: the energy and forces are the primal outputs of the same
+        ``jax.linearize`` whose linear map gives the products (see
+        :meth:`hessian_vector_products`), instead of a label call beside it.
+
+        A structure that wants a stress label (periodic in all three directions) takes
+        the two separate calls instead.
+
+        Returns:
+            ``(labels, H·u [K, n_atoms, 3] float64 eV/Å²)``.
+        """
+        if wants_stress(atoms):
+            return self.label([atoms])[0], self.hessian_vector_products(atoms, directions)
+        energy, forces, hvp = self._energy_gradient_hvp(atoms, directions, with_energy=True)
+        return TeacherLabels(energy=energy, forces=forces, stress=NAN_STRESS.copy()), hvp
+
+    def _energy_gradient_hvp(
+        self, atoms: ase.Atoms, directions: np.ndarray, with_energy: bool = False
+    ) -> tuple[float | None, np.ndarray | None, np.ndarray]:
+        """``(energy eV, forces [n, 3] eV/Å, H·u [K, n, 3] eV/Å²)``, the first two None
+        unless ``with_energy``; one jitted call per structure."""
         import jax.numpy as jnp
 
         directions = checked_directions(directions, len(atoms))
@@ -99,20 +128,25 @@ class FennolTeacher(AseTeacher):
         coordinates = inputs["coordinates"]
         tangents = directions
         true_atoms = inputs.get("true_atoms")
+        real = slice(None)
         if coordinates.shape[0] != len(work):
             # Atom padding: zero tangent on the padding atoms, dropped afterwards.
-            mask = np.asarray(true_atoms, dtype=bool)
+            real = np.asarray(true_atoms, dtype=bool)
             tangents = np.zeros((len(directions), coordinates.shape[0], 3))
-            tangents[:, mask] = directions
-        if self._hvp_fn is None:
-            self._hvp_fn = _fennol_hvp_function(calc.model._total_energy_raw)
-        hvp = self._hvp_fn(
+            tangents[:, real] = directions
+        if with_energy not in self._hvp_fns:
+            self._hvp_fns[with_energy] = _fennol_hvp_function(
+                calc.model._total_energy_raw, with_energy
+            )
+        out = self._hvp_fns[with_energy](
             calc.model.variables, inputs, jnp.asarray(tangents, dtype=coordinates.dtype)
         )
-        hvp = np.asarray(hvp, dtype=np.float64) * calc.energy_conv
-        if coordinates.shape[0] != len(work):
-            hvp = hvp[:, np.asarray(true_atoms, dtype=bool)]
-        return hvp
+        hvp = np.asarray(out[-1], dtype=np.float64)[:, real] * calc.energy_conv
+        if not with_energy:
+            return None, None, hvp
+        energy = float(out[0]) * calc.energy_conv
+        forces = -np.asarray(out[1], dtype=np.float64)[real] * calc.energy_conv
+        return energy, forces, hvp
 
     def _before_call(self, atoms: ase.Atoms) -> None:
         signature = (atoms.numbers.tobytes(), tuple(bool(p) for p in atoms.pbc))
@@ -151,28 +185,26 @@ class FennolTeacher(AseTeacher):
             return super()._label_one(atoms)
 
 
-def _fennol_hvp_function(total_energy: Any) -> Any:
-    """Jitted ``(variables, inputs, tangents [K, n, 3]) -> [K, n, 3]`` Hessian products.
+def _fennol_hvp_function(total_energy: Any, with_energy: bool = False) -> Any:
+    """Jitted ``(variables, inputs, tangents [K, n, 3]) -> (H·t [K, n, 3],)`` or, with
+    ``with_energy``, ``(energy, gradient [n, 3], H·t)``: Hessian products, in the model's
+    energy unit (per Å²; the energy and its gradient in that unit and per Å).
 
     Args:
         total_energy: FENNIX's ``_total_energy_raw(variables, inputs) -> (energies
             [n_systems], outputs)``, in the model's energy unit.
-
-    Returns:
-        A jitted function giving ``H·t_k`` in model energy unit / Å².
     """
     import jax
 
     def hvp(variables: Any, inputs: dict[str, Any], tangents: Any) -> Any:
-        def gradient(coordinates: Any) -> Any:
-            def energy(x: Any) -> Any:
-                return total_energy(variables, {**inputs, "coordinates": x})[0].sum()
+        def energy(x: Any) -> Any:
+            return total_energy(variables, {**inputs, "coordinates": x})[0].sum()
 
-            return jax.grad(energy)(coordinates)
-
-        # Linearise the gradient once; the K tangents reuse its residuals.
-        _, linear = jax.linearize(gradient, inputs["coordinates"])
-        return jax.vmap(linear)(tangents)
+        # Linearise the gradient once (its primal outputs are the energy and the
+        # gradient themselves); the K tangents reuse its residuals.
+        (value, gradient), linear = jax.linearize(jax.value_and_grad(energy), inputs["coordinates"])
+        products = jax.vmap(lambda t: linear(t)[1])(tangents)
+        return (value, gradient, products) if with_energy else (products,)
 
     return jax.jit(hvp)
 

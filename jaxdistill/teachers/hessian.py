@@ -35,6 +35,7 @@ __all__ = [
     "checked_directions",
     "finite_difference_hvp",
     "hessian_vector_products",
+    "labels_and_hessian",
     "minus_batched_vjp",
     "random_directions",
     "resolve_hessian_method",
@@ -164,30 +165,77 @@ def hessian_vector_products(
     out = []
     for atoms, u in zip(frames, directions, strict=True):
         if chosen == "autodiff":
-            products = np.asarray(teacher.hessian_vector_products(atoms, u), dtype=np.float64)
-            if not np.all(np.isfinite(products)):
-                # Seen with FeNNol ANI-1x on one ethanol MD frame in ~30: its
-                # forward-over-reverse gives NaN where its forces are finite. Central
-                # differences with a small step stand in (ANI's cutoffs make steps of
-                # 0.01 Å too coarse there, benchmarks/hvp_fd_step.py).
-                warnings.warn(
-                    f"teacher {getattr(teacher, 'name', teacher)}: autodiff Hessian-vector "
-                    f"products of a {atoms.get_chemical_formula()} frame are not finite; "
-                    f"using central differences (step {AUTODIFF_FALLBACK_STEP_ANGSTROM} Å)",
-                    stacklevel=2,
-                )
-                products = finite_difference_hvp(
-                    teacher, atoms, u, min(step_angstrom, AUTODIFF_FALLBACK_STEP_ANGSTROM)
-                )
+            products = teacher.hessian_vector_products(atoms, u)
+            products = _finite_or_differences(teacher, atoms, u, products, step_angstrom)
         else:
             products = finite_difference_hvp(teacher, atoms, u, step_angstrom)
-        if products.shape != np.shape(u):
-            raise RuntimeError(
-                f"teacher {getattr(teacher, 'name', teacher)} returned Hessian-vector products "
-                f"of shape {products.shape} for directions of shape {np.shape(u)}"
-            )
-        out.append(products)
+        out.append(_checked_shape(teacher, products, u))
     return out
+
+
+def labels_and_hessian(
+    teacher: Any,
+    frames: Sequence[ase.Atoms],
+    directions: Sequence[np.ndarray],
+    method: str = "auto",
+    step_angstrom: float = DEFAULT_FD_STEP_ANGSTROM,
+    merged: bool = True,
+) -> tuple[list[Any], list[np.ndarray]]:
+    """The teacher's labels and ``H·u`` of each frame (arguments as
+    :func:`hessian_vector_products`).
+
+    With autodiff, a teacher that has ``label_with_hessian(atoms, directions) ->
+    (labels, H·u)`` gives both from one evaluation (FeNNol: one linearisation whose
+    primal outputs are the energy and forces); otherwise ``teacher.label`` and
+    :func:`hessian_vector_products` are called apart (also with ``merged=False``, to
+    compare). Same values either way, to the teacher's float rounding.
+
+    Returns:
+        ``(labels, products)``: one ``TeacherLabels`` and one ``[k, n_atoms, 3]``
+        float64 array (eV/Å²) per frame.
+    """
+    chosen = resolve_hessian_method(teacher, method)
+    both = getattr(teacher, "label_with_hessian", None) if chosen == "autodiff" else None
+    if not (merged and callable(both)):
+        labels = teacher.label(frames)
+        return labels, hessian_vector_products(teacher, frames, directions, method, step_angstrom)
+    labels, out = [], []
+    for atoms, u in zip(frames, directions, strict=True):
+        frame_labels, products = both(atoms, u)
+        products = _finite_or_differences(teacher, atoms, u, products, step_angstrom)
+        labels.append(frame_labels)
+        out.append(_checked_shape(teacher, products, u))
+    return labels, out
+
+
+def _finite_or_differences(
+    teacher: Any, atoms: ase.Atoms, u: np.ndarray, products: Any, step_angstrom: float
+) -> np.ndarray:
+    """Autodiff ``products`` as float64, or central differences where they are not finite."""
+    products = np.asarray(products, dtype=np.float64)
+    if np.all(np.isfinite(products)):
+        return products
+    # Seen with FeNNol ANI-1x on one ethanol MD frame in ~30: its forward-over-reverse
+    # gives NaN where its forces are finite. Central differences with a small step stand
+    # in (ANI's cutoffs make steps of 0.01 Å too coarse there, benchmarks/hvp_fd_step.py).
+    warnings.warn(
+        f"teacher {getattr(teacher, 'name', teacher)}: autodiff Hessian-vector "
+        f"products of a {atoms.get_chemical_formula()} frame are not finite; "
+        f"using central differences (step {AUTODIFF_FALLBACK_STEP_ANGSTROM} Å)",
+        stacklevel=3,
+    )
+    return finite_difference_hvp(
+        teacher, atoms, u, min(step_angstrom, AUTODIFF_FALLBACK_STEP_ANGSTROM)
+    )
+
+
+def _checked_shape(teacher: Any, products: np.ndarray, u: np.ndarray) -> np.ndarray:
+    if products.shape != np.shape(u):
+        raise RuntimeError(
+            f"teacher {getattr(teacher, 'name', teacher)} returned Hessian-vector products "
+            f"of shape {products.shape} for directions of shape {np.shape(u)}"
+        )
+    return products
 
 
 def minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np.ndarray:

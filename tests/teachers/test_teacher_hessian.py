@@ -21,6 +21,7 @@ import pytest
 from ase.calculators.emt import EMT
 
 from jaxdistill.teachers import AseTeacher, EnsembleTeacher, load_teacher
+from jaxdistill.teachers.hessian import labels_and_hessian
 
 
 def unit_directions(n_atoms: int, k: int, seed: int) -> np.ndarray:
@@ -144,6 +145,46 @@ def test_ensemble_hvp_is_the_members_mean(fennol0: Any, sevennet: Any) -> None:
     # the members' 1e-2 disagreement that a wrong combination would show.
     scale = float(np.abs(members[0]).max())
     np.testing.assert_allclose(mean, 0.5 * (members[0] + members[1]), rtol=0, atol=1e-6 * scale)
+
+
+def test_fennol_labels_with_hessian_equal_the_separate_calls(fennol0: Any) -> None:
+    """One linearisation gives the label call's energy and forces and the products of
+    ``hessian_vector_products``; so does an ensemble (here one model twice, already
+    compiled), whose labels are then combined as ``label`` combines them."""
+    atoms = ethanol()
+    directions = unit_directions(len(atoms), 3, seed=3)
+    separate = fennol0.label([atoms])[0]
+    products = fennol0.hessian_vector_products(atoms, directions)
+    merged, merged_products = fennol0.label_with_hessian(atoms, directions)
+    assert merged.energy == pytest.approx(separate.energy, abs=1e-5)
+    np.testing.assert_allclose(merged.forces, separate.forces, rtol=0, atol=1e-5)
+    assert not merged.has_stress
+    scale = float(np.abs(products).max())
+    np.testing.assert_allclose(merged_products, products, rtol=0, atol=1e-6 * scale)
+    ensemble = EnsembleTeacher([fennol0, fennol0])
+    labels, mean = labels_and_hessian(ensemble, [atoms], [directions], method="autodiff")
+    assert labels[0].energy == pytest.approx(separate.energy, abs=1e-5)
+    assert labels[0].force_disagreement == pytest.approx(0.0, abs=1e-6)
+    np.testing.assert_allclose(mean[0], products, rtol=0, atol=1e-6 * scale)
+
+
+def test_labels_and_hessian_without_a_merged_path_call_both(sevennet: Any) -> None:
+    atoms = ethanol()
+    directions = unit_directions(len(atoms), 2, seed=4)
+    assert not hasattr(sevennet, "label_with_hessian")
+    labels, products = labels_and_hessian(sevennet, [atoms], [directions])
+    assert labels[0].energy == pytest.approx(sevennet.label([atoms])[0].energy, abs=1e-6)
+    np.testing.assert_allclose(
+        products[0], sevennet.hessian_vector_products(atoms, directions), atol=1e-6
+    )
+    # finite differences never take the merged path
+    ensemble = EnsembleTeacher([AseTeacher(EMT()), AseTeacher(EMT())])
+    copper = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
+    copper.rattle(0.05, seed=0)
+    labels, products = labels_and_hessian(
+        ensemble, [copper], [unit_directions(len(copper), 1, seed=5)], step_angstrom=1e-3
+    )
+    assert labels[0].has_stress and products[0].shape == (1, len(copper), 3)
 
 
 @pytest.mark.slow
