@@ -55,7 +55,7 @@ class FennolTeacher(AseTeacher):
         # change of molecule gives new shapes again and again (41 compilations for 60
         # frames of three alternating molecules on a CPU, 194 ms a frame).
         self._states: dict[tuple[Any, ...], Any] = {}
-        self._hvp_fns: dict[bool, Any] = {}  # with the energy and gradient, or without
+        self._hvp_fn: Any = None
 
     def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
         """``H·u`` for each direction ``u`` by forward-over-reverse autodiff in JAX.
@@ -80,8 +80,7 @@ class FennolTeacher(AseTeacher):
         Returns:
             ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
         """
-        _, _, hvp = self._energy_gradient_hvp(atoms, directions)
-        return hvp
+        return self._energy_forces_hvp(atoms, directions)[2]
 
     def label_with_hessian(
         self, atoms: ase.Atoms, directions: np.ndarray
@@ -99,14 +98,14 @@ class FennolTeacher(AseTeacher):
         """
         if wants_stress(atoms):
             return self.label([atoms])[0], self.hessian_vector_products(atoms, directions)
-        energy, forces, hvp = self._energy_gradient_hvp(atoms, directions, with_energy=True)
+        energy, forces, hvp = self._energy_forces_hvp(atoms, directions)
         return TeacherLabels(energy=energy, forces=forces, stress=NAN_STRESS.copy()), hvp
 
-    def _energy_gradient_hvp(
-        self, atoms: ase.Atoms, directions: np.ndarray, with_energy: bool = False
-    ) -> tuple[float | None, np.ndarray | None, np.ndarray]:
-        """``(energy eV, forces [n, 3] eV/Å, H·u [K, n, 3] eV/Å²)``, the first two None
-        unless ``with_energy``; one jitted call per structure."""
+    def _energy_forces_hvp(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """``(energy eV, forces [n, 3] eV/Å, H·u [K, n, 3] eV/Å²)`` from one jitted call
+        (compiled once per neighbour-list shape, whichever of the two asks)."""
         import jax.numpy as jnp
 
         directions = checked_directions(directions, len(atoms))
@@ -134,18 +133,14 @@ class FennolTeacher(AseTeacher):
             real = np.asarray(true_atoms, dtype=bool)
             tangents = np.zeros((len(directions), coordinates.shape[0], 3))
             tangents[:, real] = directions
-        if with_energy not in self._hvp_fns:
-            self._hvp_fns[with_energy] = _fennol_hvp_function(
-                calc.model._total_energy_raw, with_energy
-            )
-        out = self._hvp_fns[with_energy](
+        if self._hvp_fn is None:
+            self._hvp_fn = _fennol_hvp_function(calc.model._total_energy_raw)
+        value, gradient, products = self._hvp_fn(
             calc.model.variables, inputs, jnp.asarray(tangents, dtype=coordinates.dtype)
         )
-        hvp = np.asarray(out[-1], dtype=np.float64)[:, real] * calc.energy_conv
-        if not with_energy:
-            return None, None, hvp
-        energy = float(out[0]) * calc.energy_conv
-        forces = -np.asarray(out[1], dtype=np.float64)[real] * calc.energy_conv
+        energy = float(value) * calc.energy_conv
+        forces = -np.asarray(gradient, dtype=np.float64)[real] * calc.energy_conv
+        hvp = np.asarray(products, dtype=np.float64)[:, real] * calc.energy_conv
         return energy, forces, hvp
 
     def _before_call(self, atoms: ase.Atoms) -> None:
@@ -185,10 +180,10 @@ class FennolTeacher(AseTeacher):
             return super()._label_one(atoms)
 
 
-def _fennol_hvp_function(total_energy: Any, with_energy: bool = False) -> Any:
-    """Jitted ``(variables, inputs, tangents [K, n, 3]) -> (H·t [K, n, 3],)`` or, with
-    ``with_energy``, ``(energy, gradient [n, 3], H·t)``: Hessian products, in the model's
-    energy unit (per Å²; the energy and its gradient in that unit and per Å).
+def _fennol_hvp_function(total_energy: Any) -> Any:
+    """Jitted ``(variables, inputs, tangents [K, n, 3]) -> (energy, gradient [n, 3],
+    H·t [K, n, 3])``, in the model's energy unit (the gradient per Å, the Hessian
+    products per Å²).
 
     Args:
         total_energy: FENNIX's ``_total_energy_raw(variables, inputs) -> (energies
@@ -204,7 +199,7 @@ def _fennol_hvp_function(total_energy: Any, with_energy: bool = False) -> Any:
         # gradient themselves); the K tangents reuse its residuals.
         (value, gradient), linear = jax.linearize(jax.value_and_grad(energy), inputs["coordinates"])
         products = jax.vmap(lambda t: linear(t)[1])(tangents)
-        return (value, gradient, products) if with_energy else (products,)
+        return value, gradient, products
 
     return jax.jit(hvp)
 
