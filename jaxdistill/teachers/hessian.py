@@ -22,6 +22,7 @@ labelling draws the same ones.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -30,6 +31,7 @@ import ase
 import numpy as np
 
 __all__ = [
+    "BATCHED_DOUBLE_BACKWARD",
     "DEFAULT_FD_STEP_ANGSTROM",
     "HESSIAN_METHODS",
     "checked_directions",
@@ -51,6 +53,10 @@ DEFAULT_FD_STEP_ANGSTROM = 0.01
 # The step of the finite differences that stand in for a teacher's autodiff when it
 # gives non-finite products on a frame.
 AUTODIFF_FALLBACK_STEP_ANGSTROM = 1e-3
+# Whether the torch teachers' K double-backward passes run as one vmapped pass, per
+# device type. On a CPU the vmapped pass was slower than K plain ones (64-atom Si, K = 4:
+# SevenNet-0 3.8 against 2.2 s, Orb-v3 conservative 4.2 against 3.0 s; docs/data.md).
+BATCHED_DOUBLE_BACKWARD = {"cpu": False, "cuda": True}
 
 
 def random_directions(n_atoms: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -238,7 +244,9 @@ def _checked_shape(teacher: Any, products: np.ndarray, u: np.ndarray) -> np.ndar
     return products
 
 
-def minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np.ndarray:
+def minus_batched_vjp(
+    forces: Any, positions: Any, directions: np.ndarray, batched: bool | None = None
+) -> np.ndarray:
     """``-(dF/dR)ᵀ u_k`` for every direction: ``H·u_k``, as H is symmetric (the double
     backward of the torch teachers, SevenNet and Orb conservative).
 
@@ -246,6 +254,10 @@ def minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np
         forces: ``[n, 3]`` torch tensor with a graph to ``positions``, eV/Å.
         positions: ``[n, 3]`` leaf torch tensor, Å.
         directions: ``[K, n, 3]`` float64.
+        batched: one vmapped backward pass for all ``K`` directions (True) or one
+            backward pass per direction (False). None: the environment variable
+            ``JAXDISTILL_HVP_BATCHED`` (``1``/``0``) if set, else
+            :data:`BATCHED_DOUBLE_BACKWARD` for the tensor's device type.
 
     Returns:
         ``[K, n, 3]`` float64 numpy array, eV/Å².
@@ -253,13 +265,23 @@ def minus_batched_vjp(forces: Any, positions: Any, directions: np.ndarray) -> np
     import torch
 
     u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
-    try:
-        # One vmapped backward pass for all K directions.
-        (grads,) = torch.autograd.grad(
-            forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
+    if batched is None:
+        setting = os.environ.get("JAXDISTILL_HVP_BATCHED", "")
+        batched = (
+            setting not in ("0", "false", "False")
+            if setting
+            else BATCHED_DOUBLE_BACKWARD.get(forces.device.type, False)
         )
-    except RuntimeError:
-        # Some custom kernels have no vmap rule: one backward pass per direction.
+    grads = None
+    if batched and len(u) > 1:
+        try:
+            (grads,) = torch.autograd.grad(
+                forces, positions, grad_outputs=u, is_grads_batched=True, retain_graph=True
+            )
+        except RuntimeError:
+            # Some custom kernels have no vmap rule: one backward pass per direction.
+            grads = None
+    if grads is None:
         grads = torch.stack(
             [
                 torch.autograd.grad(forces, positions, grad_outputs=v, retain_graph=True)[0]

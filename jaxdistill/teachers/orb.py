@@ -180,8 +180,33 @@ class OrbTeacher(BaseTeacher):
             )
         return self._conservative_hvp
 
+    @property
+    def label_with_hessian(
+        self,
+    ) -> Callable[[ase.Atoms, np.ndarray], tuple[TeacherLabels, np.ndarray]]:
+        """Labels and ``H·u`` of one structure from one forward pass (conservative models
+        only, as :attr:`hessian_vector_products`): the energy, forces and stress are the
+        outputs of the forward whose force graph gives the products, read as a label
+        call reads them, instead of a label call beside the Hessian call.
+
+        Returns a function ``(atoms, directions) -> (labels, H·u [K, n_atoms, 3]
+        float64 eV/Å²)``.
+        """
+        if not self.conservative:
+            raise AttributeError(
+                f"{self.name} is a direct Orb model (forces not derived from an energy): "
+                "no autodiff Hessian-vector products"
+            )
+        return self._labels_and_conservative_hvp
+
     def _conservative_hvp(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
-        """``H·u`` for each direction ``u`` by torch double backward through Orb.
+        """``H·u`` of :meth:`_labels_and_conservative_hvp` alone."""
+        return self._labels_and_conservative_hvp(atoms, directions)[1]
+
+    def _labels_and_conservative_hvp(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[TeacherLabels, np.ndarray]:
+        """Labels and ``H·u`` for each direction ``u`` by torch double backward through Orb.
 
         ``H = d²E/dR²`` is the Hessian of the total energy with respect to the Cartesian
         positions at ``atoms`` (the graph, neighbours and cell shifts, held fixed as
@@ -198,7 +223,8 @@ class OrbTeacher(BaseTeacher):
                 ``3 n_atoms`` coordinates (dimensionless).
 
         Returns:
-            ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+            ``(labels, H·u)``: the labels of that forward pass (as :meth:`label` gives
+            them) and ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
         """
         import torch
 
@@ -210,9 +236,10 @@ class OrbTeacher(BaseTeacher):
             training = model.training
             model.training = True
             try:
-                forces = model.predict(graph)[model.grad_forces_name]
+                out = model.predict(graph)
             finally:
                 model.training = training
+            forces = out[model.grad_forces_name]
             # The forward marks this leaf requires_grad and differentiates through it.
             positions = graph.node_features["positions"]
             if not forces.requires_grad:
@@ -220,7 +247,8 @@ class OrbTeacher(BaseTeacher):
                     "this orb-models version does not keep the graph of its forces in "
                     "training mode; use finite-difference Hessian-vector products"
                 )
-            return minus_batched_vjp(forces, positions, directions)
+            products = minus_batched_vjp(forces, positions, directions)
+            return self._labels_from_output(out, [atoms])[0], products
 
     def _prepared(self, atoms: ase.Atoms) -> ase.Atoms:
         pbc = np.asarray(atoms.pbc, dtype=bool)
@@ -270,24 +298,28 @@ class OrbTeacher(BaseTeacher):
         return batch.to(self.device)
 
     def _label_batch(self, frames: Sequence[ase.Atoms]) -> list[TeacherLabels]:
+        with _torch_numerics(self.dtype, self.matmul_precision):
+            return self._labels_from_output(self.model.predict(self._batched_graph(frames)), frames)
+
+    def _labels_from_output(
+        self, out: dict[str, Any], frames: Sequence[ase.Atoms]
+    ) -> list[TeacherLabels]:
+        """One :class:`TeacherLabels` per frame from the model's outputs for their batch."""
         import torch
 
         model = self.model
-        with _torch_numerics(self.dtype, self.matmul_precision):
-            batch = self._batched_graph(frames)
-            out = model.predict(batch)
-            energy_key = "energy"
-            if self.conservative:
-                forces_key, stress_key = model.grad_forces_name, model.grad_stress_name
-            else:
-                forces_key, stress_key = "forces", "stress"
-            energies = out[energy_key].detach().to(torch.float64).cpu().numpy().reshape(-1)
-            forces = out[forces_key].detach().to(torch.float64).cpu().numpy().reshape(-1, 3)
-            stresses = None
-            if self.has_stress and stress_key in out:
-                stresses = (
-                    out[stress_key].detach().to(torch.float64).cpu().numpy().reshape(len(frames), 6)
-                )
+        energy_key = "energy"
+        if self.conservative:
+            forces_key, stress_key = model.grad_forces_name, model.grad_stress_name
+        else:
+            forces_key, stress_key = "forces", "stress"
+        energies = out[energy_key].detach().to(torch.float64).cpu().numpy().reshape(-1)
+        forces = out[forces_key].detach().to(torch.float64).cpu().numpy().reshape(-1, 3)
+        stresses = None
+        if self.has_stress and stress_key in out:
+            stresses = (
+                out[stress_key].detach().to(torch.float64).cpu().numpy().reshape(len(frames), 6)
+            )
         labels: list[TeacherLabels] = []
         offset = 0
         for i, atoms in enumerate(frames):

@@ -17,7 +17,15 @@ import ase
 import numpy as np
 
 from jaxdistill.teachers.ase import AseTeacher
-from jaxdistill.teachers.base import check_file, file_sha256, package_version, require_package
+from jaxdistill.teachers.base import (
+    NAN_STRESS,
+    TeacherLabels,
+    check_file,
+    file_sha256,
+    package_version,
+    require_package,
+    wants_stress,
+)
 from jaxdistill.teachers.hessian import checked_directions, minus_batched_vjp
 
 __all__ = ["SevenNetTeacher", "load_sevennet_teacher"]
@@ -30,7 +38,38 @@ class SevenNetTeacher(AseTeacher):
     """
 
     def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
-        """``H·u`` for each direction ``u`` by torch double backward through SevenNet.
+        """``H·u`` for each direction ``u`` by torch double backward through SevenNet
+        (see :meth:`_output_and_hvp`; ``[K, n_atoms, 3]`` float64, eV/Å²)."""
+        return self._output_and_hvp(atoms, directions)[1]
+
+    def label_with_hessian(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[TeacherLabels, np.ndarray]:
+        """Labels and ``H·u`` of one structure from one forward pass: the energy, forces
+        and stress are that pass's outputs, read as ``SevenNetCalculator`` reads them
+        (``output_to_results``), instead of a label call beside the Hessian call.
+
+        Returns:
+            ``(labels, H·u [K, n_atoms, 3] float64 eV/Å²)``; the stress is NaN for a
+            structure that is not periodic in all three directions, as in
+            :meth:`~jaxdistill.teachers.ase.AseTeacher.label`.
+        """
+        output, products = self._output_and_hvp(atoms, directions)
+        results = self.calculator.output_to_results(output)
+        stress = NAN_STRESS.copy()
+        if wants_stress(atoms):
+            stress = np.asarray(results["stress"], dtype=np.float64).reshape(6)
+        labels = TeacherLabels(
+            energy=float(results["energy"]),
+            forces=np.asarray(results["forces"], dtype=np.float64).reshape(len(atoms), 3),
+            stress=stress,
+        )
+        return labels, products
+
+    def _output_and_hvp(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """SevenNet's output dictionary and ``H·u`` by torch double backward.
 
         ``H = d²E/dR²`` is the Hessian of the total energy with respect to the Cartesian
         positions at ``atoms`` (periodic or not; the neighbour list and the integer cell
@@ -51,7 +90,9 @@ class SevenNetTeacher(AseTeacher):
                 ``3 n_atoms`` coordinates (dimensionless).
 
         Returns:
-            ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+            ``(output, H·u)``: the model's outputs of that forward pass (energy,
+            forces, stress, as the calculator gets them) and ``[K, n_atoms, 3]``
+            float64, ``H·u_k`` in eV/Å².
         """
         import torch
 
@@ -103,12 +144,12 @@ class SevenNetTeacher(AseTeacher):
             for module in force_modules:
                 module.train(True)
             with torch.enable_grad():
-                forces = model(data)[keys.PRED_FORCE]
-                hvp = minus_batched_vjp(forces, positions, directions)
+                output = model(data)
+                hvp = minus_batched_vjp(output[keys.PRED_FORCE], positions, directions)
         finally:
             for module, mode in zip(force_modules, modes, strict=True):
                 module.train(mode)
-        return hvp
+        return output, hvp
 
 
 def load_sevennet_teacher(

@@ -168,17 +168,43 @@ def test_fennol_labels_with_hessian_equal_the_separate_calls(fennol0: Any) -> No
     np.testing.assert_allclose(mean[0], products, rtol=0, atol=1e-6 * scale)
 
 
-def test_labels_and_hessian_without_a_merged_path_call_both(sevennet: Any) -> None:
-    atoms = ethanol()
-    directions = unit_directions(len(atoms), 2, seed=4)
-    assert not hasattr(sevennet, "label_with_hessian")
-    labels, products = labels_and_hessian(sevennet, [atoms], [directions])
-    assert labels[0].energy == pytest.approx(sevennet.label([atoms])[0].energy, abs=1e-6)
-    np.testing.assert_allclose(
-        products[0], sevennet.hessian_vector_products(atoms, directions), atol=1e-6
-    )
+def assert_merged_equal_separate(
+    teacher: Any, atoms: ase.Atoms, directions: np.ndarray, atol_forces: float
+) -> None:
+    """``teacher.label_with_hessian`` gives the labels of ``teacher.label`` and the
+    products of ``teacher.hessian_vector_products``, to float32 rounding; so does
+    ``labels_and_hessian`` on either path."""
+    separate = teacher.label([atoms])[0]
+    products = teacher.hessian_vector_products(atoms, directions)
+    merged, merged_products = teacher.label_with_hessian(atoms, directions)
+    assert merged.energy == pytest.approx(separate.energy, abs=1e-5)
+    np.testing.assert_allclose(merged.forces, separate.forces, rtol=0, atol=atol_forces)
+    assert merged.has_stress == separate.has_stress
+    if separate.has_stress:
+        np.testing.assert_allclose(merged.stress, separate.stress, rtol=0, atol=1e-6)
+    scale = float(np.abs(products).max())
+    assert scale > 1e-3
+    np.testing.assert_allclose(merged_products, products, rtol=0, atol=1e-5 * scale)
+    for merge in (True, False):
+        labels, out = labels_and_hessian(teacher, [atoms], [directions], merged=merge)
+        assert labels[0].energy == pytest.approx(separate.energy, abs=1e-5)
+        np.testing.assert_allclose(out[0], products, rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("structure", [silicon8, ethanol], ids=["si8-periodic", "ethanol"])
+def test_sevennet_labels_with_hessian_equal_the_separate_calls(
+    sevennet: Any, structure: Callable
+) -> None:
+    """One forward pass gives SevenNetCalculator's energy, forces and (periodic) stress
+    and the products of the double backward."""
+    atoms = structure()
+    assert_merged_equal_separate(sevennet, atoms, unit_directions(len(atoms), 2, seed=4), 1e-5)
+
+
+def test_labels_and_hessian_without_a_merged_path_call_both() -> None:
     # finite differences never take the merged path
     ensemble = EnsembleTeacher([AseTeacher(EMT()), AseTeacher(EMT())])
+    assert not hasattr(ensemble, "label_with_hessian")
     copper = ase.build.bulk("Cu", "fcc", a=3.6, cubic=True)
     copper.rattle(0.05, seed=0)
     labels, products = labels_and_hessian(
@@ -235,6 +261,39 @@ def test_orb_conservative_hvp_equals_finite_differences(orb_weights) -> None:
     assert not teacher.model.training
 
 
+def test_orb_conservative_labels_with_hessian_equal_the_separate_calls(orb_weights) -> None:
+    teacher = load_teacher(f"orb:orb-v3-conservative-inf-omat@{orb_weights['conservative']}")
+    atoms = silicon8()
+    assert_merged_equal_separate(teacher, atoms, unit_directions(len(atoms), 2, seed=4), 1e-4)
+    assert not teacher.model.training
+
+
 def test_orb_direct_has_no_autodiff_hvp(orb_weights) -> None:
     teacher = load_teacher(f"orb:orb-v3-direct-20-omat@{orb_weights['direct']}")
     assert not hasattr(teacher, "hessian_vector_products")
+    assert not hasattr(teacher, "label_with_hessian")
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-direction"])
+def test_minus_batched_vjp_is_the_hessian_times_u(batched: bool) -> None:
+    """Both double-backward modes give ``H·u`` of an energy whose Hessian is known:
+    ``E = ½ Σ_ij k_ij (x_i − x_j)² + Σ_i x_i⁴`` componentwise, in float64."""
+    torch = pytest.importorskip("torch", reason="torch not installed")
+    from jaxdistill.teachers.hessian import minus_batched_vjp
+
+    rng = np.random.default_rng(0)
+    n = 5
+    k = rng.uniform(0.5, 2.0, (n, n))
+    k = (k + k.T) / 2
+    np.fill_diagonal(k, 0.0)
+    x = rng.normal(size=(n, 3))
+    positions = torch.tensor(x, requires_grad=True)
+    diff = positions[:, None, :] - positions[None, :, :]
+    energy = 0.25 * (torch.tensor(k)[:, :, None] * diff**2).sum() + (positions**4).sum()
+    (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
+    directions = unit_directions(n, 3, seed=7)
+    products = minus_batched_vjp(-gradient, positions, directions, batched=batched)
+    # The Hessian per Cartesian component: graph Laplacian of k plus diag(12 x²).
+    laplacian = np.diag(k.sum(axis=1)) - k
+    expected = np.einsum("ij,ajc->aic", laplacian, directions) + 12 * x**2 * directions
+    np.testing.assert_allclose(products, expected, rtol=1e-12, atol=1e-12)
