@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ase
 import numpy as np
 
 __all__ = [
-    "BATCHED_DOUBLE_BACKWARD",
     "DEFAULT_FD_STEP_ANGSTROM",
     "HESSIAN_METHODS",
     "checked_directions",
@@ -53,10 +52,6 @@ DEFAULT_FD_STEP_ANGSTROM = 0.01
 # The step of the finite differences that stand in for a teacher's autodiff when it
 # gives non-finite products on a frame.
 AUTODIFF_FALLBACK_STEP_ANGSTROM = 1e-3
-# Whether the torch teachers' K double-backward passes run as one vmapped pass, per
-# device type. On a CPU the vmapped pass was slower than K plain ones (64-atom Si, K = 4:
-# SevenNet-0 3.8 against 2.2 s, Orb-v3 conservative 4.2 against 3.0 s; docs/data.md).
-BATCHED_DOUBLE_BACKWARD = {"cpu": False, "cuda": True}
 
 
 def random_directions(n_atoms: int, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -245,7 +240,10 @@ def _checked_shape(teacher: Any, products: np.ndarray, u: np.ndarray) -> np.ndar
 
 
 def minus_batched_vjp(
-    forces: Any, positions: Any, directions: np.ndarray, batched: bool | None = None
+    forces: Any,
+    positions: Any,
+    directions: np.ndarray,
+    batched: bool | Mapping[str, bool] = False,
 ) -> np.ndarray:
     """``-(dF/dR)ᵀ u_k`` for every direction: ``H·u_k``, as H is symmetric (the double
     backward of the torch teachers, SevenNet and Orb conservative).
@@ -255,9 +253,10 @@ def minus_batched_vjp(
         positions: ``[n, 3]`` leaf torch tensor, Å.
         directions: ``[K, n, 3]`` float64.
         batched: one vmapped backward pass for all ``K`` directions (True) or one
-            backward pass per direction (False). None: the environment variable
-            ``JAXDISTILL_HVP_BATCHED`` (``1``/``0``) if set, else
-            :data:`BATCHED_DOUBLE_BACKWARD` for the tensor's device type.
+            backward pass per direction (False), or a table of the two by torch device
+            type (``{"cuda": True}``: vmapped on a GPU, one by one elsewhere); which is
+            faster depends on the model and the device (docs/data.md). The environment
+            variable ``JAXDISTILL_HVP_BATCHED`` (``1``/``0``), when set, overrides it.
 
     Returns:
         ``[K, n, 3]`` float64 numpy array, eV/Å².
@@ -265,13 +264,11 @@ def minus_batched_vjp(
     import torch
 
     u = torch.as_tensor(directions, dtype=forces.dtype, device=forces.device)
-    if batched is None:
-        setting = os.environ.get("JAXDISTILL_HVP_BATCHED", "")
-        batched = (
-            setting not in ("0", "false", "False")
-            if setting
-            else BATCHED_DOUBLE_BACKWARD.get(forces.device.type, False)
-        )
+    setting = os.environ.get("JAXDISTILL_HVP_BATCHED", "")
+    if setting:
+        batched = setting not in ("0", "false", "False")
+    elif isinstance(batched, Mapping):
+        batched = bool(batched.get(forces.device.type, False))
     grads = None
     if batched and len(u) > 1:
         try:

@@ -30,7 +30,7 @@ import inspect
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ase
 import numpy as np
@@ -98,6 +98,12 @@ class OrbTeacher(BaseTeacher):
         atoms_adapter: orb-models >= 0.6: the ``ForcefieldAtomsAdapter`` its loader
             returned with the model (graph construction); None for orb-models 0.5.
     """
+
+    #: The ``K`` double-backward passes of ``H·u`` as one vmapped pass, by torch device
+    #: type: never. Orb-v3 conservative, 64-atom Si, ms a frame for labels and ``H·u``
+    #: from one forward, vmapped against one pass per direction: H100, K = 2: 127
+    #: against 80, K = 4: 170 against 136 (docs/data.md).
+    BATCHED_DOUBLE_BACKWARD: ClassVar[dict[str, bool]] = {"cuda": False, "cpu": False}
 
     def __init__(
         self,
@@ -247,7 +253,9 @@ class OrbTeacher(BaseTeacher):
                     "this orb-models version does not keep the graph of its forces in "
                     "training mode; use finite-difference Hessian-vector products"
                 )
-            products = minus_batched_vjp(forces, positions, directions)
+            products = minus_batched_vjp(
+                forces, positions, directions, self.BATCHED_DOUBLE_BACKWARD
+            )
             return self._labels_from_output(out, [atoms])[0], products
 
     def _prepared(self, atoms: ase.Atoms) -> ase.Atoms:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import ase
 import numpy as np
@@ -36,6 +36,12 @@ class SevenNetTeacher(AseTeacher):
 
     Labels are exactly the calculator's (see :class:`AseTeacher`).
     """
+
+    #: The ``K`` double-backward passes of ``H·u`` as one vmapped pass, by torch device
+    #: type. 64-atom Si, ms a frame for labels and ``H·u`` from one forward, vmapped
+    #: against one pass per direction: H100, K = 2: 120 against 167, K = 4: 155 against
+    #: 323; 2-core CPU, K = 2: 2508 against 1644 (docs/data.md).
+    BATCHED_DOUBLE_BACKWARD: ClassVar[dict[str, bool]] = {"cuda": True, "cpu": False}
 
     def hessian_vector_products(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
         """``H·u`` for each direction ``u`` by torch double backward through SevenNet
@@ -145,7 +151,9 @@ class SevenNetTeacher(AseTeacher):
                 module.train(True)
             with torch.enable_grad():
                 output = model(data)
-                hvp = minus_batched_vjp(output[keys.PRED_FORCE], positions, directions)
+                hvp = minus_batched_vjp(
+                    output[keys.PRED_FORCE], positions, directions, self.BATCHED_DOUBLE_BACKWARD
+                )
         finally:
             for module, mode in zip(force_modules, modes, strict=True):
                 module.train(mode)

@@ -274,10 +274,15 @@ def test_orb_direct_has_no_autodiff_hvp(orb_weights) -> None:
     assert not hasattr(teacher, "label_with_hessian")
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-direction"])
-def test_minus_batched_vjp_is_the_hessian_times_u(batched: bool) -> None:
-    """Both double-backward modes give ``H·u`` of an energy whose Hessian is known:
-    ``E = ½ Σ_ij k_ij (x_i − x_j)² + Σ_i x_i⁴`` componentwise, in float64."""
+@pytest.mark.parametrize(
+    "batched",
+    [True, False, {"cpu": True}, {"cuda": True}],
+    ids=["batched", "per-direction", "batched-on-cpu", "batched-on-cuda-only"],
+)
+def test_minus_batched_vjp_is_the_hessian_times_u(batched: Any, monkeypatch) -> None:
+    """Both double-backward modes (chosen directly or by device type) give ``H·u`` of an
+    energy whose Hessian is known: ``E = ½ Σ_ij k_ij (x_i − x_j)² + Σ_i x_i⁴``
+    componentwise, in float64."""
     torch = pytest.importorskip("torch", reason="torch not installed")
     from jaxdistill.teachers.hessian import minus_batched_vjp
 
@@ -292,8 +297,26 @@ def test_minus_batched_vjp_is_the_hessian_times_u(batched: bool) -> None:
     energy = 0.25 * (torch.tensor(k)[:, :, None] * diff**2).sum() + (positions**4).sum()
     (gradient,) = torch.autograd.grad(energy, positions, create_graph=True)
     directions = unit_directions(n, 3, seed=7)
+    monkeypatch.delenv("JAXDISTILL_HVP_BATCHED", raising=False)
+    passes = []
+    grad = torch.autograd.grad
+
+    def counted(*args, **kwargs):
+        passes.append(kwargs.get("is_grads_batched", False))
+        return grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counted)
     products = minus_batched_vjp(-gradient, positions, directions, batched=batched)
+    vmapped = batched is True or (isinstance(batched, dict) and batched.get("cpu", False))
+    assert passes == ([True] if vmapped else [False] * 3)
     # The Hessian per Cartesian component: graph Laplacian of k plus diag(12 x²).
     laplacian = np.diag(k.sum(axis=1)) - k
     expected = np.einsum("ij,ajc->aic", laplacian, directions) + 12 * x**2 * directions
     np.testing.assert_allclose(products, expected, rtol=1e-12, atol=1e-12)
+    # The environment variable overrides the teacher's choice, either way.
+    for setting, mode in (("1", [True]), ("0", [False] * 3)):
+        monkeypatch.setenv("JAXDISTILL_HVP_BATCHED", setting)
+        passes.clear()
+        again = minus_batched_vjp(-gradient, positions, directions, batched=not mode[0])
+        assert passes == mode
+        np.testing.assert_allclose(again, expected, rtol=1e-12, atol=1e-12)
