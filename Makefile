@@ -24,11 +24,11 @@ run: setup
 	$(BIN)/jaxdistill distill configs/quickstart.yaml
 
 test: setup
-	$(BIN)/ruff check jaxdistill tests
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -m "not slow" -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: setup
-	$(BIN)/ruff check jaxdistill tests
+	$(BIN)/ruff check .
 	$(BIN)/ruff format --check jaxdistill tests
 
 clean:
