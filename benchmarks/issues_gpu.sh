@@ -11,7 +11,8 @@
 #                                             # and training on 1 vs 2 GPUs again
 #
 # Start each device command with `source .device/env.sh || exit 1;` (prepared by
-# ../shared/device/prepare.sh --with-sevenn plus dask's wheels) and carry .device. JSON
+# ../shared/device/prepare.sh --with-sevenn plus dask's wheels, and for the phonons
+# phonopy==4.10.0 seekpath==2.2.2 spglib==2.8.0 phonors symfc) and carry .device. JSON
 # lands in $OUT (or benchmarks/results/ without it), with the logs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
