@@ -23,6 +23,11 @@ short keeps what it measured):
      the frames" comparison);
    - ``hessian_all_frames``: all ``N`` frames with their Hessian labels (what the
      curvature adds at ``c`` times the teacher cost);
+   - ``force_more_frames`` (with ``--more-frames F``): force-only on ``c N`` frames,
+     the ``N`` and more from the same trajectories (``F`` times as many MD frames are
+     sampled per temperature and the first ones make the ``N``), so at the teacher
+     cost of ``hessian_all_frames``: equal cost the other way, with every frame
+     carrying Hessian labels instead of a subset;
 4. evaluate every student's force and energy error on the unseen-temperature frames,
    and its curvature against the teacher's: phonons of the crystal (band path MAE, THz)
    or the molecule's harmonic frequencies (cm⁻¹), :mod:`jaxdistill.curvature`;
@@ -153,6 +158,13 @@ def main() -> None:
         "equal-cost subset instead of the one measured in the run (to compare runs on "
         "the same frames; the measured one is still recorded)",
     )
+    parser.add_argument(
+        "--more-frames",
+        type=float,
+        default=0.0,
+        help="sample this many times the MD frames per temperature, so that the student "
+        "force_more_frames can train on c x N frames (>= the expected cost c; 0: off)",
+    )
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument(
         "--seed",
@@ -218,18 +230,17 @@ def main() -> None:
 
     # 1. Frames.
     start = time.perf_counter()
-    train_frames = sample(
-        _sampling(
-            system,
-            system["temperatures"],
-            args.frames_per_temperature,
-            0,
-            True,
-            args.small,
-            md_teacher,
-        ),
+    per_temperature = args.frames_per_temperature
+    if args.more_frames > 1:
+        per_temperature = int(np.ceil(args.more_frames * args.frames_per_temperature))
+    sampled_frames = sample(
+        _sampling(system, system["temperatures"], per_temperature, 0, True, args.small, md_teacher),
         teacher=teacher,
     )
+    # The N frames of every student but force_more_frames: each temperature's first
+    # frames (a prefix of its trajectory) and every rattle and strain.
+    base = first_md_frames(sampled_frames, args.frames_per_temperature)
+    train_frames = [sampled_frames[i] for i in base]
     test_frames = sample(
         _sampling(
             system, [system["test_temperature"]], args.test_frames, 1, False, args.small, md_teacher
@@ -238,6 +249,7 @@ def main() -> None:
     )
     result["sampling"] = {
         "train_frames": len(train_frames),
+        "sampled_frames": len(sampled_frames),
         "test_frames": len(test_frames),
         "seconds": time.perf_counter() - start,
     }
@@ -251,7 +263,12 @@ def main() -> None:
         return (time.perf_counter() - start) / len(frames)
 
     full, test = work / "full.h5", work / "test.h5"
-    t_force = timed_label(train_frames, full)
+    if len(sampled_frames) > len(train_frames):
+        sampled = work / "sampled.h5"
+        t_force = timed_label(sampled_frames, sampled)
+        copy_frames(sampled, full, base)
+    else:
+        t_force = timed_label(train_frames, full)
     timed_label(test_frames, test)
     # Every training frame is labelled with Hessian-vector products too, so that the
     # cost ratio c is measured over the same frames (teachers that compile per shape,
@@ -285,6 +302,21 @@ def main() -> None:
         hessian_info = store.hessian
     same = work / "same_frames.h5"
     copy_frames(full, same, subset)
+    more = None
+    if len(sampled_frames) > len(train_frames):
+        n_more = round(n_full * (args.cost_ratio or cost))
+        extra = max(0, n_more - n_full)
+        md_groups = len(system["temperatures"])
+        more_indices = first_md_frames(
+            sampled_frames, args.frames_per_temperature + int(np.ceil(extra / md_groups))
+        )
+        more = work / "more_frames.h5"
+        copy_frames(sampled, more, more_indices)
+        result["more_frames"] = {
+            "wanted": n_more,
+            "frames": len(more_indices),
+            "capped_by_sampling": len(more_indices) < n_more,
+        }
     n_third = max(8, n_full // 3)
     third = work / "third.h5"
     copy_frames(full, third, np.sort(rng.permutation(n_full)[:n_third]))
@@ -323,6 +355,8 @@ def main() -> None:
         "force_third": (third, {}),
         "hessian_all_frames": (hessian_all, hessian_overrides),
     }
+    if more is not None:
+        runs["force_more_frames"] = (more, {})
     for seed in range(1, args.committee):
         runs[f"force_full_seed{seed}"] = (full, {"seed": seed})
     only = [x for x in args.only.split(",") if x]
@@ -362,6 +396,21 @@ def main() -> None:
         result["committee"] = committee_ranking(members, test)
         save()
     print(json.dumps(result, indent=2, default=str))
+
+
+def first_md_frames(frames: list, per_temperature: int) -> list[int]:
+    """Indices, in order, of each MD temperature's first ``per_temperature`` frames and
+    of every frame of the other samplers (initial, rattle, strain)."""
+    seen: dict = {}
+    kept = []
+    for i, atoms in enumerate(frames):
+        if atoms.info.get("sampler") == "md":
+            key = atoms.info.get("temperature_kelvin")
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > per_temperature:
+                continue
+        kept.append(i)
+    return kept
 
 
 def curvature(system: dict, student, teacher, supercell: int, small: bool) -> dict:
