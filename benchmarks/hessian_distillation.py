@@ -241,6 +241,7 @@ def main() -> None:
     # frames (a prefix of its trajectory) and every rattle and strain.
     base = first_md_frames(sampled_frames, args.frames_per_temperature)
     train_frames = [sampled_frames[i] for i in base]
+    more_sampled = len(sampled_frames) > len(train_frames)
     test_frames = sample(
         _sampling(
             system, [system["test_temperature"]], args.test_frames, 1, False, args.small, md_teacher
@@ -263,8 +264,8 @@ def main() -> None:
         return (time.perf_counter() - start) / len(frames)
 
     full, test = work / "full.h5", work / "test.h5"
-    if len(sampled_frames) > len(train_frames):
-        sampled = work / "sampled.h5"
+    sampled = work / "sampled.h5"
+    if more_sampled:
         t_force = timed_label(sampled_frames, sampled)
         copy_frames(sampled, full, base)
     else:
@@ -303,7 +304,7 @@ def main() -> None:
     same = work / "same_frames.h5"
     copy_frames(full, same, subset)
     more = None
-    if len(sampled_frames) > len(train_frames):
+    if more_sampled:
         n_more = round(n_full * (args.cost_ratio or cost))
         extra = max(0, n_more - n_full)
         md_groups = len(system["temperatures"])

@@ -179,11 +179,7 @@ class OrbTeacher(BaseTeacher):
         ``hasattr``/``getattr(..., None)`` see no method) and Hessian labels fall back
         to finite differences of its forces.
         """
-        if not self.conservative:
-            raise AttributeError(
-                f"{self.name} is a direct Orb model (forces not derived from an energy): "
-                "no autodiff Hessian-vector products"
-            )
+        self._require_conservative()
         return self._conservative_hvp
 
     @property
@@ -198,21 +194,34 @@ class OrbTeacher(BaseTeacher):
         Returns a function ``(atoms, directions) -> (labels, H·u [K, n_atoms, 3]
         float64 eV/Å²)``.
         """
+        self._require_conservative()
+        return self._labels_and_conservative_hvp
+
+    def _require_conservative(self) -> None:
+        """AttributeError for a direct model, so that ``hasattr`` sees no autodiff
+        Hessian methods on it."""
         if not self.conservative:
             raise AttributeError(
                 f"{self.name} is a direct Orb model (forces not derived from an energy): "
                 "no autodiff Hessian-vector products"
             )
-        return self._labels_and_conservative_hvp
 
     def _conservative_hvp(self, atoms: ase.Atoms, directions: np.ndarray) -> np.ndarray:
-        """``H·u`` of :meth:`_labels_and_conservative_hvp` alone."""
-        return self._labels_and_conservative_hvp(atoms, directions)[1]
+        """``H·u`` of :meth:`_output_and_conservative_hvp` alone."""
+        return self._output_and_conservative_hvp(atoms, directions)[1]
 
     def _labels_and_conservative_hvp(
         self, atoms: ase.Atoms, directions: np.ndarray
     ) -> tuple[TeacherLabels, np.ndarray]:
-        """Labels and ``H·u`` for each direction ``u`` by torch double backward through Orb.
+        """The labels of :meth:`_output_and_conservative_hvp`'s forward pass (as
+        :meth:`label` gives them) and its ``H·u``."""
+        out, products = self._output_and_conservative_hvp(atoms, directions)
+        return self._labels_from_output(out, [atoms])[0], products
+
+    def _output_and_conservative_hvp(
+        self, atoms: ase.Atoms, directions: np.ndarray
+    ) -> tuple[dict[str, Any], np.ndarray]:
+        """Orb's outputs and ``H·u`` for each direction ``u`` by torch double backward.
 
         ``H = d²E/dR²`` is the Hessian of the total energy with respect to the Cartesian
         positions at ``atoms`` (the graph, neighbours and cell shifts, held fixed as
@@ -220,8 +229,8 @@ class OrbTeacher(BaseTeacher):
         ``create_graph=self.training``; the top-level module alone is put in training
         mode for this call (its children, heads and normalisers, stay in eval mode), so
         the forces keep their graph; then ``H·u = -d(F·u)/dR`` for all ``K`` directions
-        in one batched backward pass. Precision: the model's (float32 by default,
-        so float32-accurate products).
+        (one backward pass each, see :attr:`BATCHED_DOUBLE_BACKWARD`). Precision: the
+        model's (float32 by default, so float32-accurate products).
 
         Args:
             atoms: The structure (not modified).
@@ -229,8 +238,8 @@ class OrbTeacher(BaseTeacher):
                 ``3 n_atoms`` coordinates (dimensionless).
 
         Returns:
-            ``(labels, H·u)``: the labels of that forward pass (as :meth:`label` gives
-            them) and ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
+            ``(out, H·u)``: the model's outputs of that forward pass (energy, forces,
+            stress) and ``[K, n_atoms, 3]`` float64, ``H·u_k`` in eV/Å².
         """
         import torch
 
@@ -256,7 +265,7 @@ class OrbTeacher(BaseTeacher):
             products = minus_batched_vjp(
                 forces, positions, directions, self.BATCHED_DOUBLE_BACKWARD
             )
-            return self._labels_from_output(out, [atoms])[0], products
+        return out, products
 
     def _prepared(self, atoms: ase.Atoms) -> ase.Atoms:
         pbc = np.asarray(atoms.pbc, dtype=bool)
