@@ -83,8 +83,9 @@ class SevenNetTeacher(AseTeacher):
         ``SevenNetCalculator.calculate`` builds it, except that the edge vectors are
         computed from a position tensor, ``r_ij = R_j - R_i + S_ij·cell``, so that
         SevenNet's own force module (``-dE/dr_ij`` scattered onto atoms) yields forces
-        differentiable with respect to the positions; then ``H·u = -d(F·u)/dR``, all
-        ``K`` directions in one batched backward pass.
+        differentiable with respect to the positions; then ``H·u = -d(F·u)/dR`` for all
+        ``K`` directions (one vmapped backward pass or one each, see
+        :attr:`BATCHED_DOUBLE_BACKWARD`).
 
         Precision: the model runs in its own dtype (float32 for the pretrained
         models), so the products have float32 rounding, although the positions and
