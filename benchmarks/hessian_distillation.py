@@ -168,10 +168,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument(
         "--seed",
-        type=int,
-        default=0,
+        default="0",
         help="training seed of every student (initial parameters, batch order, the "
-        "Hessian directions drawn per step); the frames do not depend on it",
+        "Hessian directions drawn per step); the frames do not depend on it. Several, "
+        "comma-separated: each further seed S trains every student again on the same "
+        "frames and labels as NAME_seedS (select them with --only like the others)",
     )
     parser.add_argument(
         "--temperatures",
@@ -206,6 +207,7 @@ def main() -> None:
     # Molecules: the MD runs on one ensemble member (8x cheaper per step), as in
     # configs/molecules-fennol.yaml; every kept frame is labelled by the whole ensemble.
     md_teacher = None if system["teacher"] else f"fennol:{args.fennol_glob.replace('*', '0')}"
+    seeds = [int(x) for x in str(args.seed).split(",") if x]
     work = args.workdir / args.system
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {
@@ -216,7 +218,8 @@ def main() -> None:
         "system": args.system,
         "teacher": spec,
         "directions": args.directions,
-        "seed": args.seed,
+        "seed": seeds[0],
+        "seeds": seeds,
     }
 
     def save() -> None:
@@ -344,7 +347,7 @@ def main() -> None:
         "checkpoint_interval": args.steps,
         "patience": None,
         "split": {"train": 0.9, "validation": 0.1},
-        "seed": args.seed,
+        "seed": seeds[0],
     }
     hessian_overrides = (
         {} if args.hessian_weight is None else {"hessian_weight": args.hessian_weight}
@@ -358,8 +361,17 @@ def main() -> None:
     }
     if more is not None:
         runs["force_more_frames"] = (more, {})
+    # Further seeds, then committee members (force-only on all frames, seeds 1..K-1):
+    # one name per student and seed, so a committee member a --seed list already
+    # trains is trained once.
+    for seed in seeds[1:]:
+        for name, (store, overrides) in list(runs.items()):
+            runs[f"{name}_seed{seed}"] = (store, {**overrides, "seed": seed})
+    committee_only = set()
     for seed in range(1, args.committee):
-        runs[f"force_full_seed{seed}"] = (full, {"seed": seed})
+        if f"force_full_seed{seed}" not in runs:
+            runs[f"force_full_seed{seed}"] = (full, {"seed": seed})
+            committee_only.add(f"force_full_seed{seed}")
     only = [x for x in args.only.split(",") if x]
     result["students"] = {}
     students = {}
@@ -385,7 +397,7 @@ def main() -> None:
             "test_energy_mae_meV_per_atom": metrics["energy"]["mae_meV_per_atom"],
             "test": {k: metrics[k] for k in ("frames", "energy", "forces") if k in metrics},
         }
-        if not name.startswith("force_full_seed"):
+        if name not in committee_only:
             result["students"][name]["curvature"] = curvature(
                 system, student, teacher, args.supercell, args.small
             )

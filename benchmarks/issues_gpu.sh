@@ -9,6 +9,10 @@
 #   bash benchmarks/issues_gpu.sh molecules   # ethanol / FeNNol ANI-1x Hessian comparison,
 #                                             # then its Dask labelling, 1 vs 2 workers,
 #                                             # and training on 1 vs 2 GPUs again
+#   bash benchmarks/issues_gpu.sh equal-cost  # one GPU: Si / SevenNet-0, Hessian labels on
+#                                             # every frame against force-only on c x N
+#                                             # frames, training seeds 0 and 1 on the same
+#                                             # frames (about 9 minutes on an H100)
 #
 # Start each device command with `source .device/env.sh || exit 1;` (prepared by
 # ../shared/device/prepare.sh --with-sevenn plus dask's wheels, and for the phonons
@@ -83,8 +87,18 @@ PY
     train_multi
     tail -n 8 "$out"/*.log
     ;;
+  equal-cost)
+    # c was 2.36 on an H100 (2026-12-07): 2.6 times the MD frames leave room for c x N;
+    # the JSON's more_frames.capped_by_sampling says if they did not.
+    timeout 580 python benchmarks/hessian_distillation.py --system si --device cuda \
+      --frames-per-temperature 100 --test-frames 40 --directions 2 --steps 3000 \
+      --more-frames 2.6 --seed 0,1 --workdir /tmp/hessian_equal_cost \
+      --only force_full,hessian_all_frames,force_more_frames,hessian_all_frames_seed1,force_more_frames_seed1 \
+      --output "$out/hessian_si_equal_cost_gpu.json" >"$out/hessian_si_equal_cost.log" 2>&1
+    tail -n 5 "$out/hessian_si_equal_cost.log"
+    ;;
   *)
-    echo "usage: $0 curvature|cluster|molecules" >&2
+    echo "usage: $0 curvature|cluster|molecules|equal-cost" >&2
     exit 2
     ;;
 esac
