@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from ase import units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 
 from jaxdistill.teachers import load_teacher
 
@@ -42,7 +42,7 @@ def main() -> None:
     teacher = load_teacher(args.teacher, device=args.device)
     atoms.calc = teacher.as_calculator()
     rng = np.random.default_rng(0)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=args.temperature, rng=rng)
+    thermalize_momenta(atoms, temperature_K=args.temperature, rng=rng)
     dynamics = Langevin(
         atoms,
         timestep=args.timestep_fs * units.fs,

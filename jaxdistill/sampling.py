@@ -154,7 +154,7 @@ def _run_md(
     the phases continue one stream. The stability rules are run_md's, without the
     fragment check (a teacher may break bonds at high temperature: those are data).
     """
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     from jaxdistill.md import MDInstabilityError, run_md
 
@@ -162,7 +162,7 @@ def _run_md(
     work = atoms.copy()
     work.info = {k: atoms.info[k] for k in CARRIED_INFO if k in atoms.info}
     start_kelvin = melt.melt_kelvin if melt is not None else temperature
-    MaxwellBoltzmannDistribution(work, temperature_K=start_kelvin, rng=rng)
+    thermalize_momenta(work, temperature_K=start_kelvin, rng=rng)
 
     def phase(state: ase.Atoms, kelvin: float, steps: int, stride: int, keep: bool):
         summary = run_md(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ase
 import numpy as np
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
 
 def standard_form(atoms: ase.Atoms) -> ase.Atoms:
@@ -47,7 +47,7 @@ def initial_momenta(
         return momenta
     work = atoms.copy()
     rng = rng if rng is not None else np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(work, temperature_K=temperature, rng=rng)
+    thermalize_momenta(work, temperature_K=temperature, rng=rng)
     if len(work) > 1:
         Stationary(work)
     return work.get_momenta()

@@ -7,7 +7,7 @@ import ase.build
 import numpy as np
 from ase import units
 from ase.calculators.emt import EMT
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.md.velocitydistribution import thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 from jaxdistill.md.ase_dynamics import langevin
@@ -15,7 +15,7 @@ from jaxdistill.md.ase_dynamics import langevin
 
 def _ethanol_moving() -> ase.Atoms:
     atoms = ase.build.molecule("CH3CH2OH")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(0))
     # a net drift as well: fixing the centre of mass would remove it
     atoms.set_momenta(atoms.get_momenta() + 0.05 * atoms.get_masses()[:, None])
     atoms.calc = EMT()

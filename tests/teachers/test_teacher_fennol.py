@@ -163,7 +163,7 @@ def test_labels_along_an_md_trajectory_equal_fresh_evaluations(model0):
     evaluation (fennol's incremental preprocessing, off by default, did not)."""
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
     from fennol.ase import FENNIXCalculator
 
     teacher = load_teacher(f"fennol:{model0}")
@@ -171,12 +171,13 @@ def test_labels_along_an_md_trajectory_equal_fresh_evaluations(model0):
     atoms = ase.build.molecule("CH3CH2OH")
     atoms.center(vacuum=6.0)
     atoms.calc = teacher.as_calculator()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    thermalize_momenta(atoms, temperature_K=300, rng=np.random.default_rng(0))
     dynamics = Langevin(
         atoms,
         0.5 * units.fs,
         temperature_K=300,
         friction=0.02 / units.fs,
+        fixcm=False,
         rng=np.random.default_rng(1),
     )
     for _ in range(6):  # the incremental path went wrong within the first 50 steps
