@@ -209,7 +209,7 @@ def make_train_step(
         ema = jax.tree_util.tree_map(
             lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype), state.ema_params, params
         )
-        sums = {**sums, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        sums = {**sums, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(state.step + 1, params, ema, opt_state), sums
 
     state_sharding = replicated(mesh)
