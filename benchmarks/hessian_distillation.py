@@ -35,6 +35,10 @@ short keeps what it measured):
    other seeds and rank the test frames by the committee's disagreement against the
    true error (Spearman, issue 19).
 
+``--seed 0,1`` trains every student once per seed on the same frames and labels (the
+further seeds' students are named ``NAME_seedS``), so a seed's spread is measured
+without sampling and labelling again.
+
 The systems: ``si`` (SevenNet-0, 64-atom diamond Si, 300/900/1500 K MD) and ``ethanol``
 (FeNNol ANI-1x ensemble, ``--fennol-glob``, 300/600/900 K MD at 0.5 fs).
 """
