@@ -209,6 +209,108 @@ scatter_to_senders.defvjp(_scatter_fwd, _scatter_bwd)
 gather_senders.defvjp(_gather_fwd, _gather_bwd)
 
 
+#: Environment variable: "on" (default) transposes :meth:`Edges.neighbour_sum` on a
+#: receiver-major list by the list's symmetry; "off" by the reverse-edge map (the
+#: transposed gather of :func:`gather_senders`), kept for A/B benchmarks.
+PAIR_SYMMETRY_ENV_VAR = "JAXDISTILL_PAIR_SYMMETRY"
+
+
+def use_pair_symmetry() -> bool:
+    """Whether :meth:`Edges.neighbour_sum` transposes by symmetry (read at trace time
+    from :data:`PAIR_SYMMETRY_ENV_VAR`)."""
+    value = os.environ.get(PAIR_SYMMETRY_ENV_VAR, "").strip().lower() or "on"
+    if value not in ("on", "off"):
+        raise ValueError(f"{PAIR_SYMMETRY_ENV_VAR} must be 'on' or 'off', got {value!r}")
+    return value == "on"
+
+
+def _directed(values: jax.Array, directions: jax.Array | None) -> jax.Array:
+    """``values [E, ..., F]`` times ``directions [E, D]`` as ``[E, D, F]`` (no axis
+    added where ``directions`` is None)."""
+    if directions is None:
+        return values
+    return directions[:, :, None] * values[:, None, :]
+
+
+def _neighbour_sum_reference(nodes, filters, senders, directions):
+    # filters [E, F] broadcast over the middle axes of nodes [N, ..., F]
+    n_node = nodes.shape[0]
+    gathered = nodes[senders]
+    weights = filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
+    return sum_at_receivers(_directed(gathered * weights, directions), n_node)
+
+
+@jax.custom_vjp
+def symmetric_neighbour_sum(
+    nodes: jax.Array,
+    filters: jax.Array,
+    senders: jax.Array,
+    directions: jax.Array | None,
+) -> jax.Array:
+    """Sum over each receiver's slots of the sender's features times the edge's filter
+    (and direction), on a receiver-major list, transposed by the list's symmetry.
+
+    ``out[i] = sum_m nodes[senders[i, m]] * filters[i, m]`` (times
+    ``directions[i, m, :, None]`` where given). The backward pass needs, for each node
+    ``j``, the sum over the edges that ``j`` *sends*. In a symmetric list those are the
+    reverses of row ``j``'s own slots, and a filter that depends on the pair's distance
+    alone is the same on an edge and its reverse, while a direction (a unit vector)
+    changes sign. So the transpose is again a sum over row ``j``'s slots of node
+    features gathered at their senders: no per-edge array is gathered at reverse
+    edges, and no reverse-edge map is read. On the backward pass the per-edge
+    intermediates are the filters themselves (kept from the forward pass), not their
+    products with the gathered features.
+
+    Requires a symmetric list (every real pair in both rows, with negated vectors: true
+    of a jax-md ``Dense`` list, of ``Graph.reverse_edges`` graphs and of rows
+    compacted to the cutoff) and filters that are zero on padding slots.
+
+    Args:
+        nodes: ``[N, ..., F]`` node features (``[N, F]`` where ``directions`` is given).
+        filters: ``[E, F]``, ``E = N * M``, symmetric under edge reversal.
+        senders: ``[E]`` int, receiver-major.
+        directions: ``[E, D]`` antisymmetric under edge reversal, or None.
+
+    Returns:
+        ``[N, ..., F]``, or ``[N, D, F]`` with directions.
+    """
+    return _neighbour_sum_reference(nodes, filters, senders, directions)
+
+
+def _neighbour_sum_fwd(nodes, filters, senders, directions):
+    out = _neighbour_sum_reference(nodes, filters, senders, directions)
+    return out, (nodes, filters, senders, directions)
+
+
+def _neighbour_sum_bwd(residual, cotangent):
+    nodes, filters, senders, directions = residual
+    n_node, n_edge = nodes.shape[0], filters.shape[0]
+    n_slots = slots_per_node(n_edge, n_node)
+    # cotangent [N, ..., F] (or [N, D, F]); at each edge, the sender's and the
+    # receiver's cotangent
+    at_senders = cotangent[senders]
+    at_receivers = jnp.broadcast_to(
+        cotangent[:, None], (n_node, n_slots, *cotangent.shape[1:])
+    ).reshape(n_edge, *cotangent.shape[1:])
+    weights = filters.reshape(n_edge, *([1] * (nodes.ndim - 2)), filters.shape[-1])
+    if directions is None:
+        nodes_cot = sum_at_receivers(at_senders * weights, n_node)
+        filter_cot = at_receivers * nodes[senders]
+        filter_cot = filter_cot.reshape(n_edge, -1, filters.shape[-1]).sum(axis=1)
+        return nodes_cot, filter_cot, None, None
+    # Reversal negates the direction: sum_m filters[j,m] * sum_d cot[s, d] * -dir[j,m,d]
+    projected = jnp.einsum("edf,ed->ef", at_senders, directions)
+    nodes_cot = -sum_at_receivers(projected * filters, n_node)
+    along = jnp.einsum("edf,ed->ef", at_receivers, directions)
+    gathered = nodes[senders]
+    filter_cot = along * gathered
+    direction_cot = jnp.einsum("edf,ef->ed", at_receivers, gathered * filters)
+    return nodes_cot, filter_cot, None, direction_cot
+
+
+symmetric_neighbour_sum.defvjp(_neighbour_sum_fwd, _neighbour_sum_bwd)
+
+
 #: Environment variable that sets whether the students' per-edge work is recomputed in
 #: the backward pass (:func:`edge_function`): "auto" (default), "on" or "off".
 EDGE_REMAT_ENV_VAR = "JAXDISTILL_EDGE_REMAT"
@@ -280,6 +382,32 @@ class Edges(NamedTuple):
         if self.layout is None:
             return jax.ops.segment_sum(messages, self.receivers, num_segments=n_node)
         return sum_at_receivers(messages, n_node)
+
+    def neighbour_sum(
+        self, nodes: jax.Array, filters: jax.Array, directions: jax.Array | None = None
+    ) -> jax.Array:
+        """Sum at each receiver of its senders' features times the edge filters:
+        ``to_receivers(from_senders(nodes) * filters)``, and with ``directions`` each
+        term times the edge's direction as well.
+
+        On a receiver-major list the backward pass runs by the list's symmetry
+        (:func:`symmetric_neighbour_sum`; :data:`PAIR_SYMMETRY_ENV_VAR`), so
+        ``filters`` must be symmetric under edge reversal (a function of the distance)
+        and ``directions`` antisymmetric (unit vectors), both zero on padding edges.
+
+        Args:
+            nodes: ``[n_node, ..., F]`` (``[n_node, F]`` with directions).
+            filters: ``[n_edge, F]``, broadcast over the middle axes of ``nodes``.
+            directions: ``[n_edge, D]`` or None.
+
+        Returns:
+            ``[n_node, ..., F]``, or ``[n_node, D, F]`` with directions.
+        """
+        if self.layout is not None and use_pair_symmetry():
+            return symmetric_neighbour_sum(nodes, filters, self.senders, directions)
+        weights = filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
+        messages = _directed(self.from_senders(nodes) * weights, directions)
+        return self.to_receivers(messages, nodes.shape[0])
 
     def from_receivers(self, nodes: jax.Array) -> jax.Array:
         """``nodes[receivers]``: on the receiver-major layout a broadcast over slots,

@@ -39,7 +39,7 @@ def schnet_edge_messages(
     """
     hidden = nn.silu(radial @ inner_kernel + inner_bias)
     filters = (hidden @ outer_kernel + outer_bias) * envelope[:, None]
-    return edges.to_receivers(edges.from_senders(x) * filters, x.shape[0])
+    return edges.neighbour_sum(x, filters)
 
 
 class SchNetInteraction(nn.Module):

@@ -1,0 +1,211 @@
+"""Neighbour sums transposed by the list's symmetry (``Edges.neighbour_sum`` on a
+receiver-major list, ``JAXDISTILL_PAIR_SYMMETRY``) give what the plain edge list and the
+reverse-edge map give: the sums, their derivatives with respect to node features, filters
+and directions, the students' energies, forces and stress, and the parameter gradients
+of a force loss (reverse over reverse), on periodic silicon with duplicate image pairs
+and on a molecule, with padding slots and a padding node."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from structures import ethanol, silicon
+
+from jaxdistill import create_student
+from jaxdistill.graph import batch_graphs, neighbour_pairs, slots_for
+from jaxdistill.models.edges import (
+    PAIR_SYMMETRY_ENV_VAR,
+    Edges,
+    layout_from_reverse,
+    use_pair_symmetry,
+)
+
+CUTOFF = 4.0
+SYSTEMS = {
+    "silicon-primitive": lambda: silicon(cubic=False),  # a pair seen through many images
+    "ethanol": ethanol,
+}
+
+
+def receiver_major(atoms, dtype=np.float64):
+    """The structure as a receiver-major graph with two padding slots a row."""
+    slots = slots_for([neighbour_pairs(atoms, CUTOFF)]) + 2
+    return batch_graphs([atoms], CUTOFF, dtype=dtype, slots_per_node=slots)
+
+
+def edges_of(graph, layout: bool) -> Edges:
+    reverse = layout_from_reverse(jnp.asarray(graph.reverse_edges), graph.edge_mask)
+    return Edges(graph.senders, graph.receivers, reverse if layout else None)
+
+
+def sums(positions, nodes, vectors_in, graph, layout: bool):
+    """A smooth scalar of the three kinds of neighbour sum a student makes: scalar
+    features times a filter, vector features times a filter, scalar features times a
+    filter along the edge's direction."""
+    edges = edges_of(graph, layout)
+    n_edge = graph.senders.shape[0]
+    cell_offsets = jnp.asarray(graph.shifts, positions.dtype) @ jnp.asarray(
+        graph.cell[0], positions.dtype
+    )
+    vectors = positions[graph.senders] - positions[graph.receivers] + cell_offsets
+    mask = graph.edge_mask
+    distance = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + jnp.where(mask, 0.0, 1.0))
+    unit = vectors / distance[:, None] * mask[:, None]
+    scale = jnp.linspace(0.5, 2.0, nodes.shape[-1], dtype=positions.dtype)
+    filters = jnp.cos(distance[:, None] * scale) * jnp.exp(-distance[:, None]) * mask[:, None]
+    assert filters.shape == (n_edge, nodes.shape[-1])
+    a = edges.neighbour_sum(nodes, filters)
+    b = edges.neighbour_sum(nodes, filters, directions=unit)
+    c = edges.neighbour_sum(vectors_in, filters)
+    return jnp.sum(jnp.sin(a)) + jnp.sum(jnp.cos(b) * b) + jnp.sum(c**2) + jnp.sum(b * c)
+
+
+def inputs(graph, features=5, seed=0):
+    rng = np.random.default_rng(seed)
+    n_node = graph.positions.shape[0]
+    dtype = graph.positions.dtype
+    nodes = jnp.asarray(rng.normal(size=(n_node, features)), dtype)
+    vectors_in = jnp.asarray(rng.normal(size=(n_node, 3, features)), dtype)
+    return jnp.asarray(graph.positions), nodes, vectors_in
+
+
+@pytest.mark.parametrize("system", SYSTEMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sums_and_their_gradients_match_the_edge_list(system, dtype, monkeypatch):
+    jax.config.update("jax_enable_x64", True)
+    graph = receiver_major(SYSTEMS[system](), dtype)
+    args = inputs(graph)
+    tolerance = 1e-5 if dtype == np.float32 else 1e-10
+    value_and_grads = jax.value_and_grad(sums, argnums=(0, 1, 2))
+    plain = value_and_grads(*args, graph, False)
+    for setting in ("on", "off"):  # by symmetry, and by the reverse-edge map
+        monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, setting)
+        rows = value_and_grads(*args, graph, True)
+        for ref, new in zip(jax.tree.leaves(plain), jax.tree.leaves(rows), strict=True):
+            assert new.dtype == dtype
+            assert np.abs(np.asarray(ref)).max() > 1e-3, "a vanishing check proves nothing"
+            np.testing.assert_allclose(new, ref, rtol=tolerance, atol=tolerance, err_msg=setting)
+
+
+def test_second_derivatives_match_and_pass_check_grads():
+    """Training differentiates forces: reverse over reverse through the symmetric
+    transpose must agree with the plain edge list and with finite differences."""
+    jax.config.update("jax_enable_x64", True)
+    graph = receiver_major(silicon(cubic=False))
+    positions, nodes, vectors_in = inputs(graph, seed=1)
+
+    def force_loss(nodes, layout):
+        forces = -jax.grad(sums)(positions, nodes, vectors_in, graph, layout)
+        return jnp.sum(forces**2)
+
+    ref = jax.grad(force_loss)(nodes, False)
+    new = jax.grad(force_loss)(nodes, True)
+    np.testing.assert_allclose(new, ref, rtol=1e-10, atol=1e-10)
+    check_grads(
+        lambda x, n: sums(x, n, vectors_in, graph, True),
+        (positions, nodes),
+        order=2,
+        modes=["rev"],
+    )
+
+
+def test_jit_and_vmap_over_configurations():
+    graph = receiver_major(silicon(), np.float32)
+    positions, nodes, vectors_in = inputs(graph)
+    batch = jnp.stack([positions + 0.01 * k for k in range(3)])
+
+    def forces(layout):
+        return jax.vmap(jax.grad(lambda x: sums(x, nodes, vectors_in, graph, layout)))(batch)
+
+    np.testing.assert_allclose(jax.jit(lambda: forces(True))(), forces(False), rtol=1e-5, atol=1e-5)
+
+
+def everything(student, graph):
+    """Energy, forces, stress and a force loss's parameter gradient."""
+    potential = student.potential
+    prediction = potential.predict(student.params, graph)
+
+    def force_loss(p):
+        _, forces = potential.energy_and_forces(p, graph)
+        return jnp.sum(forces**2)
+
+    return {
+        "energy": prediction.energy,
+        "forces": prediction.forces,
+        "stress": prediction.stress,
+        "parameter_gradient": jax.grad(force_loss)(student.params),
+    }
+
+
+@pytest.mark.parametrize(
+    ("architecture", "system", "repulsion"),
+    [
+        ("painn", "silicon-primitive", "zbl"),
+        ("painn", "ethanol", None),
+        ("schnet", "ethanol", None),
+    ],
+)
+def test_students_match_the_edge_list(architecture, system, repulsion, monkeypatch):
+    jax.config.update("jax_enable_x64", True)
+    atoms = SYSTEMS[system]()
+    species = sorted(set(atoms.get_chemical_symbols()))
+    graphs = {
+        "edge_list": batch_graphs([atoms], CUTOFF, dtype=np.float64),
+        "symmetric": receiver_major(atoms),
+        "reverse_map": receiver_major(atoms),
+    }
+    results = {}
+    for name, graph in graphs.items():
+        monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "off" if name == "reverse_map" else "on")
+        # A fresh student per setting (same seed, same parameters): the setting is read
+        # when a function is traced, and JAX reuses a function's traces.
+        student = create_student(
+            architecture,
+            species,
+            cutoff=CUTOFF,
+            features=16,
+            num_layers=2,
+            repulsion=repulsion,
+            dtype="float64",
+        )
+        results[name] = jax.jit(functools.partial(everything, student))(graph)
+    reference = results.pop("edge_list")
+    assert np.abs(np.asarray(reference["forces"])).max() > 1e-3, "forces must not vanish"
+    for name, result in results.items():
+        for key in reference:
+            jax.tree_util.tree_map(
+                lambda a, b, key=key, name=name: np.testing.assert_allclose(
+                    b, a, rtol=1e-10, atol=1e-12, err_msg=f"{name}: {key}"
+                ),
+                reference[key],
+                result[key],
+            )
+
+
+def test_the_setting_decides_the_traced_program(monkeypatch):
+    graph = receiver_major(silicon(), np.float32)
+
+    def jaxpr_text():
+        # a fresh student: JAX would reuse an earlier trace of the same function
+        student = create_student("schnet", ["Si"], cutoff=CUTOFF, features=8, num_layers=1)
+        # (the energy's: in a derivative's the call is replaced by its rules)
+        return str(jax.make_jaxpr(student.potential.energy)(student.params, graph))
+
+    monkeypatch.delenv(PAIR_SYMMETRY_ENV_VAR, raising=False)
+    assert use_pair_symmetry()
+    text = jaxpr_text()
+    assert "name=symmetric_neighbour_sum" in text
+    monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "off")
+    text = jaxpr_text()
+    assert "name=symmetric_neighbour_sum" not in text
+
+
+def test_bad_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "yes")
+    with pytest.raises(ValueError, match=PAIR_SYMMETRY_ENV_VAR):
+        use_pair_symmetry()
