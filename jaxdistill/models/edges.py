@@ -21,6 +21,11 @@ which the jax-md adapter builds from a ``Dense`` neighbour list. The functions h
 pure and jit/vmap-safe; everything static (``n_node``, the slot count) is read from
 shapes.
 
+The students' sums of sender features times edge filters (:meth:`Edges.neighbour_sum`)
+go further on this layout: their transpose uses the list's symmetry (a distance filter
+is equal on an edge and its reverse), so it gathers node arrays at senders instead of
+per-edge cotangents at reverse edges (:func:`symmetric_neighbour_sum`).
+
 Reverse-mode derivatives of any order work (the gather and its transpose are each
 other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
 :func:`gather_senders` is not supported by ``jax.custom_vjp``; use the reference
@@ -299,12 +304,14 @@ def _neighbour_sum_bwd(residual, cotangent):
         filter_cot = filter_cot.reshape(n_edge, -1, filters.shape[-1]).sum(axis=1)
         return nodes_cot, filter_cot, None, None
     # Reversal negates the direction: sum_m filters[j,m] * sum_d cot[s, d] * -dir[j,m,d]
-    projected = jnp.einsum("edf,ed->ef", at_senders, directions)
+    # (element-wise products and sums, not einsum: a batched matrix product per edge is
+    # what a GPU does worst, and these fuse into their neighbours)
+    projected = jnp.sum(at_senders * directions[:, :, None], axis=1)
     nodes_cot = -sum_at_receivers(projected * filters, n_node)
-    along = jnp.einsum("edf,ed->ef", at_receivers, directions)
+    along = jnp.sum(at_receivers * directions[:, :, None], axis=1)
     gathered = nodes[senders]
     filter_cot = along * gathered
-    direction_cot = jnp.einsum("edf,ef->ed", at_receivers, gathered * filters)
+    direction_cot = jnp.sum(at_receivers * (gathered * filters)[:, None, :], axis=-1)
     return nodes_cot, filter_cot, None, direction_cot
 
 
