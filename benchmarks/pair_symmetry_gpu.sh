@@ -4,23 +4,29 @@
 # map (off), A/B in one process each (edge_remat_ab.py --variable): a user's jax-md NVE
 # loop at 512 and 4096 Si atoms on compacted rows and at 64 on the list as allocated
 # (what "auto" compacts), the ASE calculator at Si 64 and Si 1000; then 128
-# replicas of Si 64 in one run_md, once per setting (two processes, unpaired).
+# replicas of Si 64 in one run_md, once per setting (two processes, unpaired); and
+# with symmetry on, the per-edge work recomputed in the backward pass against stored.
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device.
 #   bash benchmarks/pair_symmetry_gpu.sh
 source "$(dirname "$0")/device_preamble.sh"
 ab() {  # timeout seconds, then edge_remat_ab.py arguments
   local seconds=$1
   shift
-  timeout "$seconds" python benchmarks/edge_remat_ab.py --variable JAXDISTILL_PAIR_SYMMETRY \
-    --values off,on "$@" 2>&1 | grep -E '^\[remat\]|Error'
+  timeout "$seconds" python benchmarks/edge_remat_ab.py --values off,on "$@" 2>&1 |
+    grep -E '^\[remat\]|Error'
 }
-ab 200 --sizes 512,4096 --compact true --rounds 5 --output "$out/pair_symmetry_jaxmd.json"
-ab 60 --sizes 64 --compact false --rounds 5 --output "$out/pair_symmetry_jaxmd_64.json"
-ab 90 --sizes "" --students "painn 64x3,schnet 64x3" --calculator-systems si64,si1000 \
+pairs() { ab "$@" --variable JAXDISTILL_PAIR_SYMMETRY; }
+pairs 150 --sizes 512,4096 --compact true --rounds 5 --output "$out/pair_symmetry_jaxmd.json"
+pairs 50 --sizes 64 --compact false --rounds 5 --output "$out/pair_symmetry_jaxmd_64.json"
+pairs 80 --sizes "" --students "painn 64x3,schnet 64x3" --calculator-systems si64,si1000 \
   --calculator-calls 300 --output "$out/pair_symmetry_calculator.json"
 for setting in off on; do
-  JAXDISTILL_PAIR_SYMMETRY=$setting timeout 70 python benchmarks/replicas_speed.py \
+  JAXDISTILL_PAIR_SYMMETRY=$setting timeout 65 python benchmarks/replicas_speed.py \
     --systems si64 --replicas 128 --steps 400 --rounds 2 \
     --output "$out/pair_symmetry_replicas_$setting.json" 2>&1 | tail -3
 done
+# With nothing per edge kept but the filters, recomputing them in the backward pass
+# (JAXDISTILL_EDGE_REMAT=on) may now pay: PaiNN 64x3 at 4096 atoms, compacted rows.
+ab 60 --variable JAXDISTILL_EDGE_REMAT --sizes 4096 --compact true --students "painn 64x3" \
+  --rounds 5 --output "$out/pair_symmetry_remat_4096.json"
 echo "done $(date -u +%FT%TZ)"
