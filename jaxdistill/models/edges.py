@@ -22,9 +22,10 @@ pure and jit/vmap-safe; everything static (``n_node``, the slot count) is read f
 shapes.
 
 The students' sums of sender features times edge filters (:meth:`Edges.neighbour_sum`)
-go further on this layout: their transpose uses the list's symmetry (a distance filter
-is equal on an edge and its reverse), so it gathers node arrays at senders instead of
-per-edge cotangents at reverse edges (:func:`symmetric_neighbour_sum`).
+can go further on this layout: their transpose can use the list's symmetry (a distance
+filter is equal on an edge and its reverse), gathering node arrays at senders instead
+of per-edge cotangents at reverse edges (:func:`symmetric_neighbour_sum`, opt-in until
+timed on a GPU: :data:`PAIR_SYMMETRY_ENV_VAR`).
 
 Reverse-mode derivatives of any order work (the gather and its transpose are each
 other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
@@ -214,18 +215,27 @@ scatter_to_senders.defvjp(_scatter_fwd, _scatter_bwd)
 gather_senders.defvjp(_gather_fwd, _gather_bwd)
 
 
-#: Environment variable: "on" (default) transposes :meth:`Edges.neighbour_sum` on a
-#: receiver-major list by the list's symmetry; "off" by the reverse-edge map (the
-#: transposed gather of :func:`gather_senders`), kept for A/B benchmarks.
+#: Environment variable: how :meth:`Edges.neighbour_sum` is transposed on a
+#: receiver-major list: "on" by the list's symmetry, "off" by the reverse-edge map (the
+#: transposed gather of :func:`gather_senders`), "auto" (default) by symmetry on the
+#: backends of :data:`PAIR_SYMMETRY_AUTO_BACKENDS`.
 PAIR_SYMMETRY_ENV_VAR = "JAXDISTILL_PAIR_SYMMETRY"
+#: Backends where "auto" transposes by symmetry: none yet. On this project's 2-core CPU
+#: (2026-12-07, jax-md NVE at 512 Si atoms on compacted rows, paired) it was 0 to 5 %
+#: slower (PaiNN 64x3 -0.0 %, PaiNN 128x3 + ZBL +3.2 %, SchNet 64x3 +4.9 %); on a GPU,
+#: where the reverse-edge gathers of per-edge arrays cost most, it has not been timed
+#: (``benchmarks/pair_symmetry_gpu.sh``).
+PAIR_SYMMETRY_AUTO_BACKENDS: tuple[str, ...] = ()
 
 
 def use_pair_symmetry() -> bool:
     """Whether :meth:`Edges.neighbour_sum` transposes by symmetry (read at trace time
     from :data:`PAIR_SYMMETRY_ENV_VAR`)."""
-    value = os.environ.get(PAIR_SYMMETRY_ENV_VAR, "").strip().lower() or "on"
-    if value not in ("on", "off"):
-        raise ValueError(f"{PAIR_SYMMETRY_ENV_VAR} must be 'on' or 'off', got {value!r}")
+    value = os.environ.get(PAIR_SYMMETRY_ENV_VAR, "").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"{PAIR_SYMMETRY_ENV_VAR} must be 'auto', 'on' or 'off', got {value!r}")
+    if value == "auto":
+        return jax.default_backend() in PAIR_SYMMETRY_AUTO_BACKENDS
     return value == "on"
 
 
@@ -397,8 +407,8 @@ class Edges(NamedTuple):
         ``to_receivers(from_senders(nodes) * filters)``, and with ``directions`` each
         term times the edge's direction as well.
 
-        On a receiver-major list the backward pass runs by the list's symmetry
-        (:func:`symmetric_neighbour_sum`; :data:`PAIR_SYMMETRY_ENV_VAR`), so
+        On a receiver-major list the backward pass can run by the list's symmetry
+        (:func:`symmetric_neighbour_sum`, where :func:`use_pair_symmetry` says so), so
         ``filters`` must be symmetric under edge reversal (a function of the distance)
         and ``directions`` antisymmetric (unit vectors), both zero on padding edges.
 

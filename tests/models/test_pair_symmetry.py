@@ -19,6 +19,7 @@ from structures import ethanol, silicon
 from jaxdistill import create_student
 from jaxdistill.graph import batch_graphs, neighbour_pairs, slots_for
 from jaxdistill.models.edges import (
+    PAIR_SYMMETRY_AUTO_BACKENDS,
     PAIR_SYMMETRY_ENV_VAR,
     Edges,
     layout_from_reverse,
@@ -30,6 +31,12 @@ SYSTEMS = {
     "silicon-primitive": lambda: silicon(cubic=False),  # a pair seen through many images
     "ethanol": ethanol,
 }
+
+
+@pytest.fixture(autouse=True)
+def symmetric_transpose(monkeypatch):
+    """Transposes by symmetry unless a test says otherwise ("auto" may not)."""
+    monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "on")
 
 
 def receiver_major(atoms, dtype=np.float64):
@@ -195,13 +202,15 @@ def test_the_setting_decides_the_traced_program(monkeypatch):
         # (the energy's: in a derivative's the call is replaced by its rules)
         return str(jax.make_jaxpr(student.potential.energy)(student.params, graph))
 
-    monkeypatch.delenv(PAIR_SYMMETRY_ENV_VAR, raising=False)
+    monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "on")
     assert use_pair_symmetry()
     text = jaxpr_text()
     assert "name=symmetric_neighbour_sum" in text
     monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "off")
     text = jaxpr_text()
     assert "name=symmetric_neighbour_sum" not in text
+    monkeypatch.delenv(PAIR_SYMMETRY_ENV_VAR)  # "auto" follows the backend
+    assert use_pair_symmetry() is (jax.default_backend() in PAIR_SYMMETRY_AUTO_BACKENDS)
 
 
 def test_bad_setting_names_the_variable(monkeypatch):
