@@ -400,6 +400,11 @@ class Edges(NamedTuple):
             return jax.ops.segment_sum(messages, self.receivers, num_segments=n_node)
         return sum_at_receivers(messages, n_node)
 
+    def transposed_by_symmetry(self) -> bool:
+        """Whether :meth:`neighbour_sum` runs its backward pass by the list's symmetry
+        (a receiver-major list, and :func:`use_pair_symmetry`; read at trace time)."""
+        return self.layout is not None and use_pair_symmetry()
+
     def neighbour_sum(
         self, nodes: jax.Array, filters: jax.Array, directions: jax.Array | None = None
     ) -> jax.Array:
@@ -420,7 +425,7 @@ class Edges(NamedTuple):
         Returns:
             ``[n_node, ..., F]``, or ``[n_node, D, F]`` with directions.
         """
-        if self.layout is not None and use_pair_symmetry():
+        if self.transposed_by_symmetry():
             return symmetric_neighbour_sum(nodes, filters, self.senders, directions)
         weights = filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
         messages = _directed(self.from_senders(nodes) * weights, directions)

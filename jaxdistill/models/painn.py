@@ -50,22 +50,33 @@ def painn_edge_messages(
     Returns:
         ``(ds [n_node, F], dv [n_node, 3, F])``.
     """
+    n_node = phi.shape[0]
     f = v.shape[-1]
     if vectors_zero:
-        # v is zero (the first layer): its term, and that third of the filter (gate_v,
-        # the first F columns), are left out.
-        kernel, bias = kernel[:, f:], bias[f:]
+        # columns [F:3F] only: gate_v (the first F) would multiply v_j = 0
+        kernel, bias, phi = kernel[:, f:], bias[f:], phi[:, f:]
     # The envelope multiplies after the dense layer so that its bias, too, goes
     # smoothly to zero at the cutoff (and is exactly zero on padding edges).
     filters = (radial @ kernel + bias) * envelope[:, None]
-    filter_s, filter_r = filters[:, -2 * f : -f], filters[:, -f:]
-    phi_s, phi_r = phi[:, f : 2 * f], phi[:, 2 * f :]
-    ds = edges.neighbour_sum(phi_s, filter_s)
-    # sum over j of v_j * gate_v + u_ij * gate_r
-    dv = edges.neighbour_sum(phi_r, filter_r, directions=unit_vectors)
-    if not vectors_zero:
-        dv = dv + edges.neighbour_sum(v * phi[:, None, :f], filters[:, :f])
-    return ds, dv
+    if edges.transposed_by_symmetry():
+        # The same sums as below, each through Edges.neighbour_sum, whose backward pass
+        # then needs the filters alone per edge.
+        ds = edges.neighbour_sum(phi[:, -2 * f : -f], filters[:, -2 * f : -f])
+        dv = edges.neighbour_sum(phi[:, -f:], filters[:, -f:], directions=unit_vectors)
+        if not vectors_zero:
+            dv = dv + edges.neighbour_sum(v * phi[:, None, :f], filters[:, :f])
+        return ds, dv
+    x = edges.from_senders(phi) * filters
+    if vectors_zero:
+        gate_s, gate_r = jnp.split(x, 2, axis=-1)
+        dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
+    else:
+        gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
+        dv_edge = (
+            edges.from_senders(v) * gate_v[:, None, :]
+            + unit_vectors[:, :, None] * gate_r[:, None, :]
+        )
+    return edges.to_receivers(gate_s, n_node), edges.to_receivers(dv_edge, n_node)
 
 
 class PaiNNMessage(nn.Module):
