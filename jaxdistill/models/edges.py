@@ -221,10 +221,10 @@ gather_senders.defvjp(_gather_fwd, _gather_bwd)
 #: backends of :data:`PAIR_SYMMETRY_AUTO_BACKENDS`.
 PAIR_SYMMETRY_ENV_VAR = "JAXDISTILL_PAIR_SYMMETRY"
 #: Backends where "auto" transposes by symmetry: none yet. On this project's 2-core CPU
-#: (2026-12-07, jax-md NVE at 512 Si atoms on compacted rows, paired) it was 0 to 5 %
-#: slower (PaiNN 64x3 -0.0 %, PaiNN 128x3 + ZBL +3.2 %, SchNet 64x3 +4.9 %); on a GPU,
-#: where the reverse-edge gathers of per-edge arrays cost most, it has not been timed
-#: (``benchmarks/pair_symmetry_gpu.sh``).
+#: (2026-12-07, jax-md NVE at 512 Si atoms on compacted rows, paired) it was slower
+#: (PaiNN 64x3 and PaiNN 128x3 + ZBL +9.8 %, SchNet 64x3 +5.6 %) though XLA counts 18 %
+#: fewer bytes accessed for PaiNN; on a GPU, where the reverse-edge gathers of per-edge
+#: arrays cost most, it has not been timed (``benchmarks/pair_symmetry_gpu.sh``).
 PAIR_SYMMETRY_AUTO_BACKENDS: tuple[str, ...] = ()
 
 
