@@ -47,20 +47,19 @@ SETTINGS = ["off", "on"]
 VARIABLE = [EDGE_REMAT_ENV_VAR]
 
 
-def compile_chunk(label: str, atoms, steps: int, capacity: float, compact: bool, setting: str):
-    """``(chunk, state, nbrs, forces at the start, compile seconds)``, traced and
-    compiled with the remat setting."""
+def fresh_potential(label: str, atoms, capacity: float, compact: bool, variable: str, setting: str):
+    """``(neighbor_fn, energy_fn)`` of a fresh student (same seed, same parameters)
+    through ``jax_md_potential``, with ``variable`` set to ``setting``: such settings
+    are read when a function is traced, and JAX reuses the traces of a function it has
+    seen."""
     from jax_md import space
 
-    # A fresh student per setting (same seed, same parameters): the setting is read
-    # when a function is traced, and JAX reuses the traces of a function it has seen.
     architecture, hyper = FUSED_STUDENTS[label]
     student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
-
     box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
     displacement, _ = space.periodic(box)
-    os.environ[VARIABLE[0]] = setting
-    neighbor_fn, energy_fn = jax_md_potential(
+    os.environ[variable] = setting
+    return jax_md_potential(
         student,
         displacement,
         box,
@@ -69,6 +68,12 @@ def compile_chunk(label: str, atoms, steps: int, capacity: float, compact: bool,
         capacity_multiplier=capacity,
         compact_rows=compact,
     )
+
+
+def compile_chunk(label: str, atoms, steps: int, capacity: float, compact: bool, setting: str):
+    """``(chunk, state, nbrs, forces at the start, compile seconds)``, traced and
+    compiled with the setting."""
+    neighbor_fn, energy_fn = fresh_potential(label, atoms, capacity, compact, VARIABLE[0], setting)
     chunk, state, nbrs = nve_chunk(neighbor_fn, energy_fn, atoms, steps)
     force_fn = jax.jit(jax.grad(lambda r, n: -energy_fn(r, neighbor=n)))
     t0 = time.perf_counter()

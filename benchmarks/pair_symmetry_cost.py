@@ -25,32 +25,17 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from md_speed import FUSED_STUDENTS, versions
+from edge_remat_ab import fresh_potential
+from md_speed import versions
 from structures import silicon_cell
 
-from jaxdistill import create_student
-from jaxdistill.md.jaxmd import jax_md_potential
 from jaxdistill.models.edges import PAIR_SYMMETRY_ENV_VAR
 
 
 def compiled_forces(label: str, atoms, setting: str, capacity: float):
-    """The compiled forces program of one student and setting."""
-    from jax_md import space
-
-    os.environ[PAIR_SYMMETRY_ENV_VAR] = setting
-    architecture, hyper = FUSED_STUDENTS[label]
-    # a fresh student per setting: the setting is read when a function is traced
-    student = create_student(architecture, ["Si"], cutoff=5.0, **hyper)
-    box = jnp.asarray(np.diag(atoms.cell.array), jnp.float32)
-    displacement, _ = space.periodic(box)
-    neighbor_fn, energy_fn = jax_md_potential(
-        student,
-        displacement,
-        box,
-        atoms.numbers,
-        format="dense",
-        capacity_multiplier=capacity,
-        compact_rows=True,
+    """The compiled forces program of one student and setting, and its forces."""
+    neighbor_fn, energy_fn = fresh_potential(
+        label, atoms, capacity, True, PAIR_SYMMETRY_ENV_VAR, setting
     )
     positions = jnp.asarray(atoms.positions, jnp.float32)
     nbrs = neighbor_fn.allocate(positions)

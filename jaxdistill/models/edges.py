@@ -228,15 +228,21 @@ PAIR_SYMMETRY_ENV_VAR = "JAXDISTILL_PAIR_SYMMETRY"
 PAIR_SYMMETRY_AUTO_BACKENDS: tuple[str, ...] = ()
 
 
+def _switch(variable: str, auto_backends: tuple[str, ...]) -> bool:
+    """An "auto"/"on"/"off" environment variable, read now; "auto" (also when unset)
+    is on for the backends named."""
+    value = os.environ.get(variable, "").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"{variable} must be 'auto', 'on' or 'off', got {value!r}")
+    if value == "auto":
+        return jax.default_backend() in auto_backends
+    return value == "on"
+
+
 def use_pair_symmetry() -> bool:
     """Whether :meth:`Edges.neighbour_sum` transposes by symmetry (read at trace time
     from :data:`PAIR_SYMMETRY_ENV_VAR`)."""
-    value = os.environ.get(PAIR_SYMMETRY_ENV_VAR, "").strip().lower() or "auto"
-    if value not in ("auto", "on", "off"):
-        raise ValueError(f"{PAIR_SYMMETRY_ENV_VAR} must be 'auto', 'on' or 'off', got {value!r}")
-    if value == "auto":
-        return jax.default_backend() in PAIR_SYMMETRY_AUTO_BACKENDS
-    return value == "on"
+    return _switch(PAIR_SYMMETRY_ENV_VAR, PAIR_SYMMETRY_AUTO_BACKENDS)
 
 
 def _directed(values: jax.Array, directions: jax.Array | None) -> jax.Array:
@@ -341,12 +347,7 @@ def recompute_edges() -> bool:
     """Whether :func:`edge_function` recomputes the per-edge work in the backward pass
     (read at trace time from :data:`EDGE_REMAT_ENV_VAR`; "auto": where
     :data:`EDGE_REMAT_AUTO_BACKENDS` names the backend)."""
-    value = os.environ.get(EDGE_REMAT_ENV_VAR, "").strip().lower() or "auto"
-    if value not in ("auto", "on", "off"):
-        raise ValueError(f"{EDGE_REMAT_ENV_VAR} must be 'auto', 'on' or 'off', got {value!r}")
-    if value == "auto":
-        return jax.default_backend() in EDGE_REMAT_AUTO_BACKENDS
-    return value == "on"
+    return _switch(EDGE_REMAT_ENV_VAR, EDGE_REMAT_AUTO_BACKENDS)
 
 
 def edge_function(function: Callable, static_argnums: tuple[int, ...] = ()) -> Callable:
