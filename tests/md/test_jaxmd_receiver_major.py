@@ -31,8 +31,9 @@ def _student(name: str, dtype: str):
     )
 
 
-def _evaluate(student, atoms, neighbor_format: str, periodic: bool):
-    """Energy, forces and (periodic) jax-md stress through a user's jax-md set-up."""
+def _evaluate(student, atoms, neighbor_format: str, periodic: bool, **options):
+    """Energy, forces and (periodic) jax-md stress through a user's jax-md set-up
+    (``options``: more arguments of ``jax_md_potential``)."""
     if periodic:
         box = jnp.asarray(atoms.cell.array.T)
         displacement_fn, _ = space.periodic_general(box, fractional_coordinates=True)
@@ -49,6 +50,7 @@ def _evaluate(student, atoms, neighbor_format: str, periodic: bool):
         atoms.numbers,
         format=neighbor_format,
         fractional_coordinates=fractional,
+        **options,
     )
     nbrs = neighbor_fn.allocate(R)
 
@@ -75,6 +77,27 @@ def test_dense_equals_sparse_on_a_crystal(name, dtype, rtol):
     np.testing.assert_allclose(f_dense, f_sparse, rtol=0, atol=rtol * scale * 10)
     stress_scale = float(jnp.max(jnp.abs(s_sparse)))
     np.testing.assert_allclose(s_dense, s_sparse, rtol=0, atol=rtol * stress_scale * 10)
+
+
+@pytest.mark.parametrize(
+    ("name", "compact_rows"), [("painn+zbl", False), ("painn+zbl", True), ("schnet", True)]
+)
+def test_symmetric_transpose_on_jax_md_lists_equals_sparse(name, compact_rows, monkeypatch):
+    """Neighbour sums transposed by the list's symmetry (JAXDISTILL_PAIR_SYMMETRY=on) on
+    jax-md's periodic_general Dense lists, as allocated and compacted to the cutoff: an
+    edge and its reverse come from two displacement calls, equal to rounding."""
+    monkeypatch.setenv(edges.PAIR_SYMMETRY_ENV_VAR, "on")
+    student = _student(name, "float64")
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.1, seed=4)
+    e_sparse, f_sparse, s_sparse = _evaluate(student, atoms, "sparse", periodic=True)
+    e_dense, f_dense, s_dense = _evaluate(
+        student, atoms, "dense", periodic=True, compact_rows=compact_rows
+    )
+    assert float(e_dense) == pytest.approx(float(e_sparse), rel=1e-12)
+    for got, want in ((f_dense, f_sparse), (s_dense, s_sparse)):
+        scale = float(jnp.max(jnp.abs(want)))
+        assert scale > 0
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10 * scale)
 
 
 def test_dense_equals_sparse_for_a_molecule():
