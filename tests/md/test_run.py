@@ -312,8 +312,34 @@ def test_compacted_rows_run_the_same_dynamics(tiny_student, ensemble):
     np.testing.assert_allclose(compact.atoms.positions, full.atoms.positions, atol=1e-9)
 
 
+#: Two replicas of a rattled Si cell, NVT at two temperatures: the run that the
+#: compacted replica runs below must reproduce.
+REPLICA_RUN = dict(
+    ensemble="nvt",
+    temperature_kelvin=[500.0, 900.0],
+    replicas=2,
+    timestep_fs=1.0,
+    steps=200,
+    sample_every=50,
+    chunk_steps=100,
+    neighbor_format="dense",
+    capacity_multiplier=1.5,
+    bond_factor=None,
+    seed=7,
+)
+
+
+@pytest.fixture(scope="module")
+def replicas_on_the_full_list(tiny_student):
+    """:data:`REPLICA_RUN` on the list as allocated (run once for both margins)."""
+    atoms = silicon(repeat=(2, 2, 2), rattle=0.05, seed=4)
+    return atoms, run_md(tiny_student, atoms, compact_rows=False, **REPLICA_RUN)
+
+
 @pytest.mark.parametrize("margin", [None, 0.8])
-def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypatch, margin):
+def test_replicas_on_compacted_rows_run_the_same_dynamics(
+    tiny_student, replicas_on_the_full_list, monkeypatch, margin
+):
     """Replicas (one vmapped run) take a compacted width fixed per chunk, sized from the
     pairs they have: the same trajectories as on the list as allocated (float64). With
     a width too narrow from the start (a margin of 0.8 under the pairs counted), the
@@ -321,25 +347,11 @@ def test_replicas_on_compacted_rows_run_the_same_dynamics(tiny_student, monkeypa
     list's."""
     from jaxdistill.md import jaxmd, jaxmd_loop
 
+    atoms, full = replicas_on_the_full_list
     monkeypatch.setattr(jaxmd_loop, "_CACHE", {})  # this test's engines and chunks only
     if margin is not None:
         monkeypatch.setattr(jaxmd, "REPLICA_WIDTH_MARGIN", margin)
-    atoms = silicon(repeat=(2, 2, 2), rattle=0.05, seed=4)
-    common = dict(
-        ensemble="nvt",
-        temperature_kelvin=[500.0, 900.0],
-        replicas=2,
-        timestep_fs=1.0,
-        steps=200,
-        sample_every=50,
-        chunk_steps=100,
-        neighbor_format="dense",
-        capacity_multiplier=1.5,
-        bond_factor=None,
-        seed=7,
-    )
-    full = run_md(tiny_student, atoms, compact_rows=False, **common)
-    compact = run_md(tiny_student, atoms, compact_rows=True, **common)
+    compact = run_md(tiny_student, atoms, compact_rows=True, **REPLICA_RUN)
     assert full.chunks_redone == 0
     assert (compact.chunks_redone >= 1) if margin else (compact.chunks_redone == 0)
     # the chunks compiled, by width (None: the full list); every one narrower than the
