@@ -99,26 +99,37 @@ def test_sums_and_their_gradients_match_the_edge_list(system, dtype, monkeypatch
             np.testing.assert_allclose(new, ref, rtol=tolerance, atol=tolerance, err_msg=setting)
 
 
-def test_second_derivatives_match_and_pass_check_grads():
+def test_second_derivatives_match_the_edge_list():
     """Training differentiates forces: reverse over reverse through the symmetric
-    transpose must agree with the plain edge list and with finite differences."""
+    transpose must agree with the plain edge list."""
     jax.config.update("jax_enable_x64", True)
     graph = receiver_major(silicon(cubic=False))
     positions, nodes, vectors_in = inputs(graph, seed=1)
 
-    def force_loss(nodes, layout):
-        forces = -jax.grad(sums)(positions, nodes, vectors_in, graph, layout)
-        return jnp.sum(forces**2)
+    @functools.partial(jax.jit, static_argnums=1)
+    def force_loss_gradient(nodes, layout):
+        def force_loss(nodes):
+            forces = -jax.grad(sums)(positions, nodes, vectors_in, graph, layout)
+            return jnp.sum(forces**2)
 
-    ref = jax.grad(force_loss)(nodes, False)
-    new = jax.grad(force_loss)(nodes, True)
-    np.testing.assert_allclose(new, ref, rtol=1e-10, atol=1e-10)
-    check_grads(
-        lambda x, n: sums(x, n, vectors_in, graph, True),
-        (positions, nodes),
-        order=2,
-        modes=["rev"],
-    )
+        return jax.grad(force_loss)(nodes)
+
+    ref = force_loss_gradient(nodes, False)
+    assert np.abs(np.asarray(ref)).max() > 1e-3
+    np.testing.assert_allclose(force_loss_gradient(nodes, True), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_custom_vjp_passes_check_grads():
+    """The transpose against finite differences, in every input (filters and directions
+    symmetric and antisymmetric by construction, as the transpose assumes)."""
+    jax.config.update("jax_enable_x64", True)
+    graph = receiver_major(silicon(cubic=False))
+    positions, nodes, vectors_in = inputs(graph, features=3, seed=2)
+
+    def scalar(positions, nodes, vectors_in):
+        return sums(positions, nodes, vectors_in, graph, True)
+
+    check_grads(scalar, (positions, nodes, vectors_in), order=1, modes=["rev"])
 
 
 def test_jit_and_vmap_over_configurations():
@@ -160,16 +171,16 @@ def test_students_match_the_edge_list(architecture, system, repulsion, monkeypat
     jax.config.update("jax_enable_x64", True)
     atoms = SYSTEMS[system]()
     species = sorted(set(atoms.get_chemical_symbols()))
+    # (the reverse-map path is the students' former one: tests/models/test_edge_remat.py
+    # holds it to the edge list)
     graphs = {
         "edge_list": batch_graphs([atoms], CUTOFF, dtype=np.float64),
         "symmetric": receiver_major(atoms),
-        "reverse_map": receiver_major(atoms),
     }
     results = {}
     for name, graph in graphs.items():
-        monkeypatch.setenv(PAIR_SYMMETRY_ENV_VAR, "off" if name == "reverse_map" else "on")
-        # A fresh student per setting (same seed, same parameters): the setting is read
-        # when a function is traced, and JAX reuses a function's traces.
+        # A fresh student per graph (same seed, same parameters): JAX reuses a
+        # function's traces, and the setting is read when one is traced.
         student = create_student(
             architecture,
             species,
