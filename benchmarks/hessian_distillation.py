@@ -211,7 +211,7 @@ def main() -> None:
     # Molecules: the MD runs on one ensemble member (8x cheaper per step), as in
     # configs/molecules-fennol.yaml; every kept frame is labelled by the whole ensemble.
     md_teacher = None if system["teacher"] else f"fennol:{args.fennol_glob.replace('*', '0')}"
-    seeds = [int(x) for x in str(args.seed).split(",") if x]
+    seeds = [int(x) for x in args.seed.split(",") if x]
     work = args.workdir / args.system
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {

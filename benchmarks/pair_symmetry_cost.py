@@ -100,13 +100,13 @@ def main() -> None:
         for label in [s.strip() for s in args.students.split(",")]:
             row = {"student": label, "n_atoms": n}
             forces = {}
+            features = FUSED_STUDENTS[label][1].get("features", 64)
             for setting in ("off", "on"):
                 compiled, forces[setting], n_edge = compiled_forces(
                     label, atoms, setting, args.capacity_multiplier, args.compact == "true"
                 )
-                features = FUSED_STUDENTS[label][1].get("features", 64)
                 row[setting] = accounting(compiled, n_edge, features)
-                row["n_edge_allocated"] = n_edge
+            row["n_edge_allocated"] = n_edge
             row["max_force_difference"] = float(
                 np.abs(np.asarray(forces["on"]) - np.asarray(forces["off"])).max()
             )

@@ -9,12 +9,6 @@
 # Start the device command with `source .device/env.sh || exit 1;` and carry .device.
 #   bash benchmarks/pair_symmetry_gpu.sh
 source "$(dirname "$0")/device_preamble.sh"
-ab() {  # timeout seconds, then edge_remat_ab.py arguments
-  local seconds=$1
-  shift
-  timeout "$seconds" python benchmarks/edge_remat_ab.py --values off,on "$@" 2>&1 |
-    grep -E '^\[remat\]|Error'
-}
 pairs() { ab "$@" --variable JAXDISTILL_PAIR_SYMMETRY; }
 pairs 150 --sizes 512,4096 --compact true --rounds 5 --output "$out/pair_symmetry_jaxmd.json"
 pairs 50 --sizes 64 --compact false --rounds 5 --output "$out/pair_symmetry_jaxmd_64.json"

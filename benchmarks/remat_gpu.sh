@@ -9,11 +9,6 @@
 #   bash benchmarks/remat_gpu.sh short    # < 5 minutes: jax-md at 512 (both lists) and
 #                                         # 4096 (compacted), no 64-atom part
 source "$(dirname "$0")/device_preamble.sh"
-ab() {  # timeout seconds, then edge_remat_ab.py arguments
-  local seconds=$1
-  shift
-  timeout "$seconds" python benchmarks/edge_remat_ab.py "$@" 2>&1 | grep -E '^\[remat\]|Error'
-}
 if [ "${1:-}" = short ]; then
   ab 80 --sizes 512 --compact false,true --rounds 5 --output "$out/edge_remat_ab_jaxmd.json"
   ab 70 --sizes 4096 --compact true --rounds 5 --output "$out/edge_remat_ab_jaxmd_4096.json"

@@ -164,6 +164,14 @@ def sum_at_receivers(messages: jax.Array, n_node: int) -> jax.Array:
     return messages.reshape(n_node, n_slots, *messages.shape[1:]).sum(axis=1)
 
 
+def broadcast_to_slots(nodes: jax.Array, n_slots: int) -> jax.Array:
+    """Each node's value at each of its row's slots: ``[n_node, ...] -> [n_edge, ...]``
+    on a receiver-major list (``nodes[receivers]`` without a gather)."""
+    n_node = nodes.shape[0]
+    tiled = jnp.broadcast_to(nodes[:, None], (n_node, n_slots, *nodes.shape[1:]))
+    return tiled.reshape(n_node * n_slots, *nodes.shape[1:])
+
+
 def _masked_reverse_sum(values: jax.Array, layout: ReceiverMajor, n_node: int) -> jax.Array:
     mask = layout.reverse_mask.reshape(-1, *([1] * (values.ndim - 1)))
     return sum_at_receivers(jnp.where(mask, values[layout.reverse], 0), n_node)
@@ -253,12 +261,15 @@ def _directed(values: jax.Array, directions: jax.Array | None) -> jax.Array:
     return directions[:, :, None] * values[:, None, :]
 
 
+def _per_edge_weights(filters: jax.Array, nodes: jax.Array) -> jax.Array:
+    """``filters [E, F]`` shaped to broadcast over the middle axes of ``nodes [N, ..., F]``
+    gathered to edges."""
+    return filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
+
+
 def _neighbour_sum_reference(nodes, filters, senders, directions):
-    # filters [E, F] broadcast over the middle axes of nodes [N, ..., F]
-    n_node = nodes.shape[0]
-    gathered = nodes[senders]
-    weights = filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
-    return sum_at_receivers(_directed(gathered * weights, directions), n_node)
+    messages = _directed(nodes[senders] * _per_edge_weights(filters, nodes), directions)
+    return sum_at_receivers(messages, nodes.shape[0])
 
 
 @jax.custom_vjp
@@ -306,16 +317,12 @@ def _neighbour_sum_fwd(nodes, filters, senders, directions):
 def _neighbour_sum_bwd(residual, cotangent):
     nodes, filters, senders, directions = residual
     n_node, n_edge = nodes.shape[0], filters.shape[0]
-    n_slots = slots_per_node(n_edge, n_node)
     # cotangent [N, ..., F] (or [N, D, F]); at each edge, the sender's and the
     # receiver's cotangent
     at_senders = cotangent[senders]
-    at_receivers = jnp.broadcast_to(
-        cotangent[:, None], (n_node, n_slots, *cotangent.shape[1:])
-    ).reshape(n_edge, *cotangent.shape[1:])
-    weights = filters.reshape(n_edge, *([1] * (nodes.ndim - 2)), filters.shape[-1])
+    at_receivers = broadcast_to_slots(cotangent, slots_per_node(n_edge, n_node))
     if directions is None:
-        nodes_cot = sum_at_receivers(at_senders * weights, n_node)
+        nodes_cot = sum_at_receivers(at_senders * _per_edge_weights(filters, nodes), n_node)
         filter_cot = at_receivers * nodes[senders]
         filter_cot = filter_cot.reshape(n_edge, -1, filters.shape[-1]).sum(axis=1)
         return nodes_cot, filter_cot, None, None
@@ -428,8 +435,9 @@ class Edges(NamedTuple):
         """
         if self.transposed_by_symmetry():
             return symmetric_neighbour_sum(nodes, filters, self.senders, directions)
-        weights = filters.reshape(filters.shape[0], *([1] * (nodes.ndim - 2)), filters.shape[-1])
-        messages = _directed(self.from_senders(nodes) * weights, directions)
+        messages = _directed(
+            self.from_senders(nodes) * _per_edge_weights(filters, nodes), directions
+        )
         return self.to_receivers(messages, nodes.shape[0])
 
     def from_receivers(self, nodes: jax.Array) -> jax.Array:
@@ -437,10 +445,7 @@ class Edges(NamedTuple):
         whose backward pass is a sum (no scatter)."""
         if self.layout is None:
             return nodes[self.receivers]
-        n_node = nodes.shape[0]
-        n_slots = slots_per_node(self.senders.shape[0], n_node)
-        tiled = jnp.broadcast_to(nodes[:, None], (n_node, n_slots, *nodes.shape[1:]))
-        return tiled.reshape(n_node * n_slots, *nodes.shape[1:])
+        return broadcast_to_slots(nodes, slots_per_node(self.senders.shape[0], nodes.shape[0]))
 
 
 def layout_from_reverse(reverse: jax.Array, edge_mask: jax.Array) -> ReceiverMajor:
