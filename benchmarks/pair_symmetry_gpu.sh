@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device call (< 9 minutes) for issues 13 and 18: neighbour sums transposed by the
-# list's symmetry (JAXDISTILL_PAIR_SYMMETRY=on, the default) against the reverse-edge
+# list's symmetry (JAXDISTILL_PAIR_SYMMETRY=on; "auto" leaves it off until this decides) against the reverse-edge
 # map (off), A/B in one process each (edge_remat_ab.py --variable): a user's jax-md NVE
 # loop at 512 and 4096 Si atoms on compacted rows and at 64 on the list as allocated
 # (what "auto" compacts), the ASE calculator at Si 64 and Si 1000; then 128

@@ -14,7 +14,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxdistill.models.base import StudentModule
-from jaxdistill.models.edges import Edges, ReceiverMajor, edge_function
+from jaxdistill.models.edges import (
+    Edges,
+    ReceiverMajor,
+    broadcast_to_slots,
+    edge_function,
+    slots_per_node,
+    sum_at_receivers,
+)
 from jaxdistill.models.fused import FusedEdges, SlotEdges, painn_messages
 from jaxdistill.models.node_kernels import (
     UpdateWeights,
@@ -22,6 +29,108 @@ from jaxdistill.models.node_kernels import (
     painn_update_reference,
     use_node_kernels,
 )
+
+
+def _painn_sums_reference(phi, v, filters, senders, unit_vectors):
+    x = phi[senders] * filters
+    if v is None:
+        gate_s, gate_r = jnp.split(x, 2, axis=-1)
+        dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
+    else:
+        gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
+        dv_edge = v[senders] * gate_v[:, None, :] + unit_vectors[:, :, None] * gate_r[:, None, :]
+    n_node = phi.shape[0]
+    return sum_at_receivers(gate_s, n_node), sum_at_receivers(dv_edge, n_node)
+
+
+@jax.custom_vjp
+def painn_symmetric_sums(
+    phi: jax.Array,
+    v: jax.Array | None,
+    filters: jax.Array,
+    senders: jax.Array,
+    unit_vectors: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """A PaiNN layer's sums at receivers on a receiver-major list, transposed by the
+    list's symmetry in one backward pass.
+
+    ``ds[i] = sum_m phi_s[j] f_s[i,m]`` and
+    ``dv[i] = sum_m v[j] phi_v[j] f_v[i,m] + u[i,m] phi_r[j] f_r[i,m]`` with
+    ``j = senders[i,m]``. The backward pass needs, per node ``j``, sums over the edges
+    ``j`` sends: the reverses of row ``j``'s slots, where each filter is the same and
+    the unit vector changes sign (as in :func:`~jaxdistill.models.edges.symmetric_neighbour_sum`,
+    which this does for the layer's three sums at once). It gathers the cotangents and
+    the node features at senders once each; no per-edge array is gathered at reverse
+    edges and only the filters and unit vectors are kept per edge.
+
+    Requires a symmetric list (every real pair in both rows, vectors negated) and
+    filters that are zero on padding slots.
+
+    Args:
+        phi: ``[N, 3F]`` gates ``(v, s, r)``, or ``[N, 2F]`` ``(s, r)`` where ``v`` is
+            None (the first layer, whose vector features are zero).
+        v: ``[N, 3, F]`` vector features, or None.
+        filters: ``[E, 3F]`` (``[E, 2F]``), ``E = N * M``, in ``phi``'s column order.
+        senders: ``[E]`` int, receiver-major.
+        unit_vectors: ``[E, 3]`` from receiver to sender.
+
+    Returns:
+        ``(ds [N, F], dv [N, 3, F])``.
+    """
+    return _painn_sums_reference(phi, v, filters, senders, unit_vectors)
+
+
+def _painn_sums_fwd(phi, v, filters, senders, unit_vectors):
+    out = _painn_sums_reference(phi, v, filters, senders, unit_vectors)
+    return out, (phi, v, filters, senders, unit_vectors)
+
+
+def _painn_sums_bwd(residual, cotangent):
+    phi, v, filters, senders, unit_vectors = residual
+    cot_s, cot_v = cotangent  # [N, F], [N, 3, F]
+    n_node, n_edge = phi.shape[0], filters.shape[0]
+    n_slots = slots_per_node(n_edge, n_node)
+    f = cot_s.shape[-1]
+    u = unit_vectors[:, :, None]
+    filter_s, filter_r = filters[:, -2 * f : -f], filters[:, -f:]
+    phi_j = phi[senders]
+    # Node side: row j's slots are the reverses of the edges j sends (same filter, the
+    # unit vector negated), so these are sums over j's own slots of the cotangents at
+    # their senders.
+    cot_s_j, cot_v_j = cot_s[senders], cot_v[senders]
+    d_phi = [
+        sum_at_receivers(filter_s * cot_s_j, n_node),
+        -sum_at_receivers(filter_r * jnp.sum(cot_v_j * u, axis=1), n_node),
+    ]
+    # Edge side: the receiver's own cotangent (a broadcast) and the sender's features.
+    cot_s_i = broadcast_to_slots(cot_s, n_slots)
+    cot_v_i = broadcast_to_slots(cot_v, n_slots)
+    phi_s_j, phi_r_j = phi_j[:, -2 * f : -f], phi_j[:, -f:]
+    d_filters = [cot_s_i * phi_s_j, jnp.sum(cot_v_i * u, axis=1) * phi_r_j]
+    d_unit_vectors = jnp.sum(cot_v_i * (phi_r_j * filter_r)[:, None, :], axis=-1)
+    if v is None:
+        return (
+            jnp.concatenate(d_phi, axis=-1),
+            None,
+            jnp.concatenate(d_filters, axis=-1),
+            None,
+            d_unit_vectors,
+        )
+    # sum over j's slots of filter_v times the cotangents at senders: [N, 3, F]
+    along_v = sum_at_receivers(filters[:, None, :f] * cot_v_j, n_node)
+    d_phi.insert(0, jnp.sum(along_v * v, axis=1))
+    d_v = along_v * phi[:, None, :f]
+    d_filters.insert(0, jnp.sum(cot_v_i * v[senders], axis=1) * phi_j[:, :f])
+    return (
+        jnp.concatenate(d_phi, axis=-1),
+        d_v,
+        jnp.concatenate(d_filters, axis=-1),
+        None,
+        d_unit_vectors,
+    )
+
+
+painn_symmetric_sums.defvjp(_painn_sums_fwd, _painn_sums_bwd)
 
 
 def painn_edge_messages(
@@ -59,13 +168,9 @@ def painn_edge_messages(
     # smoothly to zero at the cutoff (and is exactly zero on padding edges).
     filters = (radial @ kernel + bias) * envelope[:, None]
     if edges.transposed_by_symmetry():
-        # The same sums as below, each through Edges.neighbour_sum, whose backward pass
-        # then needs the filters alone per edge.
-        ds = edges.neighbour_sum(phi[:, -2 * f : -f], filters[:, -2 * f : -f])
-        dv = edges.neighbour_sum(phi[:, -f:], filters[:, -f:], directions=unit_vectors)
-        if not vectors_zero:
-            dv = dv + edges.neighbour_sum(v * phi[:, None, :f], filters[:, :f])
-        return ds, dv
+        return painn_symmetric_sums(
+            phi, None if vectors_zero else v, filters, edges.senders, unit_vectors
+        )
     x = edges.from_senders(phi) * filters
     if vectors_zero:
         gate_s, gate_r = jnp.split(x, 2, axis=-1)
