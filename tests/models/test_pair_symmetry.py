@@ -25,6 +25,7 @@ from jaxdistill.models.edges import (
     layout_from_reverse,
     use_pair_symmetry,
 )
+from jaxdistill.models.painn import _painn_sums_reference, painn_symmetric_sums
 
 CUTOFF = 4.0
 SYSTEMS = {
@@ -130,6 +131,52 @@ def test_custom_vjp_passes_check_grads():
         return sums(positions, nodes, vectors_in, graph, True)
 
     check_grads(scalar, (positions, nodes, vectors_in), order=1, modes=["rev"])
+
+
+def painn_layer_sums(positions, phi, v, graph, symmetric: bool):
+    """A smooth scalar of one PaiNN layer's sums (``painn_symmetric_sums`` or its plain
+    autodiff), with filters and unit vectors built from the positions."""
+    n_edge = graph.senders.shape[0]
+    cell_offsets = jnp.asarray(graph.shifts, positions.dtype) @ jnp.asarray(
+        graph.cell[0], positions.dtype
+    )
+    vectors = positions[graph.senders] - positions[graph.receivers] + cell_offsets
+    mask = graph.edge_mask
+    distance = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + jnp.where(mask, 0.0, 1.0))
+    unit = vectors / distance[:, None] * mask[:, None]
+    scale = jnp.linspace(0.5, 2.0, phi.shape[-1], dtype=positions.dtype)
+    filters = jnp.cos(distance[:, None] * scale) * jnp.exp(-distance[:, None]) * mask[:, None]
+    assert filters.shape == (n_edge, phi.shape[-1])
+    layer_sums = painn_symmetric_sums if symmetric else _painn_sums_reference
+    ds, dv = layer_sums(phi, v, filters, jnp.asarray(graph.senders), unit)
+    return jnp.sum(jnp.sin(ds)) + jnp.sum(jnp.cos(dv) * dv) + jnp.sum(ds[:, None, :] * dv)
+
+
+@pytest.mark.parametrize("vectors_zero", [False, True], ids=["layer-2", "layer-1"])
+def test_painn_layer_sums_match_their_plain_gradient(vectors_zero):
+    """PaiNN's one-VJP form of a layer's three sums: the gradient in positions, gates
+    and vector features equals plain autodiff of the same sums, and finite differences."""
+    jax.config.update("jax_enable_x64", True)
+    graph = receiver_major(silicon(cubic=False))
+    positions, _, v = inputs(graph, features=4, seed=3)
+    n_gates = 2 if vectors_zero else 3
+    phi = jnp.asarray(np.random.default_rng(4).normal(size=(v.shape[0], n_gates * 4)))
+    v = None if vectors_zero else v
+    argnums = (0, 1) if vectors_zero else (0, 1, 2)
+    grads = jax.jit(
+        jax.grad(lambda x, p, v, symmetric: painn_layer_sums(x, p, v, graph, symmetric), argnums),
+        static_argnums=3,
+    )
+    plain = grads(positions, phi, v, False)
+    for ref, new in zip(plain, grads(positions, phi, v, True), strict=True):
+        assert np.abs(np.asarray(ref)).max() > 1e-3, "a vanishing check proves nothing"
+        np.testing.assert_allclose(new, ref, rtol=1e-10, atol=1e-10)
+    check_grads(
+        lambda *args: painn_layer_sums(*args[:2], v if vectors_zero else args[2], graph, True),
+        (positions, phi) if vectors_zero else (positions, phi, v),
+        order=1,
+        modes=["rev"],
+    )
 
 
 def test_jit_and_vmap_over_configurations():
