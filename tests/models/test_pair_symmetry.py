@@ -51,12 +51,9 @@ def edges_of(graph, layout: bool) -> Edges:
     return Edges(graph.senders, graph.receivers, reverse if layout else None)
 
 
-def sums(positions, nodes, vectors_in, graph, layout: bool):
-    """A smooth scalar of the three kinds of neighbour sum a student makes: scalar
-    features times a filter, vector features times a filter, scalar features times a
-    filter along the edge's direction."""
-    edges = edges_of(graph, layout)
-    n_edge = graph.senders.shape[0]
+def unit_vectors_and_filters(positions, graph, n_features: int):
+    """Each edge's unit vector ``[E, 3]`` (antisymmetric under reversal) and smooth
+    filters of its length ``[E, n_features]`` (symmetric), both zero on padding edges."""
     cell_offsets = jnp.asarray(graph.shifts, positions.dtype) @ jnp.asarray(
         graph.cell[0], positions.dtype
     )
@@ -64,9 +61,17 @@ def sums(positions, nodes, vectors_in, graph, layout: bool):
     mask = graph.edge_mask
     distance = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + jnp.where(mask, 0.0, 1.0))
     unit = vectors / distance[:, None] * mask[:, None]
-    scale = jnp.linspace(0.5, 2.0, nodes.shape[-1], dtype=positions.dtype)
+    scale = jnp.linspace(0.5, 2.0, n_features, dtype=positions.dtype)
     filters = jnp.cos(distance[:, None] * scale) * jnp.exp(-distance[:, None]) * mask[:, None]
-    assert filters.shape == (n_edge, nodes.shape[-1])
+    return unit, filters
+
+
+def sums(positions, nodes, vectors_in, graph, layout: bool):
+    """A smooth scalar of the three kinds of neighbour sum a student makes: scalar
+    features times a filter, vector features times a filter, scalar features times a
+    filter along the edge's direction."""
+    edges = edges_of(graph, layout)
+    unit, filters = unit_vectors_and_filters(positions, graph, nodes.shape[-1])
     a = edges.neighbour_sum(nodes, filters)
     b = edges.neighbour_sum(nodes, filters, directions=unit)
     c = edges.neighbour_sum(vectors_in, filters)
@@ -136,17 +141,7 @@ def test_custom_vjp_passes_check_grads():
 def painn_layer_sums(positions, phi, v, graph, symmetric: bool):
     """A smooth scalar of one PaiNN layer's sums (``painn_symmetric_sums`` or its plain
     autodiff), with filters and unit vectors built from the positions."""
-    n_edge = graph.senders.shape[0]
-    cell_offsets = jnp.asarray(graph.shifts, positions.dtype) @ jnp.asarray(
-        graph.cell[0], positions.dtype
-    )
-    vectors = positions[graph.senders] - positions[graph.receivers] + cell_offsets
-    mask = graph.edge_mask
-    distance = jnp.sqrt(jnp.sum(vectors**2, axis=-1) + jnp.where(mask, 0.0, 1.0))
-    unit = vectors / distance[:, None] * mask[:, None]
-    scale = jnp.linspace(0.5, 2.0, phi.shape[-1], dtype=positions.dtype)
-    filters = jnp.cos(distance[:, None] * scale) * jnp.exp(-distance[:, None]) * mask[:, None]
-    assert filters.shape == (n_edge, phi.shape[-1])
+    unit, filters = unit_vectors_and_filters(positions, graph, phi.shape[-1])
     layer_sums = painn_symmetric_sums if symmetric else _painn_sums_reference
     ds, dv = layer_sums(phi, v, filters, jnp.asarray(graph.senders), unit)
     return jnp.sum(jnp.sin(ds)) + jnp.sum(jnp.cos(dv) * dv) + jnp.sum(ds[:, None, :] * dv)
