@@ -12,6 +12,11 @@ source "$(dirname "$0")/device_preamble.sh"
 pairs() { ab "$@" --variable JAXDISTILL_PAIR_SYMMETRY; }
 pairs 150 --sizes 512,4096 --compact true --rounds 5 --output "$out/pair_symmetry_jaxmd.json"
 pairs 50 --sizes 64 --compact false --rounds 5 --output "$out/pair_symmetry_jaxmd_64.json"
+# With nothing per edge kept but the filters, recomputing them in the backward pass
+# (JAXDISTILL_EDGE_REMAT=on) may now pay: PaiNN 64x3 at 4096 atoms, compacted rows.
+JAXDISTILL_PAIR_SYMMETRY=on ab 60 --variable JAXDISTILL_EDGE_REMAT --sizes 4096 --compact true \
+  --students "painn 64x3" \
+  --rounds 5 --output "$out/pair_symmetry_remat_4096.json"
 pairs 80 --sizes "" --students "painn 64x3,schnet 64x3" --calculator-systems si64,si1000 \
   --calculator-calls 300 --output "$out/pair_symmetry_calculator.json"
 for setting in off on; do
@@ -19,8 +24,4 @@ for setting in off on; do
     --systems si64 --replicas 128 --steps 400 --rounds 2 \
     --output "$out/pair_symmetry_replicas_$setting.json" 2>&1 | tail -3
 done
-# With nothing per edge kept but the filters, recomputing them in the backward pass
-# (JAXDISTILL_EDGE_REMAT=on) may now pay: PaiNN 64x3 at 4096 atoms, compacted rows.
-ab 60 --variable JAXDISTILL_EDGE_REMAT --sizes 4096 --compact true --students "painn 64x3" \
-  --rounds 5 --output "$out/pair_symmetry_remat_4096.json"
 echo "done $(date -u +%FT%TZ)"
