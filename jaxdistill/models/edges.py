@@ -24,8 +24,9 @@ shapes.
 The students' sums of sender features times edge filters (:meth:`Edges.neighbour_sum`)
 can go further on this layout: their transpose can use the list's symmetry (a distance
 filter is equal on an edge and its reverse), gathering node arrays at senders instead
-of per-edge cotangents at reverse edges (:func:`symmetric_neighbour_sum`, opt-in until
-timed on a GPU: :data:`PAIR_SYMMETRY_ENV_VAR`).
+of per-edge cotangents at reverse edges (:func:`symmetric_neighbour_sum`; PaiNN's
+three sums a layer share one such transpose, ``models.painn.painn_symmetric_sums``).
+On by default on GPUs, where it was faster, off on CPUs: :data:`PAIR_SYMMETRY_ENV_VAR`.
 
 Reverse-mode derivatives of any order work (the gather and its transpose are each
 other's backward pass). Forward-mode (``jax.jvp``/``jax.jacfwd``) through
@@ -228,12 +229,13 @@ gather_senders.defvjp(_gather_fwd, _gather_bwd)
 #: transposed gather of :func:`gather_senders`), "auto" (default) by symmetry on the
 #: backends of :data:`PAIR_SYMMETRY_AUTO_BACKENDS`.
 PAIR_SYMMETRY_ENV_VAR = "JAXDISTILL_PAIR_SYMMETRY"
-#: Backends where "auto" transposes by symmetry: none yet. On this project's 2-core CPU
-#: (2026-12-07, jax-md NVE at 512 Si atoms on compacted rows, paired) it was slower
-#: (PaiNN 64x3 and PaiNN 128x3 + ZBL +9.8 %, SchNet 64x3 +5.6 %) though XLA counts 18 %
-#: fewer bytes accessed for PaiNN; on a GPU, where the reverse-edge gathers of per-edge
-#: arrays cost most, it has not been timed (``benchmarks/pair_symmetry_gpu.sh``).
-PAIR_SYMMETRY_AUTO_BACKENDS: tuple[str, ...] = ()
+#: Backends where "auto" transposes by symmetry. On an H100 (2026-12-07, paired,
+#: ``benchmarks/pair_symmetry_gpu.sh``) a jax-md NVE step at 512 Si atoms on compacted
+#: rows took 11 % (PaiNN 64x3) and 14 % (PaiNN 128x3 + ZBL) less time with it, and an ASE
+#: call at 1000 Si atoms 7 % less (PaiNN); at 64 atoms the call was unchanged. On this
+#: project's 2-core CPU, bound by arithmetic rather than memory traffic, the same step
+#: was 6-11 % slower (docs/benchmarks.md).
+PAIR_SYMMETRY_AUTO_BACKENDS: tuple[str, ...] = ("gpu",)
 
 
 def _switch(variable: str, auto_backends: tuple[str, ...]) -> bool:
