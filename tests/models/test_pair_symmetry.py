@@ -184,6 +184,20 @@ def test_jit_and_vmap_over_configurations():
 
     np.testing.assert_allclose(jax.jit(lambda: forces(True))(), forces(False), rtol=1e-5, atol=1e-5)
 
+    phi = jnp.concatenate([nodes, jnp.cos(nodes), jnp.sin(nodes)], axis=-1)  # PaiNN's 3F
+
+    def painn_forces(symmetric):
+        def energy(x):
+            return painn_layer_sums(x, phi, vectors_in, graph, symmetric)
+
+        return jax.vmap(jax.grad(energy))(batch)
+
+    reference = painn_forces(False)
+    assert np.abs(np.asarray(reference)).max() > 1e-3
+    np.testing.assert_allclose(
+        jax.jit(lambda: painn_forces(True))(), reference, rtol=1e-5, atol=1e-5
+    )
+
 
 def everything(student, graph):
     """Energy, forces, stress and a force loss's parameter gradient."""
