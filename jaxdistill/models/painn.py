@@ -108,19 +108,13 @@ def _painn_sums_bwd(residual, cotangent):
     phi_s_j, phi_r_j = phi_j[:, -2 * f : -f], phi_j[:, -f:]
     d_filters = [cot_s_i * phi_s_j, jnp.sum(cot_v_i * u, axis=1) * phi_r_j]
     d_unit_vectors = jnp.sum(cot_v_i * (phi_r_j * filter_r)[:, None, :], axis=-1)
-    if v is None:
-        return (
-            jnp.concatenate(d_phi, axis=-1),
-            None,
-            jnp.concatenate(d_filters, axis=-1),
-            None,
-            d_unit_vectors,
-        )
-    # sum over j's slots of filter_v times the cotangents at senders: [N, 3, F]
-    along_v = sum_at_receivers(filters[:, None, :f] * cot_v_j, n_node)
-    d_phi.insert(0, jnp.sum(along_v * v, axis=1))
-    d_v = along_v * phi[:, None, :f]
-    d_filters.insert(0, jnp.sum(cot_v_i * v[senders], axis=1) * phi_j[:, :f])
+    d_v = None
+    if v is not None:
+        # sum over j's slots of filter_v times the cotangents at senders: [N, 3, F]
+        along_v = sum_at_receivers(filters[:, None, :f] * cot_v_j, n_node)
+        d_phi.insert(0, jnp.sum(along_v * v, axis=1))
+        d_v = along_v * phi[:, None, :f]
+        d_filters.insert(0, jnp.sum(cot_v_i * v[senders], axis=1) * phi_j[:, :f])
     return (
         jnp.concatenate(d_phi, axis=-1),
         d_v,
