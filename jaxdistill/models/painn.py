@@ -31,16 +31,31 @@ from jaxdistill.models.node_kernels import (
 )
 
 
-def _painn_sums_reference(phi, v, filters, senders, unit_vectors):
-    x = phi[senders] * filters
+def _painn_sums(phi, v, filters, unit_vectors, from_senders, to_receivers):
+    """A PaiNN layer's sums ``(ds, dv)`` (see :func:`painn_symmetric_sums`), with the
+    gather of node arrays at senders and the sum of edge arrays at receivers given."""
+    x = from_senders(phi) * filters
     if v is None:
         gate_s, gate_r = jnp.split(x, 2, axis=-1)
         dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
     else:
         gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
-        dv_edge = v[senders] * gate_v[:, None, :] + unit_vectors[:, :, None] * gate_r[:, None, :]
+        dv_edge = (
+            from_senders(v) * gate_v[:, None, :] + unit_vectors[:, :, None] * gate_r[:, None, :]
+        )
+    return to_receivers(gate_s), to_receivers(dv_edge)
+
+
+def _painn_sums_reference(phi, v, filters, senders, unit_vectors):
     n_node = phi.shape[0]
-    return sum_at_receivers(gate_s, n_node), sum_at_receivers(dv_edge, n_node)
+    return _painn_sums(
+        phi,
+        v,
+        filters,
+        unit_vectors,
+        lambda nodes: nodes[senders],
+        lambda messages: sum_at_receivers(messages, n_node),
+    )
 
 
 @jax.custom_vjp
@@ -161,21 +176,17 @@ def painn_edge_messages(
     # The envelope multiplies after the dense layer so that its bias, too, goes
     # smoothly to zero at the cutoff (and is exactly zero on padding edges).
     filters = (radial @ kernel + bias) * envelope[:, None]
+    vectors = None if vectors_zero else v
     if edges.transposed_by_symmetry():
-        return painn_symmetric_sums(
-            phi, None if vectors_zero else v, filters, edges.senders, unit_vectors
-        )
-    x = edges.from_senders(phi) * filters
-    if vectors_zero:
-        gate_s, gate_r = jnp.split(x, 2, axis=-1)
-        dv_edge = unit_vectors[:, :, None] * gate_r[:, None, :]
-    else:
-        gate_v, gate_s, gate_r = jnp.split(x, 3, axis=-1)
-        dv_edge = (
-            edges.from_senders(v) * gate_v[:, None, :]
-            + unit_vectors[:, :, None] * gate_r[:, None, :]
-        )
-    return edges.to_receivers(gate_s, n_node), edges.to_receivers(dv_edge, n_node)
+        return painn_symmetric_sums(phi, vectors, filters, edges.senders, unit_vectors)
+    return _painn_sums(
+        phi,
+        vectors,
+        filters,
+        unit_vectors,
+        edges.from_senders,
+        lambda messages: edges.to_receivers(messages, n_node),
+    )
 
 
 class PaiNNMessage(nn.Module):
